@@ -1,0 +1,39 @@
+# hpcmorph: `make run` and `make test` each set the machine up on first use (scripts/setup.sh is
+# idempotent: a second call returns at once), then do their job.
+VENV    ?= .venv
+CONFIG  ?= laptop
+RANKS   ?= 1
+PY      := $(VENV)/bin/python
+HPCMORPH := $(VENV)/bin/hpcmorph
+
+# Running as root (CI, containers) needs OpenMPI's consent; more ranks than cores needs oversubscribe.
+export OMPI_ALLOW_RUN_AS_ROOT ?= 1
+export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM ?= 1
+export OMPI_MCA_rmaps_base_oversubscribe ?= 1
+MPIRUN  := $(shell command -v mpirun || echo $(VENV)/bin/mpiexec)
+LAUNCH  := $(if $(filter 1,$(RANKS)),,$(MPIRUN) -n $(RANKS))
+
+.PHONY: setup run test bench bench-generate clean help
+
+help:
+	@echo "make run    [CONFIG=laptop] [RANKS=1]  set up, then run the pipeline on the embedded default"
+	@echo "make test                              set up, then run the test suite"
+	@echo "make bench                             every stage's benchmark (figures beside a bare baseline)"
+	@echo "make setup                             only bring the machine and .venv up to date"
+
+setup:
+	@bash scripts/setup.sh
+
+run: setup
+	$(LAUNCH) $(HPCMORPH) generate --config $(CONFIG)
+
+test: setup
+	$(PY) -m pytest -q -ra
+
+bench: bench-generate
+
+bench-generate: setup
+	$(HPCMORPH) bench generate
+
+clean:
+	rm -rf runs bench-out .pytest_cache

@@ -1,0 +1,324 @@
+"""Run configuration: YAML presets, ``--set key=value`` overrides, one validation at load.
+
+A configuration is a two-level mapping (``section.key``, and ``section.sub.key`` for a few grouped
+settings). Every leaf is declared once in :data:`SCHEMA` with its type, default, allowed range and a
+sentence of documentation; :func:`load` merges preset, user file and overrides, validates the result
+against the schema and returns a read-only :class:`Config`. Past this boundary the stages trust it.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used, with the offending field named."""
+
+
+@dataclass(frozen=True)
+class Field:
+    """One configuration leaf.
+
+    ``kind`` is the Python type of the value (``float`` also accepts ints). ``item`` is the element
+    type of a list, ``length`` its required length. ``low``/``high`` bound numbers (and every element
+    of a numeric list); ``choices`` enumerates allowed values.
+    """
+
+    default: Any
+    kind: type
+    doc: str
+    low: float | None = None
+    high: float | None = None
+    choices: tuple | None = None
+    item: type | None = None
+    length: int | None = None
+    nullable: bool = False
+
+
+def _range(low, high, doc, default):
+    """A [min, max] pair of floats, e.g. a uniform distribution's bounds."""
+    return Field(default, list, doc, low=low, high=high, item=float, length=2)
+
+
+SCHEMA: dict[str, Any] = {
+    "run": {
+        "name": Field(None, str, "Name of the run; outputs go to <root>/<name>/. Default: the preset or file name.", nullable=True),
+        "root": Field("runs", str, "Directory holding all runs (relative to the working directory)."),
+        "seed": Field(0, int, "Master seed. Every random draw derives from (seed, item index), never from the rank.", low=0),
+        "io": Field("auto", str, "HDF5 output path: 'mpio' (one file, collective writes; needs h5py built with MPI), "
+                    "'shards' (one file per rank, joined by rank 0), or 'auto' (mpio when available).",
+                    choices=("auto", "mpio", "shards")),
+        "progress": Field(True, bool, "Show progress bars (rank 0 only)."),
+    },
+    "generate": {
+        "source": Field("synthetic", str, "Where galaxies come from: 'synthetic' (GalSim profiles drawn here), "
+                        "'cutouts' (noiseless images from a FITS or HDF5 cube, observed here), or 'observed' "
+                        "(already-observed .npy arrays in the authors' released layout).",
+                        choices=("synthetic", "cutouts", "observed")),
+        "n_galaxies": Field(300, int, "Number of parent galaxies to draw (synthetic source), before merger augmentation.", low=1),
+        "image_size": Field(100, int, "Stamp size, pixels (square).", low=16, high=1024),
+        "pixel_scale": Field(0.2, float, "Pixel scale, arcsec/pixel (LSST: 0.2).", low=0.01, high=5.0),
+        "bands": Field(["g", "r", "i"], list, "LSST bands, in channel order.", item=str, choices=("g", "r", "i")),
+        "y1_fraction": Field(0.1, float, "Y1 exposure as a fraction of the Y10 (ten-year) exposure.", low=1e-4, high=1.0),
+        "psf_fwhm_scatter": Field(0.0, float, "Relative per-galaxy scatter of the atmospheric FWHM (0 = survey median seeing).", low=0.0, high=0.5),
+        "label_band": Field("r", str, "Band whose noiseless image Gini and M20 are measured on.", choices=("g", "r", "i")),
+        "class_fractions": Field([0.4, 0.35, 0.25], list, "Intended spiral, elliptical, merger fractions of the synthetic draw.",
+                                 item=float, length=3, low=0.0, high=1.0),
+        "augment_mergers": Field(True, bool, "Augment mergers by up/down flip, 90 and 180 degree rotation, as the paper does, "
+                                 "towards the count of the largest other class (at most 3 copies per merger)."),
+        "split": Field([0.7, 0.1, 0.2], list, "Train, validation, test fractions (stratified by label, per parent galaxy).",
+                       item=float, length=3, low=0.0, high=1.0),
+        "block_size": Field(32, int, "Galaxies per checkpoint block; a killed run resumes at block granularity.", low=1),
+        "keep_parts": Field(False, bool, "Keep the per-block checkpoint files after the output is complete."),
+        "figures": Field(True, bool, "Write the Figure-1 mosaic, the G-M20 plane and the class table next to the output."),
+        "spiral": {
+            "mag_r": _range(10, 30, "r-band AB magnitude range (uniform).", [16.5, 19.0]),
+            "hlr": _range(0.1, 20, "Disk half-light radius range, arcsec (log-uniform).", [1.2, 3.5]),
+            "q": _range(0.05, 1, "Disk axis ratio range (uniform).", [0.35, 1.0]),
+            "bulge_fraction": _range(0, 1, "Bulge share of r-band flux (uniform).", [0.03, 0.2]),
+            "arm_fraction": _range(0, 1, "Spiral-arm share of r-band flux (uniform).", [0.15, 0.35]),
+            "knot_fraction": _range(0, 1, "Star-forming-knot share of r-band flux (uniform).", [0.05, 0.15]),
+        },
+        "elliptical": {
+            "mag_r": _range(10, 30, "r-band AB magnitude range (uniform).", [16.0, 18.5]),
+            "hlr": _range(0.1, 20, "Half-light radius range, arcsec (log-uniform).", [0.8, 2.5]),
+            "q": _range(0.05, 1, "Axis ratio range (uniform).", [0.55, 1.0]),
+            "sersic_n": _range(0.5, 6.2, "Sersic index range (uniform, rounded to 0.25).", [3.0, 4.5]),
+        },
+        "merger": {
+            "mag_r": _range(10, 30, "Total r-band AB magnitude range (uniform).", [16.0, 18.5]),
+            "hlr": _range(0.1, 20, "Half-light radius range of the primary progenitor, arcsec (log-uniform).", [0.5, 1.5]),
+            "separation": _range(0, 20, "Projected separation of the two nuclei, arcsec (uniform).", [2.0, 5.0]),
+            "flux_ratio": _range(1, 100, "Primary-to-secondary flux ratio (uniform).", [1.0, 2.5]),
+            "tidal_fraction": _range(0, 1, "Tidal-tail share of r-band flux (uniform).", [0.1, 0.3]),
+        },
+        "cutouts": {
+            "path": Field(None, str, "FITS (primary HDU) or HDF5 file holding noiseless cutouts (N, bands, H, W).", nullable=True),
+            "dataset": Field("images", str, "HDF5 dataset name inside 'path'."),
+            "units": Field("e-/s", str, "Pixel units of the cutouts: 'e-/s' (LSST count rate per pixel) or 'nanomaggies' (AB, per pixel).",
+                           choices=("e-/s", "nanomaggies")),
+            "pixel_scale": Field(0.2, float, "Pixel scale of the cutouts, arcsec/pixel (resampled to generate.pixel_scale).", low=0.001, high=10.0),
+        },
+        "observed": {
+            "y10": Field(None, str, "Path of the Y10 .npy array (N, 3, H, W).", nullable=True),
+            "y1": Field(None, str, "Path of the Y1 .npy array (N, 3, H, W).", nullable=True),
+            "labels": Field(None, str, "Path of the one-hot labels .npy array (N, 3), columns spiral, elliptical, merger.", nullable=True),
+        },
+    },
+}
+
+
+def _leaves(schema: Mapping, prefix: str = ""):
+    for key, node in schema.items():
+        path = f"{prefix}{key}"
+        if isinstance(node, Field):
+            yield path, node
+        else:
+            yield from _leaves(node, path + ".")
+
+
+FIELDS: dict[str, Field] = dict(_leaves(SCHEMA))
+
+
+def defaults() -> dict:
+    """The schema's defaults as a nested dict."""
+    out: dict = {}
+    for path, field in FIELDS.items():
+        _set(out, path, copy.deepcopy(field.default))
+    return out
+
+
+def _set(tree: dict, path: str, value: Any) -> None:
+    *parents, leaf = path.split(".")
+    for p in parents:
+        tree = tree.setdefault(p, {})
+    tree[leaf] = value
+
+
+def _flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping) and path not in FIELDS:
+            flat.update(_flatten(value, path + "."))
+        else:
+            flat[path] = value
+    return flat
+
+
+def _nearest(path: str) -> str:
+    close = difflib.get_close_matches(path, FIELDS, n=1, cutoff=0.0)
+    return close[0] if close else ""
+
+
+def _check(path: str, value: Any, source: str) -> Any:
+    """Validate one leaf; return it normalised (ints promoted to floats where floats are expected)."""
+    field = FIELDS.get(path)
+    if field is None:
+        raise ConfigError(f"{source}: unknown key '{path}'; did you mean '{_nearest(path)}'?")
+    where = f"{source}: '{path}'"
+    if value is None:
+        if field.nullable:
+            return None
+        raise ConfigError(f"{where} must be set ({field.doc})")
+
+    def scalar(v, kind, what):
+        if kind is float and isinstance(v, int) and not isinstance(v, bool):
+            v = float(v)
+        if kind is int and isinstance(v, bool) or not isinstance(v, kind):
+            raise ConfigError(f"{where}: expected {what} of type {kind.__name__}, got {v!r} ({type(v).__name__})")
+        if kind in (int, float):
+            if v != v:  # NaN
+                raise ConfigError(f"{where}: expected a number, got NaN")
+            if field.low is not None and v < field.low or field.high is not None and v > field.high:
+                raise ConfigError(f"{where}: {v!r} is out of range [{field.low}, {field.high}]")
+        if field.choices is not None and v not in field.choices:
+            raise ConfigError(f"{where}: {v!r} is not one of {', '.join(map(repr, field.choices))}")
+        return v
+
+    if field.kind is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list of {field.item.__name__}, got {value!r}")
+        if field.length is not None and len(value) != field.length:
+            raise ConfigError(f"{where}: expected {field.length} values, got {len(value)} ({value!r})")
+        if not value:
+            raise ConfigError(f"{where}: expected a non-empty list")
+        return [scalar(v, field.item, "each element") for v in value]
+    return scalar(value, field.kind, "a value")
+
+
+def _check_relations(flat: dict[str, Any], source: str) -> None:
+    """Constraints that involve more than one field."""
+    for path, field in FIELDS.items():
+        if field.length == 2 and field.item is float and flat[path][0] > flat[path][1]:
+            raise ConfigError(f"{source}: '{path}' must be [min, max] with min <= max, got {flat[path]}")
+    for path in ("generate.split", "generate.class_fractions"):
+        if abs(sum(flat[path]) - 1.0) > 1e-6:
+            raise ConfigError(f"{source}: '{path}' must sum to 1, got {flat[path]} (sum {sum(flat[path]):g})")
+    if flat["generate.label_band"] not in flat["generate.bands"]:
+        raise ConfigError(f"{source}: 'generate.label_band' {flat['generate.label_band']!r} is not one of "
+                          f"generate.bands {flat['generate.bands']}")
+    src = flat["generate.source"]
+    need = {"cutouts": ["generate.cutouts.path"],
+            "observed": ["generate.observed.y10", "generate.observed.y1", "generate.observed.labels"]}.get(src, [])
+    for path in need:
+        if flat[path] is None:
+            raise ConfigError(f"{source}: generate.source is {src!r} but '{path}' is not set")
+
+
+class Config:
+    """A validated, read-only configuration. ``cfg.generate.spiral.hlr`` or ``cfg['generate.n_galaxies']``."""
+
+    def __init__(self, tree: Mapping, name: str = "config"):
+        self._tree = copy.deepcopy(dict(tree))
+        self.name = name
+
+    def __getattr__(self, key: str):
+        if key.startswith("_"):
+            raise AttributeError(key)
+        try:
+            node = self._tree[key]
+        except KeyError:
+            raise AttributeError(f"config has no section or key {key!r}") from None
+        return Config(node, self.name) if isinstance(node, Mapping) else copy.deepcopy(node)
+
+    def __getitem__(self, path: str):
+        node: Any = self._tree
+        for part in path.split("."):
+            node = node[part]
+        return copy.deepcopy(node)
+
+    def to_dict(self) -> dict:
+        return copy.deepcopy(self._tree)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self._tree, sort_keys=False)
+
+    def digest(self, *sections: str) -> str:
+        """Stable hash of the named sections (or paths), used to tell whether an output is current."""
+        parts = {s: self[s] for s in (sections or tuple(self._tree))}
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+PRESETS = ("laptop", "paper", "tiny")
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def _preset_text(name: str) -> Path:
+    return Path(str(resources.files("hpcmorph") / "configs" / f"{name}.yaml"))
+
+
+def _resolve(ref: str, seen: tuple = ()) -> tuple[dict, str]:
+    """Read a preset name or a YAML path, following ``extends:`` chains."""
+    path = Path(ref)
+    if not path.suffix and not path.exists():
+        if ref not in PRESETS:
+            close = difflib.get_close_matches(ref, PRESETS, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"unknown preset '{ref}' (presets: {', '.join(PRESETS)}; or give a .yaml path){hint}")
+        path = _preset_text(ref)
+    if str(path.resolve()) in seen:
+        raise ConfigError(f"{path}: 'extends' loops back on itself")
+    data = _read_yaml(path)
+    base = data.pop("extends", None)
+    tree = defaults()
+    if base is not None:
+        base_ref = base if base in PRESETS else str((path.parent / base))
+        tree, _ = _resolve(base_ref, seen + (str(path.resolve()),))
+    for key, value in _flatten(data).items():
+        _set(tree, key, _check(key, value, str(path)))
+    return tree, path.stem
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split ``key=value``; the value is read as YAML (``3``, ``0.5``, ``[1, 2]``, ``true``, ``null``)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def load(ref: str = "laptop", overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load a preset name or YAML path, apply ``key=value`` overrides, validate, return a Config."""
+    tree, stem = _resolve(ref)
+    for text in overrides:
+        key, value = parse_override(text)
+        _set(tree, key, _check(key, value, "--set"))
+    flat = _flatten(tree)
+    _check_relations(flat, ref)
+    if tree["run"]["name"] is None:
+        tree["run"]["name"] = stem
+    return Config(tree, name=tree["run"]["name"])
+
+
+def from_yaml_text(text: str) -> Config:
+    """Rebuild a Config from the YAML stored in an output file's attributes (validated again)."""
+    tree = defaults()
+    for key, value in _flatten(yaml.safe_load(text) or {}).items():
+        _set(tree, key, _check(key, value, "stored config"))
+    _check_relations(_flatten(tree), "stored config")
+    return Config(tree, name=tree["run"]["name"])

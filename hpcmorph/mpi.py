@@ -1,0 +1,129 @@
+"""The MPI context every stage receives: rank, size, local rank, rank-0 logging and progress.
+
+The same command runs plainly (one process, MPI singleton) or under ``mpirun -n N`` / ``srun``.
+An exception on any rank ends the whole job (``MPI_Abort``) with the error shown, instead of
+leaving the other ranks waiting in a collective forever.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+log = logging.getLogger("hpcmorph")
+
+# Environment variables launchers set for the node-local rank, in order of preference.
+_LOCAL_RANK_VARS = ("OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID", "PALS_LOCAL_RANKID",
+                    "PMI_LOCAL_RANK", "LOCAL_RANK")
+
+
+@dataclass
+class Context:
+    """Rank bookkeeping around an ``mpi4py`` communicator."""
+
+    comm: Any
+
+    @property
+    def rank(self) -> int:
+        return self.comm.Get_rank()
+
+    @property
+    def size(self) -> int:
+        return self.comm.Get_size()
+
+    @property
+    def is_root(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def local_rank(self) -> int:
+        """Rank within the node: picks this rank's GPU."""
+        for var in _LOCAL_RANK_VARS:
+            if var in os.environ:
+                return int(os.environ[var])
+        return self.comm.Split_type(_mpi().COMM_TYPE_SHARED).Get_rank() if self.size > 1 else 0
+
+    def barrier(self) -> None:
+        self.comm.Barrier()
+
+    def bcast(self, obj, root: int = 0):
+        return self.comm.bcast(obj, root=root)
+
+    def allgather(self, obj) -> list:
+        return self.comm.allgather(obj)
+
+    def allreduce_max(self, value):
+        return self.comm.allreduce(value, op=_mpi().MAX)
+
+    def share(self, items: Iterable) -> list:
+        """This rank's share of ``items``: round-robin, so every rank's list is fixed by (rank, size)."""
+        return list(items)[self.rank::self.size]
+
+    def progress(self, iterable=None, **kwargs):
+        """A tqdm bar on rank 0 only; other ranks iterate silently."""
+        from tqdm.auto import tqdm
+
+        enabled = self.is_root and kwargs.pop("enabled", True)
+        return tqdm(iterable, disable=not enabled, dynamic_ncols=True, **kwargs)
+
+    def abort(self, code: int = 1) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        if self.size > 1:
+            self.comm.Abort(code)
+        sys.exit(code)
+
+
+def _mpi():
+    from mpi4py import MPI
+
+    return MPI
+
+
+def world() -> Context:
+    """The world communicator, initialising MPI on first use."""
+    return Context(_mpi().COMM_WORLD)
+
+
+def setup_logging(ctx: Context, verbose: bool = False) -> None:
+    """INFO on rank 0, warnings and errors (with the rank named) on the others."""
+    level = logging.DEBUG if verbose else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    prefix = f"[rank {ctx.rank}/{ctx.size}] " if ctx.size > 1 else ""
+    handler.setFormatter(logging.Formatter(f"%(asctime)s {prefix}%(levelname)s %(message)s", "%H:%M:%S"))
+    log.handlers[:] = [handler]
+    log.setLevel(level if ctx.is_root else logging.WARNING)
+    log.propagate = False
+
+
+@contextmanager
+def abort_on_error(ctx: Context, user_errors: tuple[type[BaseException], ...] = ()):
+    """Turn an exception on any rank into a message and an exit of the whole job.
+
+    ``user_errors`` (bad config, bad input) are expected to be raised identically on every rank: they
+    print one line on rank 0 and exit 2 without a traceback. Anything else prints its traceback on
+    the rank that raised it and aborts every rank with exit code 1.
+    """
+    try:
+        yield
+    except user_errors as err:
+        if ctx.is_root or ctx.size == 1:
+            print(f"hpcmorph: error: {err}", file=sys.stderr)
+        if ctx.size > 1:
+            # A user error met by one rank only would leave the others blocked: abort them too.
+            ctx.comm.Abort(2)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"hpcmorph: interrupted on rank {ctx.rank}", file=sys.stderr)
+        ctx.abort(130)
+    except SystemExit:
+        raise
+    except BaseException:
+        import traceback
+
+        print(f"hpcmorph: rank {ctx.rank} of {ctx.size} failed:\n{traceback.format_exc()}", file=sys.stderr, end="")
+        ctx.abort(1)

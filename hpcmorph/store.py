@@ -1,0 +1,237 @@
+"""HDF5 outputs: one file per stage, written in parallel, appearing under its final name only when done.
+
+Two write paths, chosen by ``run.io``:
+
+- ``mpio``: every rank opens the same file with the MPI-IO driver; datasets and attributes are
+  created collectively and each rank writes its contiguous block of rows with collective writes.
+- ``shards``: (h5py without MPI) each rank writes its rows to ``<tmp>.shard<rank>``; rank 0 copies
+  them into the output in row order and removes them.
+
+Either way the file is written as ``<name>.tmp`` and renamed by rank 0 after every rank has closed
+it, so a killed job never leaves a half-written file under the final name. Every output carries
+the resolved config and the software that made it (:func:`provenance`).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Mapping
+
+import h5py
+import numpy as np
+
+from . import __version__
+from .config import Config
+from .mpi import Context, log
+
+
+class StoreError(RuntimeError):
+    """A missing, incomplete or inconsistent HDF5 file, with the path named."""
+
+
+def h5py_has_mpi() -> bool:
+    return bool(h5py.get_config().mpi)
+
+
+def resolve_io(cfg: Config) -> str:
+    io = cfg.run.io
+    if io == "auto":
+        return "mpio" if h5py_has_mpi() else "shards"
+    if io == "mpio" and not h5py_has_mpi():
+        raise StoreError("run.io is 'mpio' but this h5py was built without MPI (h5py.get_config().mpi is False); "
+                         "use run.io=shards or rebuild h5py (scripts/setup.sh)")
+    return io
+
+
+def versions() -> dict[str, str]:
+    """Versions of everything that shapes the numbers in an output."""
+    import galsim
+    import mpi4py
+    import scipy
+
+    out = {"hpcmorph": __version__, "python": platform.python_version(), "numpy": np.__version__,
+           "scipy": scipy.__version__, "h5py": h5py.__version__, "hdf5": h5py.version.hdf5_version,
+           "h5py_mpi": str(h5py_has_mpi()), "mpi4py": mpi4py.__version__, "galsim": galsim.__version__}
+    try:
+        from mpi4py import MPI
+
+        out["mpi"] = MPI.Get_library_version().replace("\x00", "").splitlines()[0].strip()
+    except Exception:  # noqa: BLE001 - provenance must never fail a run
+        out["mpi"] = "unknown"
+    # Frameworks only the later stages load: recorded when the stage imported them.
+    for mod in ("torch", "torchvision", "sklearn", "horovod"):
+        if mod in sys.modules:
+            out[mod] = str(getattr(sys.modules[mod], "__version__", "unknown"))
+    return out
+
+
+def git_commit() -> str:
+    here = Path(__file__).resolve().parent
+    try:
+        res = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5)
+        if res.returncode == 0:
+            return res.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return "unknown"
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def provenance(cfg: Config, ctx: Context, stage: str, digest: str, started: str) -> dict[str, str | int]:
+    """Attributes every output carries. Built on rank 0 and broadcast: collective attribute writes
+    must see identical values on every rank."""
+    attrs = None
+    if ctx.is_root:
+        attrs = {"stage": stage, "config": cfg.to_yaml(), "config_digest": digest, "git_commit": git_commit(),
+                 "ranks": ctx.size, "host": socket.gethostname(), "started": started, "finished": now(),
+                 **{f"version_{k}": v for k, v in versions().items()}}
+    return ctx.bcast(attrs)
+
+
+@dataclass(frozen=True)
+class Column:
+    """One dataset of a row-oriented output: row shape (after the leading N axis) and dtype."""
+
+    shape: tuple[int, ...]
+    dtype: str
+    doc: str
+    chunk_rows: int | None = None  # rows per chunk; images use 1 so a single image reads one chunk
+
+    def chunks(self, n_rows: int) -> tuple[int, ...] | None:
+        if self.chunk_rows is None or n_rows == 0:
+            return None
+        return (min(self.chunk_rows, n_rows),) + self.shape
+
+
+def row_range(n_rows: int, ctx: Context) -> tuple[int, int]:
+    """This rank's contiguous block of rows (the first ``n_rows % size`` ranks get one extra)."""
+    base, extra = divmod(n_rows, ctx.size)
+    lo = ctx.rank * base + min(ctx.rank, extra)
+    return lo, lo + base + (1 if ctx.rank < extra else 0)
+
+
+RowBlocks = Callable[[int, int], Iterator[tuple[int, int, Mapping[str, np.ndarray]]]]
+
+
+def write_table(path: Path, columns: Mapping[str, Column], n_rows: int, blocks: RowBlocks, attrs: Mapping,
+                ctx: Context, io: str, dataset_attrs: Mapping[str, Mapping] | None = None) -> None:
+    """Write ``n_rows`` rows of ``columns`` to ``path``, all ranks together.
+
+    ``blocks(lo, hi)`` yields ``(start, stop, {column: array})`` pieces covering this rank's rows
+    ``[lo, hi)`` in order. The file appears under ``path`` only once complete.
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    lo, hi = row_range(n_rows, ctx)
+    if ctx.is_root:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.unlink(missing_ok=True)
+    ctx.barrier()
+
+    def create(f: h5py.File) -> None:
+        for name, col in columns.items():
+            ds = f.create_dataset(name, shape=(n_rows,) + col.shape, dtype=col.dtype, chunks=col.chunks(n_rows))
+            ds.attrs["doc"] = col.doc
+            for key, value in (dataset_attrs or {}).get(name, {}).items():
+                ds.attrs[key] = value
+        for key, value in attrs.items():
+            f.attrs[key] = value
+
+    if io == "mpio":
+        # No `with`: closing an mpio file is collective, so unwinding after an error on one rank
+        # would block it in H5Fclose while the others wait elsewhere. Left open, the error reaches
+        # mpi.abort_on_error, which aborts every rank.
+        f = h5py.File(tmp, "w", driver="mpio", comm=ctx.comm)
+        create(f)
+        pieces = iter(blocks(lo, hi))
+        while True:
+            piece = next(pieces, None)
+            # Collective writes need the same number of calls on every rank: a rank out of rows
+            # keeps joining with empty selections until every rank is.
+            if not ctx.allreduce_max(piece is not None):
+                break
+            for name in columns:
+                ds = f[name]
+                with ds.collective:
+                    if piece is not None:
+                        start, stop, data = piece
+                        ds[start:stop] = data[name]
+                    else:
+                        _write_nothing(ds)
+        f.close()
+    else:
+        shard = tmp.with_name(f"{tmp.name}.shard{ctx.rank}")
+        with h5py.File(shard, "w") as f:
+            f.attrs["lo"], f.attrs["hi"] = lo, hi
+            for name, col in columns.items():
+                f.create_dataset(name, shape=(hi - lo,) + col.shape, dtype=col.dtype)
+            for start, stop, data in blocks(lo, hi):
+                for name in columns:
+                    f[name][start - lo:stop - lo] = data[name]
+        ctx.barrier()
+        if ctx.is_root:
+            with h5py.File(tmp, "w") as f:
+                create(f)
+                for r in range(ctx.size):
+                    part = tmp.with_name(f"{tmp.name}.shard{r}")
+                    with h5py.File(part, "r") as s:
+                        a, b = int(s.attrs["lo"]), int(s.attrs["hi"])
+                        for name in columns:
+                            if b > a:
+                                f[name][a:b] = s[name][...]
+                    part.unlink()
+    ctx.barrier()
+    if ctx.is_root:
+        os.replace(tmp, path)
+        log.info("wrote %s (%d rows, io=%s, %d ranks)", path, n_rows, io, ctx.size)
+    ctx.barrier()
+
+
+def _write_nothing(ds: h5py.Dataset) -> None:
+    """Take part in a collective write with an empty selection (h5py skips empty slices entirely,
+    which would leave the other ranks waiting)."""
+    buf = np.empty((1,) + ds.shape[1:], ds.dtype)
+    mspace = h5py.h5s.create_simple(buf.shape)
+    mspace.select_none()
+    fspace = ds.id.get_space()
+    fspace.select_none()
+    ds.id.write(mspace, fspace, buf, dxpl=ds._dxpl)
+
+
+def open_checked(path: Path, stage: str) -> h5py.File:
+    """Open a stage output for reading, with errors that say which file and what is wrong."""
+    path = Path(path)
+    if not path.exists():
+        tmp = path.with_name(path.name + ".tmp")
+        hint = " (a .tmp file exists: the stage that writes it did not finish; rerun it)" if tmp.exists() else ""
+        raise StoreError(f"{path}: no such file; run `hpcmorph {stage}` first{hint}")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        raise StoreError(f"{path}: not a readable HDF5 file ({err})") from None
+    found = f.attrs.get("stage")
+    if found != stage:
+        f.close()
+        raise StoreError(f"{path}: expected the output of '{stage}', found stage={found!r}")
+    return f
+
+
+def output_digest(path: Path) -> str | None:
+    """The config digest recorded in a complete output, or None if there is no usable file."""
+    try:
+        with h5py.File(path, "r") as f:
+            return str(f.attrs.get("config_digest"))
+    except (OSError, FileNotFoundError):
+        return None

@@ -1,0 +1,57 @@
+"""Shared helpers: run the real CLI, plainly or under a real ``mpirun``, with a timeout."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def mpirun() -> str:
+    found = shutil.which("mpirun") or shutil.which("mpiexec", path=str(Path(sys.executable).parent))
+    if not found:
+        pytest.skip("no mpirun on this machine")
+    return found
+
+
+def env() -> dict[str, str]:
+    e = dict(os.environ)
+    e.update({"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+              "OMPI_MCA_rmaps_base_oversubscribe": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+              "PYTHONPATH": str(ROOT) + os.pathsep + e.get("PYTHONPATH", "")})
+    return e
+
+
+def command(args: list[str], ranks: int = 1) -> list[str]:
+    base = [sys.executable, "-m", "hpcmorph", *args]
+    return base if ranks == 1 else [mpirun(), "-n", str(ranks), *base]
+
+
+def cli(args: list[str], cwd: Path, ranks: int = 1, timeout: float = 300, check: bool = True):
+    """Run ``hpcmorph ARGS`` (under ``mpirun -n RANKS`` when RANKS > 1); never hangs past ``timeout``."""
+    res = subprocess.run(command(args, ranks), cwd=cwd, env=env(), capture_output=True, text=True, timeout=timeout)
+    if check and res.returncode != 0:
+        raise AssertionError(f"hpcmorph {' '.join(args)} (ranks={ranks}) exited {res.returncode}\n"
+                             f"stdout:\n{res.stdout[-3000:]}\nstderr:\n{res.stderr[-5000:]}")
+    return res
+
+
+def datasets(path: Path) -> dict[str, np.ndarray]:
+    """Every dataset of an HDF5 file, read whole (for comparing outputs)."""
+    with h5py.File(path, "r") as f:
+        return {name: f[name][...] for name in f}
+
+
+def assert_same_data(a: Path, b: Path) -> None:
+    da, db = datasets(a), datasets(b)
+    assert sorted(da) == sorted(db)
+    for name in da:
+        np.testing.assert_array_equal(da[name], db[name], err_msg=f"dataset {name} differs between {a} and {b}")
