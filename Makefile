@@ -10,24 +10,33 @@ HPCMORPH := $(VENV)/bin/hpcmorph
 export OMPI_ALLOW_RUN_AS_ROOT ?= 1
 export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM ?= 1
 export OMPI_MCA_rmaps_base_oversubscribe ?= 1
-MPIRUN  := $(shell command -v mpirun || echo $(VENV)/bin/mpiexec)
+# A venv set up with PyPI's MPI wheel brings its own mpiexec, which must launch its ranks.
+MPIRUN  := $(if $(wildcard $(VENV)/bin/mpiexec),$(VENV)/bin/mpiexec,$(shell command -v mpirun))
 LAUNCH  := $(if $(filter 1,$(RANKS)),,$(MPIRUN) -n $(RANKS))
 
-.PHONY: setup run test bench bench-generate clean help
+.PHONY: setup horovod run test bench bench-generate clean help
 
 help:
 	@echo "make run    [CONFIG=laptop] [RANKS=1]  set up, then run the pipeline on the embedded default"
 	@echo "make test                              set up, then run the test suite"
 	@echo "make bench                             every stage's benchmark (figures beside a bare baseline)"
 	@echo "make setup                             only bring the machine and .venv up to date"
+	@echo "make horovod                           build (once, cached) and install Horovod into .venv"
 
 setup:
 	@bash scripts/setup.sh
 
+# Horovod 0.28.1 needs source edits to build against torch 2.14: built once, cached in .cache/wheels.
+horovod: setup
+	@$(PY) -c "import horovod.torch" 2>/dev/null || { \
+	  $(PY) -m pip install -q -c requirements/constraints.txt cmake packaging setuptools wheel && \
+	  wheel=$$(bash scripts/build-horovod.sh $(PY) .cache/wheels | sed -n 's/.*built: //p') && \
+	  $(PY) -m pip install -q -c requirements/constraints.txt "$$wheel"; }
+
 run: setup
 	$(LAUNCH) $(HPCMORPH) generate --config $(CONFIG)
 
-test: setup
+test: setup horovod
 	$(PY) -m pytest -q -ra
 
 bench: bench-generate

@@ -47,6 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.add_argument("--force", action="store_true", help="replace an output made from a different config")
 
+    p = sub.add_parser("train", help="train ResNet18, plainly and with MMD domain adaptation (Horovod / DDP)",
+                       description="Stage 2: train each variant (regular, mmd) and seed of the config on "
+                       "galaxies.h5, with early stopping, and evaluate on the Y10 and Y1 test sets (Table 1). "
+                       "Data-parallel under mpirun/srun/horovodrun/torchrun (train.backend). On SIGTERM or SIGUSR1 "
+                       "it checkpoints and exits 75; the same command resumes.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _config_args(p)
+
     p = sub.add_parser("info", help="versions, MPI library, h5py MPI support, GPUs")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -110,12 +118,24 @@ def main(argv: list[str] | None = None) -> int:
 
     ctx = mpi.world()
     mpi.setup_logging(ctx, args.verbose)
-    with mpi.abort_on_error(ctx, user_errors=(config_mod.ConfigError, SourceError, StageError, store.StoreError)):
+    user_errors = (config_mod.ConfigError, SourceError, StageError, store.StoreError)
+    with mpi.abort_on_error(ctx, user_errors=user_errors):
         cfg = config_mod.load(args.config, args.overrides)
         if args.command == "generate":
             from .generate import run
 
             run(cfg, ctx, force=args.force)
+        elif args.command == "train":
+            from .train import PREEMPTED_EXIT, Preempted, run
+            from .train.distributed import BackendError
+
+            try:
+                run(cfg)
+            except BackendError as err:
+                raise StageError(str(err)) from None
+            except Preempted as err:
+                mpi.log.warning("%s", err)
+                return PREEMPTED_EXIT
     return 0
 
 

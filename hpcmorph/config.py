@@ -114,6 +114,31 @@ SCHEMA: dict[str, Any] = {
             "labels": Field(None, str, "Path of the one-hot labels .npy array (N, 3), columns spiral, elliptical, merger.", nullable=True),
         },
     },
+    "train": {
+        "variants": Field(["regular", "mmd"], list, "Models to train: 'regular' (cross-entropy on Y10) and/or 'mmd' "
+                          "(plus lambda * MMD between the Y10 and Y1 latents; Y1 labels are never read).",
+                          item=str, choices=("regular", "mmd")),
+        "seeds": Field([0], list, "Training seeds; each variant is trained once per seed (for error bars).", item=int, low=0),
+        "backend": Field("auto", str, "Data-parallel backend: 'none' (one process), 'horovod', 'ddp' (torch "
+                         "DistributedDataParallel), or 'auto' (none on one rank, else horovod if importable, else ddp).",
+                         choices=("auto", "none", "horovod", "ddp")),
+        "epochs": Field(100, int, "Maximum epochs.", low=1),
+        "patience": Field(10, int, "Early stopping: epochs without a lower validation loss before stopping.", low=1),
+        "batch_size": Field(128, int, "Global batch size, split evenly across ranks.", low=1),
+        "lr": Field(1e-5, float, "Adam learning rate.", low=0.0, high=1.0),
+        "betas": Field([0.7, 0.8], list, "Adam betas.", item=float, length=2, low=0.0, high=0.9999),
+        "weight_decay": Field(1e-3, float, "Adam weight decay of the regular model.", low=0.0),
+        "weight_decay_mmd": Field(1e-4, float, "Adam weight decay of the MMD model.", low=0.0),
+        "mmd_lambda": Field(0.05, float, "Weight of the MMD term (the paper: 0.05; the authors' code: 0.01).", low=0.0),
+        "mmd_bandwidth": Field("batch", str, "MMD kernel widths: 'batch' (5 Gaussians scaled from the batch) or "
+                               "'fixed' (the authors' 19 fixed widths).", choices=("batch", "fixed")),
+        "dropout": Field(0.5, float, "Dropout on the last feature map.", low=0.0, high=0.99),
+        "eval_batch_size": Field(256, int, "Batch size for validation and test inference, per rank.", low=1),
+        "normalize_per_band": Field(False, bool, "Fit the asinh stretch's percentiles per band (default: over all "
+                                    "bands together, as the authors)."),
+        "max_train_images": Field(0, int, "Use at most this many training images (0 = all): for quick runs.", low=0),
+        "threads": Field(0, int, "torch CPU threads per rank (0 = torch's default).", low=0),
+    },
 }
 
 
@@ -174,6 +199,12 @@ def _check(path: str, value: Any, source: str) -> Any:
     def scalar(v, kind, what):
         if kind is float and isinstance(v, int) and not isinstance(v, bool):
             v = float(v)
+        if kind is float and isinstance(v, str):
+            # YAML 1.1 reads 1e-4 (no dot) as a string.
+            try:
+                v = float(v)
+            except ValueError:
+                pass
         if kind is int and isinstance(v, bool) or not isinstance(v, kind):
             raise ConfigError(f"{where}: expected {what} of type {kind.__name__}, got {v!r} ({type(v).__name__})")
         if kind in (int, float):

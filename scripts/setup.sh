@@ -4,23 +4,35 @@
 # inputs prints one line and returns. The Apptainer recipes run this same script in %post.
 #
 # Order of preference for MPI and HDF5 (a facility user with modules loaded comes first):
-#   1. what is already on the machine: $MPICC or mpicc on PATH; parallel HDF5 from $HDF5_DIR or
+#   1. what is already on the machine: $MPICC or mpicc on PATH; parallel HDF5 from
+#      $HDF5_INCLUDEDIR (+ $HDF5_LIBDIR), $HDF5_DIR (a prefix with include/ and lib/ or lib64/) or
 #      pkg-config (hdf5-openmpi, hdf5-mpich, hdf5-mpi);
 #   2. as root with apt: Debian's OpenMPI and libhdf5-openmpi-dev;
 #   3. PyPI's MPI wheel (mpich) and the serial h5py wheel: every stage still runs, ranks write shards.
 #
 # Environment: PYTHON (interpreter for the venv, default python3), VENV (default .venv),
-# HPCMORPH_NO_APT=1 (never call apt), HPCMORPH_WITH_HOROVOD=1 (also build and install Horovod).
+# HPCMORPH_NO_APT=1 (never call apt), HPCMORPH_MPI=wheel (skip 1 and 2: take 3 even where the
+# machine has an MPI; default auto), HPCMORPH_WITH_HOROVOD=1 (also build and install Horovod).
+# pip's "Location 'file:...' is ignored" warnings (local indexes in this machine's pip config that
+# lack a project) are dropped from the output; every other line and pip's exit status are kept.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
+HPCMORPH_MPI=${HPCMORPH_MPI:-auto}
 CONSTRAINTS=requirements/constraints.txt
 say() { printf 'setup: %s\n' "$*"; }
+die() { say "$*" >&2; exit 1; }
 
-inputs_hash=$(cat scripts/setup.sh pyproject.toml "$CONSTRAINTS" | sha256sum | cut -c1-16)
+case $HPCMORPH_MPI in
+    auto|wheel) ;;
+    *) die "HPCMORPH_MPI must be auto or wheel, not '$HPCMORPH_MPI'" ;;
+esac
+
+inputs_hash=$({ cat scripts/setup.sh pyproject.toml "$CONSTRAINTS"; echo "HPCMORPH_MPI=$HPCMORPH_MPI"; } \
+    | sha256sum | cut -c1-16)
 stamp="$VENV/.setup-$inputs_hash"
 if [[ -f "$stamp" ]]; then
     say "environment up to date ($VENV)"
@@ -28,36 +40,85 @@ if [[ -f "$stamp" ]]; then
 fi
 
 is_root() { [[ $(id -u) -eq 0 ]]; }
-can_apt() { is_root && command -v apt-get >/dev/null && [[ -z "${HPCMORPH_NO_APT:-}" ]]; }
+can_apt() {
+    [[ $HPCMORPH_MPI == auto && -z "${HPCMORPH_NO_APT:-}" ]] && is_root && command -v apt-get >/dev/null
+}
 
-parallel_hdf5_pc() {
-    local name
+# Run "$@" with exactly pip's "Location 'file:...' is ignored: it is neither a file nor a directory."
+# lines taken out of its stderr. stdout stays stdout; the status is the command's (pipefail; sed
+# exits 0 whatever it drops).
+filter_pip() {
+    { "$@" 2>&1 1>&3 3>&- \
+        | sed -u "/^WARNING: Location 'file:[^']*' is ignored: it is neither a file nor a directory\.\$/d" >&2 3>&-
+    } 3>&1
+}
+
+# --- 1/2: MPI and parallel HDF5 from the machine, or from apt -------------------------------
+# The mpich wheel of an earlier fallback set-up puts an mpicc into $VENV/bin: not the machine's.
+venv_bin=$(cd "$VENV/bin" 2>/dev/null && pwd -P || true)
+find_mpicc() {
+    local p
+    if [[ -n "${MPICC:-}" ]]; then command -v "$MPICC"; return; fi
+    while IFS= read -r p; do
+        [[ -n "$venv_bin" && $(cd "$(dirname "$p")" && pwd -P) == "$venv_bin" ]] && continue
+        echo "$p"; return 0
+    done < <(type -ap mpicc)
+    return 1
+}
+
+include_is_parallel() { grep -qs 'define H5_HAVE_PARALLEL 1' "$1"/H5pubconf*.h; }
+
+# Sets hdf5_build (the variables h5py's build gets; h5py refuses more than one of HDF5_DIR,
+# HDF5_INCLUDEDIR/LIBDIR and HDF5_PKGCONFIG_NAME, and reads only $HDF5_DIR/lib, so a prefix is
+# passed as explicit include and lib dirs) and hdf5_what (for messages). Fails if none is parallel.
+hdf5_build=() hdf5_what=
+find_parallel_hdf5() {
+    local d name
+    if [[ -n "${HDF5_INCLUDEDIR:-}" ]] && include_is_parallel "$HDF5_INCLUDEDIR"; then
+        hdf5_build=(HDF5_INCLUDEDIR="$HDF5_INCLUDEDIR" ${HDF5_LIBDIR:+HDF5_LIBDIR="$HDF5_LIBDIR"})
+        hdf5_what="HDF5_INCLUDEDIR=$HDF5_INCLUDEDIR"
+        return 0
+    fi
+    if [[ -n "${HDF5_DIR:-}" ]] && include_is_parallel "$HDF5_DIR/include"; then
+        for d in lib lib64 lib; do
+            compgen -G "$HDF5_DIR/$d/libhdf5.so*" >/dev/null && break
+        done
+        hdf5_build=(HDF5_INCLUDEDIR="$HDF5_DIR/include" HDF5_LIBDIR="$HDF5_DIR/$d")
+        hdf5_what="HDF5_DIR=$HDF5_DIR"
+        return 0
+    fi
     command -v pkg-config >/dev/null || return 1
     for name in hdf5-openmpi hdf5-mpich hdf5-mpi; do
-        if pkg-config --exists "$name"; then echo "$name"; return 0; fi
+        if pkg-config --exists "$name"; then
+            hdf5_build=(HDF5_PKGCONFIG_NAME="$name")
+            hdf5_what="pkg-config $name"
+            return 0
+        fi
     done
     return 1
 }
 
-hdf5_dir_is_parallel() {
-    [[ -n "${HDF5_DIR:-}" ]] && grep -qs 'define H5_HAVE_PARALLEL 1' "$HDF5_DIR"/include/H5pubconf*.h
+mpicc_bin= have_hdf5=
+detect() {
+    mpicc_bin=$(find_mpicc || true)
+    if find_parallel_hdf5; then have_hdf5=1; else have_hdf5=; fi
 }
-
-# --- 1/2: MPI and parallel HDF5 from the machine, or from apt -------------------------------
-mpicc_bin=${MPICC:-$(command -v mpicc || true)}
-hdf5_pc=$(parallel_hdf5_pc || true)
-have_parallel_hdf5() { [[ -n "$hdf5_pc" ]] || hdf5_dir_is_parallel; }
-if { [[ -z "$mpicc_bin" ]] || ! have_parallel_hdf5; } && can_apt; then
-    say "installing OpenMPI and parallel HDF5 with apt"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq openmpi-bin libopenmpi-dev libhdf5-openmpi-dev pkg-config >/dev/null
-    mpicc_bin=${MPICC:-$(command -v mpicc || true)}
-    hdf5_pc=$(parallel_hdf5_pc || true)
+if [[ $HPCMORPH_MPI == auto ]]; then
+    if [[ -n "${MPICC:-}" ]] && ! command -v "$MPICC" >/dev/null; then
+        die "MPICC=$MPICC is not a command"
+    fi
+    detect
+    if { [[ -z "$mpicc_bin" ]] || [[ -z "$have_hdf5" ]]; } && can_apt; then
+        say "installing OpenMPI and parallel HDF5 with apt"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq openmpi-bin libopenmpi-dev libhdf5-openmpi-dev pkg-config >/dev/null
+        detect
+    fi
 fi
 
 mode=serial
-if [[ -n "$mpicc_bin" ]] && have_parallel_hdf5; then
+if [[ -n "$mpicc_bin" && -n "$have_hdf5" ]]; then
     mode=parallel
 fi
 
@@ -67,34 +128,50 @@ if [[ ! -x "$VENV/bin/python" ]]; then
     "$PYTHON" -m venv "$VENV"
 fi
 pip=("$VENV/bin/python" -m pip install -q -c "$CONSTRAINTS")
-"${pip[@]}" numpy mpi4py Cython pkgconfig 'setuptools>=77' packaging wheel
+filter_pip "${pip[@]}" numpy mpi4py Cython pkgconfig 'setuptools>=77' packaging wheel
 
+h5py_has_mpi() { "$VENV/bin/python" -c 'import h5py, sys; sys.exit(0 if h5py.get_config().mpi else 1)' 2>/dev/null; }
 want_mpi=False
 if [[ $mode == parallel ]]; then
     want_mpi=True
-    if ! "$VENV/bin/python" -c 'import h5py, sys; sys.exit(0 if h5py.get_config().mpi else 1)' 2>/dev/null; then
-        say "building h5py against parallel HDF5 (${hdf5_pc:-HDF5_DIR=$HDF5_DIR}, $mpicc_bin); takes a few minutes"
+    # mpi4py loads the mpich wheel's libmpi when one is in the venv (a former fallback set-up),
+    # while h5py links the machine's: take it out.
+    if "$VENV/bin/python" -c 'import importlib.metadata as m; m.version("mpich")' 2>/dev/null; then
+        say "removing the mpich wheel from $VENV: mpi4py would load it instead of $mpicc_bin's MPI"
+        filter_pip "$VENV/bin/python" -m pip uninstall -q -y mpich
+    fi
+    if ! h5py_has_mpi; then
+        say "building h5py against parallel HDF5 ($hdf5_what, $mpicc_bin); takes a few minutes"
         # Without --no-build-isolation the build pins an old mpi4py from source and hangs for 20+ min.
-        env CC="$mpicc_bin" HDF5_MPI=ON ${hdf5_pc:+HDF5_PKGCONFIG_NAME=$hdf5_pc} \
+        filter_pip env -u HDF5_DIR -u HDF5_INCLUDEDIR -u HDF5_LIBDIR -u HDF5_PKGCONFIG_NAME \
+            CC="$mpicc_bin" HDF5_MPI=ON "${hdf5_build[@]}" \
             "${pip[@]}" --no-cache-dir --no-build-isolation --no-binary=h5py --force-reinstall --no-deps h5py
     fi
 else
-    say "no MPI compiler or parallel HDF5 found and apt not usable: using PyPI's mpich and serial h5py (ranks write shards)"
-    if [[ -z "$mpicc_bin" ]]; then "${pip[@]}" mpich; fi
-    "${pip[@]}" h5py
+    if [[ $HPCMORPH_MPI == wheel ]]; then
+        say "HPCMORPH_MPI=wheel: using PyPI's mpich and serial h5py (ranks write shards)"
+    elif [[ -z "$mpicc_bin" ]]; then
+        say "no MPI compiler found and apt not usable: using PyPI's mpich and serial h5py (ranks write shards)"
+    else
+        say "no parallel HDF5 found and apt not usable: using $mpicc_bin's MPI and serial h5py (ranks write shards)"
+    fi
+    if [[ -z "$mpicc_bin" ]]; then filter_pip "${pip[@]}" mpich; fi
+    reinstall=()
+    if h5py_has_mpi; then reinstall=(--force-reinstall --no-deps); fi
+    filter_pip "${pip[@]}" --only-binary=h5py "${reinstall[@]}" h5py
 fi
 
-"${pip[@]}" torch torchvision
-"${pip[@]}" -e ".[test]"
+filter_pip "${pip[@]}" torch torchvision
+filter_pip "${pip[@]}" -e ".[test]"
 
 # A later plain `pip install h5py` (here or by a user) silently swaps in the serial wheel: check.
-"$VENV/bin/python" - "$want_mpi" <<'EOF'
+"$VENV/bin/python" - "$want_mpi" "$VENV" <<'EOF'
 import sys
 import h5py, mpi4py, torch, galsim  # noqa: F401
 want = sys.argv[1] == "True"
 if h5py.get_config().mpi != want:
     sys.exit(f"setup: h5py MPI support is {h5py.get_config().mpi}, expected {want}: "
-             "a serial h5py wheel replaced the parallel build; rerun after `rm -rf .venv`")
+             f"a serial h5py wheel replaced the parallel build; rerun after `rm -rf {sys.argv[2]}`")
 print(f"setup: ok (h5py {h5py.__version__} mpi={want}, torch {torch.__version__}, galsim {galsim.__version__})")
 EOF
 

@@ -16,13 +16,15 @@ from .morphology import CLASS_NAMES
 
 
 def figure1(f: h5py.File, path: Path) -> Path | None:
-    """Y10 beside Y1 for one galaxy of each class (the first un-augmented test galaxy of each)."""
+    """Y10 beside Y1 for one galaxy of each class (the first typical un-augmented test galaxy of each)."""
     import matplotlib.pyplot as plt
 
-    label, split, aug = f["label"][...], f["split"][...], f["augmentation"][...]
+    label, split, aug, intended = f["label"][...], f["split"][...], f["augmentation"][...], f["intended"][...]
+    # Prefer galaxies whose G-M20 label agrees with what the generator meant: typical of the class.
+    typical = (intended == label) | (intended < 0)
     picks = []
     for cls in range(3):
-        rows = np.flatnonzero((label == cls) & (aug == 0) & (split == 2))
+        rows = np.flatnonzero((label == cls) & (aug == 0) & (split == 2) & typical)
         rows = rows if len(rows) else np.flatnonzero((label == cls) & (aug == 0))
         if len(rows):
             picks.append((cls, int(rows[0])))

@@ -1,70 +1,83 @@
 """Gini and M20 non-parametric morphology of noiseless galaxy images.
 
-This module reproduces the Gini coefficient and the M20 moment statistic as
-defined by statmorph (Rodriguez-Gomez et al. 2019, MNRAS 483, 4140), which in
-turn follows Lotz, Primack & Madau (2004, AJ 128, 163), and the Gini-M20
-classification of Lotz et al. (2008, ApJ 672, 177) with the bulge and merger
-statistics of Rodriguez-Gomez et al. (2019, eqs. 5-6).
+Reproduces the Gini coefficient and M20 moment statistic exactly as statmorph
+defines them (Rodriguez-Gomez et al. 2019, MNRAS 483, 4140; statmorph 0.7,
+default parameters), after Lotz, Primack & Madau (2004, AJ 128, 163), and
+the Gini-M20 classification of Lotz et al. (2008, ApJ 672, 177) through the
+bulge and merger statistics of Rodriguez-Gomez et al. (2019, eqs. 5-6).
 
-statmorph needs ~0.5 s per 100x100 stamp because it measures dozens of
-quantities with exact aperture photometry (photutils), Nelder-Mead centring
-and a Sersic fit.  Only a few of those steps matter for Gini and M20, and for
-a noiseless, background-free image they can be done with a handful of
-vectorised numpy/scipy passes, about a millisecond per 100x100 image.
+statmorph takes ~0.5 s per 100x100 image, because it measures dozens of
+quantities, with exact pixel-polygon aperture photometry (photutils) inside
+root finders and a Sersic fit.  Gini and M20 need only part of that chain,
+done here with vectorised numpy/scipy in a few milliseconds.
 
-Algorithm (statmorph defaults: eta = 0.2, 1-pixel annuli, smoothing by
-0.2 Petrosian radii):
+The chain, as in statmorph (pixel (i, j) is the unit square centred on
+x = j, y = i):
 
-1. The source is the set of pixels with positive flux.  As in statmorph the
-   work is done on a "postage stamp": the source's bounding box grown by a
-   factor 2.5 (at least 48 pixels) and clipped to the image.
-2. Flux-weighted centroid and second moments of the source give the
-   elongation a/b and position angle of the elliptical apertures.
-3. The elliptical Petrosian semi-major axis ``r_petro`` is where the mean
-   surface brightness in a 1-pixel-wide elliptical annulus falls to eta
-   times the mean within the ellipse; statmorph's coarse bracketing search
-   (first crossing on a 100-point grid) is reproduced, so the same root is
-   picked when the profile has several.
-4. The stamp is smoothed with a Gaussian of sigma = 0.2 r_petro; pixels at
-   or above the mean smoothed surface brightness in the elliptical annulus
-   at r_petro (centred on the centroid) form the Gini segmap, keeping the
-   8-connected region that holds the brightest smoothed pixel.
-5. Gini is computed from the unsmoothed fluxes in the segmap; M20 from the
-   second moments of the segmap about its own centroid, which is the centre
-   that minimises the total second moment.
+1. The source is the set of pixels with positive flux (statmorph is given
+   the segmentation map ``image > 0``).  Work is done on statmorph's
+   "postage stamp": the source's bounding box grown 2.5 times (at least 48
+   pixels) and clipped to the image.
+2. The circular Petrosian radius about the flux-weighted centroid sets the
+   aperture (1.5 radii) of the CAS asymmetry, which Nelder-Mead minimises
+   from the centroid (and, if that drifts more than 0.25 radii, from the
+   brightest pixel) to find the asymmetry centre.
+3. Second moments about the asymmetry centre give the elongation and
+   position angle of elliptical apertures centred there, and the elliptical
+   Petrosian semi-major axis ``r_petro`` (eta = 0.2, 1-pixel annuli) is
+   found as statmorph finds it: the first non-positive value of the
+   Petrosian function on a 100-point grid, then the root before it.
+4. The stamp is smoothed by a Gaussian of sigma 0.2 r_petro.  The Gini
+   segmap is the pixels at or above the mean smoothed surface brightness in
+   the same-shaped annulus at r_petro, centred this time on the centroid;
+   of several 8-connected regions, the one with the brightest smoothed
+   pixel is kept.
+5. Gini comes from the unsmoothed fluxes in the segmap; M20 from their
+   second moments about the segmap's centroid (the centre minimising the
+   total), the "brightest 20%" being every pixel at least as bright as the
+   one at which the cumulative flux, summed from the faintest, reaches 80%.
 
-Aperture sums use a fractional pixel coverage rather than pixel centres,
-because the 1-pixel annuli of step 3 are too thin for centre sampling: each
-pixel is treated as a unit square whose elliptical radius varies linearly
-across it, so its covered fraction is the CDF of a trapezoid.  This is exact
-for straight aperture edges and differs from photutils' exact overlap only
-through the edge curvature over one pixel.
+Where the speed comes from, and what it costs in fidelity:
 
-Simplifications relative to statmorph (see also ``measure``):
+* Aperture sums.  A curve of growth of every aperture size at once (one
+  bincount, each pixel modelled as a one-pixel-wide linear ramp in radius)
+  brackets r_petro; the root, and the Gini threshold, then use accurate
+  coverage of only the pixels the annuli cross: 2x2 sub-pixels, each
+  treated as a square across which the elliptical radius is linear plus a
+  curvature correction, so its covered fraction is the CDF of a trapezoid.
+  This matches photutils' exact overlap to ~1e-4 on 1-pixel annuli.
+* Asymmetry.  Rotation by 180 degrees about c samples the image at 2c - p,
+  whose fractional part is the same for every pixel p, so statmorph's
+  bilinear rotation is one blend of four pixel-flipped copies.  The same
+  Nelder-Mead (start, initial simplex) then follows the same path, which
+  matters for mergers with several asymmetry minima; it stops at 0.03
+  pixel instead of statmorph's 1e-6.  The circular aperture's coverage is a
+  linear ramp, and the circular Petrosian radius comes from the bracketing
+  curve alone (~0.05 pixel).
 
-* The apertures of step 3 are centred on, and the moments of step 2 taken
-  about, the flux-weighted centroid instead of statmorph's asymmetry centre
-  (a Nelder-Mead minimisation of the rotational asymmetry that would cost
-  more than everything else here).  For a symmetric galaxy the two coincide;
-  for an image truncated by the stamp edge or a lopsided merger they differ
-  by a pixel or two, which moves Gini and M20 by a few thousandths.
-* statmorph's Lotz et al. (2004) outlier rejection (pixels more than 10
-  sigma from their 8 neighbours) is not applied: noiseless renders have no
-  hot pixels, and on an unresolved source it would delete the source itself.
-* There is no input segmentation map or mask: the whole image is taken to
-  belong to one galaxy.
+Other differences from statmorph:
+
+* No Lotz et al. (2004) outlier rejection (pixels 10 sigma from their 8
+  neighbours are masked by statmorph): noiseless renders have no hot pixels,
+  and on a one-pixel source it would delete the source itself.
+* No input segmentation map, mask or weight map; with a source of all the
+  positive pixels, statmorph finds no sky box either, so it applies no sky
+  correction to the asymmetry, as here.
+* statmorph's flags differ: see ``Morphology.flag``.
 """
 
 from dataclasses import dataclass
 
 import numpy as np
 import scipy.ndimage as ndi
+import scipy.optimize as opt
 
 __all__ = [
     "SPIRAL",
     "ELLIPTICAL",
     "MERGER",
     "CLASS_NAMES",
+    "UNCLASSIFIED",
     "FLAG_OK",
     "FLAG_DEGENERATE",
     "Morphology",
@@ -76,6 +89,7 @@ __all__ = [
 
 SPIRAL, ELLIPTICAL, MERGER = 0, 1, 2
 CLASS_NAMES = ("spiral", "elliptical", "merger")
+UNCLASSIFIED = -1  # lotz_class of a non-finite (degenerate) measurement
 
 FLAG_OK = 0
 FLAG_DEGENERATE = 1
@@ -88,22 +102,33 @@ _CUTOUT_EXTENT = 2.5  # stamp size relative to the source's bounding box
 _MIN_CUTOUT_SIZE = 48  # pixels
 _N_COARSE = 100  # points of statmorph's Petrosian bracketing grid
 _TOP_FRACTION = 0.2  # M20 uses the brightest 20 per cent of the flux
+_M20_ROUNDING = 1e-12  # M_20 / M_tot below this is a rounded zero
+_PETRO_EXTENT_CAS = 1.5  # asymmetry aperture radius, in circular r_petro
+_PETRO_FRACTION_CAS = 0.25  # largest drift of the asymmetry centre, same
+# Nelder-Mead tolerances for the asymmetry centre: pixels, and asymmetry.
+# statmorph asks for 1e-6 pixel; both must be met to stop.
+_ASYM_XTOL = 0.03
+_ASYM_FTOL = np.inf
 
 # Step of the grid of aperture sizes on which the curve of growth is first
 # tabulated (pixels).  Half the annulus width is a whole number of steps, so
 # annulus edges fall on grid nodes.
 _GRID_STEP = _ANNULUS_WIDTH / 20.0
 
-# Refinement of r_petro with accurate pixel coverage: a window of this
-# half-width (pixels) around the grid estimate, which is good to a few
-# hundredths of a pixel; the first secant step (pixels); and, should the
-# root leave the window, a scan of the coarse bracket that tabulates this
-# many points per pass, which narrows a 1.4-pixel bracket to 0.02 pixel in
-# two passes before a final linear interpolation.
-_REFINE_HALF_WIDTH = 0.25
-_REFINE_STEP = 0.05
-_SCAN_POINTS = 9
-_SCAN_PASSES = 2
+# Solving for r_petro with accurate pixel coverage.  Where the box model's
+# Petrosian function is within this of zero at a coarse size, its sign is
+# checked with accurate coverage (the model's error is below 0.01).  A shell
+# of pixels covers sizes within this half-width (pixels) of those asked for,
+# which holds the root: the box-model estimate is good to a few hundredths
+# of a pixel.  The secant step about that estimate (pixels).  Should the
+# secant leave statmorph's bracket, a vectorised bisection tabulates this
+# many points per pass, narrowing a 1.4-pixel bracket to 0.02 pixel in two
+# passes before interpolating.
+_GRID_SIGN_TOLERANCE = 0.02
+_SHELL_HALF_WIDTH = 0.25
+_SECANT_STEP = 0.05
+_BISECT_POINTS = 9
+_BISECT_PASSES = 2
 
 # The trapezoid coverage divides by the product of a sub-pixel's two
 # projected widths, which vanishes on an aperture axis.  A trapezoid whose
@@ -131,13 +156,19 @@ class Morphology:
     n_pixels : int
         Number of pixels in the Gini segmap.
     flag : int
-        ``FLAG_OK`` (0): the measurement followed statmorph's normal path.
-        ``FLAG_DEGENERATE`` (1): it did not, and ``gini``/``m20`` are NaN or
-        untrustworthy: the image has no positive flux; the Petrosian radius
-        was not bracketed and was clipped to its search bounds (e.g. a
-        source smaller than one annulus width, or one still rising at the
-        stamp edge); the Gini segmap is empty or covers the whole stamp; or
-        the segmap has fewer than two pixels or zero second moment.
+        ``FLAG_OK`` (0): statmorph's normal path; both values are finite.
+        ``FLAG_DEGENERATE`` (1): a fallback was taken, and ``gini`` or
+        ``m20`` is NaN or should not be trusted.  The cases, each of which
+        statmorph flags as bad (its flag 2) or reports as -99: no positive
+        flux (all outputs NaN, ``n_pixels`` 0); a Petrosian radius not
+        bracketed and clipped to the search range (a source smaller than one
+        annulus width, or brighter at the stamp edge); an asymmetry centre
+        that drifted from both starting points, replaced by the centroid; a
+        Gini segmap that is empty or the whole stamp; fewer than two segmap
+        pixels (Gini NaN); or a zero second moment of the segmap or of its
+        brightest 20% (M20 NaN).  statmorph's "suspect" flag 1 (disjoint
+        Gini segmap; asymmetry centre found only from the brightest pixel)
+        has no counterpart: those measurements are normal here.
     """
 
     gini: float
@@ -190,18 +221,28 @@ def measure(image):
     stamp_slice = _stamp_slice(source)
     stamp = img[stamp_slice]
     source_flux = np.where(source[stamp_slice], stamp, 0.0)
-
-    xc, yc, cov = _centroid_and_covariance(source_flux)
-    elongation, theta = _shape(cov)
-
-    apertures = _EllipticalApertures(stamp.shape, xc, yc, elongation, theta)
+    moments = _Moments(source_flux)
     diagonal = np.hypot(*stamp.shape)
-    r_petro, bracketed = _petrosian_radius(
-        apertures, stamp, a_outer=diagonal * elongation)
+
+    # statmorph centres the Petrosian ellipses, and takes the moments that
+    # shape them, about the point that minimises the rotational asymmetry;
+    # that point needs the circular Petrosian radius about the centroid.
+    circles = _EllipticalApertures(stamp.shape, moments.xc, moments.yc, 1.0, 0.0)
+    r_circ, bracketed = _petrosian_radius(circles, stamp, diagonal, refine=False)
+    centre, centred = _asymmetry_centre(stamp, moments, r_circ)
+    if not (bracketed and centred):
+        flag = FLAG_DEGENERATE
+
+    elongation, theta = _shape(moments.covariance(*centre))
+    ellipses = _EllipticalApertures(stamp.shape, *centre, elongation, theta)
+    r_petro, bracketed = _petrosian_radius(ellipses, stamp, diagonal * elongation)
     if not bracketed:
         flag = FLAG_DEGENERATE
 
-    segmap, segmap_ok = _gini_segmap(stamp, apertures, r_petro, elongation)
+    # ...but centres the annulus that sets the Gini threshold on the centroid.
+    annuli = _EllipticalApertures(stamp.shape, moments.xc, moments.yc,
+                                  elongation, theta)
+    segmap, segmap_ok = _gini_segmap(stamp, annuli, r_petro, elongation)
     if not segmap_ok:
         flag = FLAG_DEGENERATE
     n_pixels = int(np.count_nonzero(segmap))
@@ -241,8 +282,8 @@ def lotz_class(gini, m20):
     """Lotz et al. (2008) Gini-M20 class: ``MERGER``, ``ELLIPTICAL`` or ``SPIRAL``.
 
     A galaxy is a merger if S(G, M20) > 0; otherwise elliptical if
-    F(G, M20) > 0; otherwise spiral.  Points exactly on a line fall on the
-    side of the inequality that fails.
+    F(G, M20) > 0; otherwise spiral.  A point exactly on a line is on the
+    side where the inequality fails.
 
     Parameters
     ----------
@@ -251,32 +292,30 @@ def lotz_class(gini, m20):
 
     Returns
     -------
-    int or numpy.ndarray of int
-        Class indices into ``CLASS_NAMES``; a Python int for scalar input.
-
-    Raises
-    ------
-    ValueError
-        If any gini or m20 is NaN or infinite (e.g. a degenerate
-        measurement), since any class given to it would be arbitrary.
+    int or numpy.ndarray of int64
+        Class indices into ``CLASS_NAMES``, a Python int for scalar input;
+        ``UNCLASSIFIED`` (-1) where gini or m20 is NaN or infinite, as for a
+        degenerate measurement, rather than the class a failed comparison
+        would give.  Mind that -1 is not a valid index into ``CLASS_NAMES``.
     """
-    g, m = np.broadcast_arrays(np.asarray(gini, dtype=float),
-                               np.asarray(m20, dtype=float))
-    bad = ~(np.isfinite(g) & np.isfinite(m))
-    if bad.any():
-        raise ValueError(
-            "lotz_class expects finite gini and m20; got "
-            f"{int(bad.sum())} non-finite value(s) out of {bad.size} "
-            "(drop measurements with Morphology.flag != FLAG_OK first)")
-    cls = np.where(merger_statistic(g, m) > 0, MERGER,
-                   np.where(bulge_statistic(g, m) > 0, ELLIPTICAL, SPIRAL))
+    g, m = np.broadcast_arrays(np.asarray(gini, dtype=np.float64),
+                               np.asarray(m20, dtype=np.float64))
+    with np.errstate(invalid="ignore"):
+        cls = np.where(merger_statistic(g, m) > 0, MERGER,
+                       np.where(bulge_statistic(g, m) > 0, ELLIPTICAL, SPIRAL))
+    cls = np.where(np.isfinite(g) & np.isfinite(m), cls, UNCLASSIFIED)
     if cls.ndim == 0:
         return int(cls)
     return cls.astype(np.int64, copy=False)
 
 
 def _validated_image(image):
-    arr = np.asarray(image)
+    """``image`` as a float64 2-D array, or ValueError saying what is wrong."""
+    try:
+        arr = np.asarray(image)
+    except ValueError as exc:  # e.g. ragged nested sequences
+        raise ValueError(
+            f"image must be a 2-D array (ny, nx) of real numbers; {exc}") from exc
     if arr.ndim != 2:
         raise ValueError(
             "image must be a 2-D array (ny, nx); got a "
@@ -311,32 +350,144 @@ def _stamp_slice(source):
             slice(max(0, xc - dist), min(nx, xc + dist)))
 
 
-def _centroid_and_covariance(flux):
-    """Centroid (pixels) and flux-weighted covariance (pixels^2) of ``flux``."""
-    ny, nx = flux.shape
-    x = np.arange(nx, dtype=np.float64)
-    y = np.arange(ny, dtype=np.float64)
-    col = flux.sum(axis=0)
-    row = flux.sum(axis=1)
-    total = col.sum()
-    xc = (col @ x) / total
-    yc = (row @ y) / total
-    dx = x - xc
-    dy = y - yc
-    x2 = (col @ (dx * dx)) / total
-    y2 = (row @ (dy * dy)) / total
-    xy = (dy @ flux @ dx) / total
-    # statmorph regularises "infinitely thin" sources as SExtractor does
-    # (manual eq. 43), growing the diagonal by the variance of a 1-pixel
-    # top-hat until the determinant is resolvable.  A few steps suffice for
-    # any real source; the bound only guards against pathological input.
-    rho = 1.0 / 12.0
-    for _ in range(10_000):
-        if abs(x2 * y2 - xy * xy) >= rho * rho:
-            break
-        x2 += rho if x2 >= 0 else -rho
-        y2 += rho if y2 >= 0 else -rho
-    return xc, yc, np.array([[x2, xy], [xy, y2]])
+class _Moments:
+    """Flux-weighted centroid and second moments of a source, in pixels."""
+
+    def __init__(self, flux):
+        ny, nx = flux.shape
+        x = np.arange(nx, dtype=np.float64)
+        y = np.arange(ny, dtype=np.float64)
+        col = flux.sum(axis=0)
+        row = flux.sum(axis=1)
+        total = col.sum()
+        self.xc = (col @ x) / total
+        self.yc = (row @ y) / total
+        dx = x - self.xc
+        dy = y - self.yc
+        self.x2 = (col @ (dx * dx)) / total
+        self.y2 = (row @ (dy * dy)) / total
+        self.xy = (dy @ flux @ dx) / total
+        # statmorph's second starting point for the asymmetry centre: the
+        # first brightest pixel in row-major order.
+        iy, ix = np.unravel_index(np.argmax(flux), flux.shape)
+        self.brightest = (float(ix), float(iy))
+
+    def covariance(self, xc, yc):
+        """Covariance matrix (pixels^2) about (xc, yc), regularised.
+
+        Second moments about another point are those about the centroid
+        plus the outer product of the offset.  statmorph then regularises
+        "infinitely thin" sources as SExtractor does (manual eq. 43),
+        growing the diagonal by the variance of a 1-pixel top-hat until the
+        determinant is resolvable; a few steps suffice for any real source,
+        and the bound only guards against pathological input.
+        """
+        dx, dy = self.xc - xc, self.yc - yc
+        x2 = self.x2 + dx * dx
+        y2 = self.y2 + dy * dy
+        xy = self.xy + dx * dy
+        rho = 1.0 / 12.0
+        for _ in range(10_000):
+            if abs(x2 * y2 - xy * xy) >= rho * rho:
+                break
+            x2 += rho if x2 >= 0 else -rho
+            y2 += rho if y2 >= 0 else -rho
+        return np.array([[x2, xy], [xy, y2]])
+
+
+def _asymmetry_centre(stamp, moments, r_circ):
+    """statmorph's asymmetry centre (x, y) in pixels, and whether it held.
+
+    statmorph minimises the CAS asymmetry (Conselice 2000; Lotz et al. 2004,
+    eq. 10), see ``_Asymmetry``, with scipy's Nelder-Mead from the centroid.
+    If the minimum lies more than 0.25 circular Petrosian radii from the
+    start it retries from the brightest pixel, and failing that falls back
+    to the centroid (returned with False here).
+
+    We run the same Nelder-Mead (same start and initial simplex) on the same
+    function, so it takes the same path and, for a lopsided merger with
+    several local minima, settles in the same one; only the final
+    tolerance is looser, because a hundredth of a pixel is far below what
+    moves Gini or M20.
+    """
+    asymmetry = _Asymmetry(stamp, _PETRO_EXTENT_CAS * r_circ)
+    max_drift = _PETRO_FRACTION_CAS * r_circ
+    centroid = np.array([moments.xc, moments.yc])
+    for start in (centroid, np.array(moments.brightest)):
+        centre = opt.fmin(asymmetry, start, xtol=_ASYM_XTOL, ftol=_ASYM_FTOL,
+                          disp=False)
+        if np.hypot(*(centre - start)) <= max_drift:
+            return (float(centre[0]), float(centre[1])), True
+    return (moments.xc, moments.yc), False
+
+
+class _Asymmetry:
+    """CAS asymmetry of a stamp as a function of the rotation centre.
+
+    For a centre c (pixels),
+
+        A(c) = sum_p w_p |I_180(p) - I(p)| / sum_p w_p |I(p)|,
+
+    with I_180 the stamp rotated by 180 degrees about c, bilinearly
+    interpolated and zero beyond the stamp (as skimage's ``rotate`` does for
+    statmorph), and w_p the coverage of pixel p by a circle of radius
+    ``radius`` about c, here a linear ramp over one pixel instead of exact
+    overlap.  The rotated pixel p samples the stamp at 2c - p, whose
+    fractional part is the same for every pixel, so the rotation is one
+    fixed bilinear blend of four pixel-flipped copies: a few slices instead
+    of a per-pixel interpolation.
+    """
+
+    # statmorph's value outside the stamp or for an empty aperture: large,
+    # to push the minimiser back.
+    _OUT_OF_RANGE = 100.0
+
+    def __init__(self, stamp, radius):
+        ny, nx = stamp.shape
+        self.stamp = stamp
+        self.abs_stamp = np.abs(stamp)
+        self.radius = radius
+        self.half = int(np.ceil(radius + 1.0))
+        # Zero padding on every side makes any flip about a centre inside
+        # the stamp a plain slice.
+        self.padded = np.zeros((3 * ny + 2, 3 * nx + 2))
+        self.padded[ny + 1:2 * ny + 1, nx + 1:2 * nx + 1] = stamp
+        self.x = np.arange(nx, dtype=np.float64)
+        self.y = np.arange(ny, dtype=np.float64)
+
+    def __call__(self, centre):
+        xc, yc = centre
+        ny, nx = self.stamp.shape
+        if not (0 <= xc < nx and 0 <= yc < ny):
+            return self._OUT_OF_RANGE
+        h = self.half
+        xa, xb = max(0, int(xc) - h), min(nx, int(xc) + h + 2)
+        ya, yb = max(0, int(yc) - h), min(ny, int(yc) + h + 2)
+        # Rotated pixel (y, x) samples the stamp at (2 yc - y, 2 xc - x);
+        # with m0, n0 the integer parts of 2 xc, 2 yc, ``src[i, j]`` is
+        # stamp pixel (n0 + 1 - ya - i, m0 + 1 - xa - j).  In-place updates
+        # below save a third of the time of this, the innermost loop.
+        m0, n0 = int(2.0 * xc), int(2.0 * yc)
+        fx, fy = 2.0 * xc - m0, 2.0 * yc - n0
+        src = self.padded[ny + 1 + n0 - yb + 1:ny + 1 + n0 + 2 - ya,
+                          nx + 1 + m0 - xb + 1:nx + 1 + m0 + 2 - xa][::-1, ::-1]
+        rows = src[:, :-1] * fx
+        rows += src[:, 1:] * (1.0 - fx)
+        rotated = rows[:-1] * fy
+        rotated += rows[1:] * (1.0 - fy)
+        dx = self.x[xa:xb] - xc
+        dy = self.y[ya:yb] - yc
+        weights = dx * dx + (dy * dy)[:, None]
+        np.sqrt(weights, out=weights)
+        np.subtract(self.radius + 0.5, weights, out=weights)
+        np.maximum(weights, 0.0, out=weights)
+        np.minimum(weights, 1.0, out=weights)
+        total = np.vdot(weights, self.abs_stamp[ya:yb, xa:xb])
+        if not total > 0:
+            return self._OUT_OF_RANGE
+        rotated -= self.stamp[ya:yb, xa:xb]
+        np.abs(rotated, out=rotated)
+        return float(np.vdot(weights, rotated) / total)
 
 
 def _shape(cov):
@@ -379,25 +530,26 @@ class _EllipticalApertures:
         # curvature term; this bounds where a pixel can be partly covered.
         self.reach = 0.75 * elongation + 0.05
         ny, nx = shape
-        x = np.arange(nx, dtype=np.float64)
-        y = np.arange(ny, dtype=np.float64)[:, None]
-        a, w1, w2, shift = self._radius(x, y, 1.0)
-        self.a = a.ravel()
-        self.ramp_mean = (a + shift).ravel()
-        self.ramp_width = np.hypot(w1, w2).ravel()
+        self._x = np.arange(nx, dtype=np.float64)
+        self._y = np.arange(ny, dtype=np.float64)[:, None]
+        u, v = self._rotated(self._x, self._y)
+        self.a = np.sqrt(u * u + self.e2 * v * v).ravel()
+
+    def _rotated(self, x, y):
+        """Offsets from the centre along the major and minor axes, pixels."""
+        cos_t, sin_t = self.cos_sin
+        dx = x - self.centre[0]
+        dy = y - self.centre[1]
+        return dx * cos_t + dy * sin_t, dy * cos_t - dx * sin_t
 
     def _radius(self, x, y, size):
         """Radius, |da/dx| and |da/dy| times ``size``, and curvature shift.
 
         For squares of side ``size`` (pixels) centred on (x, y).
         """
-        xc, yc = self.centre
         cos_t, sin_t = self.cos_sin
         e2 = self.e2
-        dx = x - xc
-        dy = y - yc
-        u = dx * cos_t + dy * sin_t
-        v = dy * cos_t - dx * sin_t
+        u, v = self._rotated(x, y)
         a2 = u * u + e2 * v * v
         a = np.sqrt(a2)
         # The gradient is singular at the centre and the expansion fails
@@ -413,38 +565,42 @@ class _EllipticalApertures:
         return a, np.abs(dadx) * size, np.abs(dady) * size, shift
 
     def curve_of_growth(self, weights, s0, n_nodes):
-        """Ramp-model sums of ``weights`` within ellipses s = s0 + k h.
+        """Box-model sums of ``weights`` within ellipses s = s0 + k h.
 
         ``weights`` has shape (n_sets, n_pixels); returns (n_sets, n_nodes)
-        for k = 0 .. n_nodes - 1 and h = ``_GRID_STEP``.  A ramp is the
-        difference of two hinges max(s - b, 0) / width; a hinge deposited as
-        two linear B-spline weights and summed twice is exact at the nodes,
-        so the whole curve costs one bincount rather than one pass over the
-        pixels per aperture size.  Every knot must lie above s0 + h.
+        for k = 0 .. n_nodes - 1 and h = ``_GRID_STEP``.  Each pixel's
+        coverage is modelled as rising linearly from 0 to 1 as s crosses a
+        one-pixel window centred on the pixel's radius ``a``: pixel radii
+        are binned onto the nodes with linear weights, cumulated, and
+        averaged over the window with a running sum, so the whole curve
+        costs one bincount rather than one pass over the pixels per
+        aperture size.  ``s0`` must lie at least half a pixel below the
+        smallest radius.
         """
         h = _GRID_STEP
-        mean = (self.ramp_mean - s0) / h
-        half = 0.5 * self.ramp_width / h
-        pos = np.concatenate([mean - half, mean + half])
+        half = int(round(0.5 / h))
+        pad = half + 1
+        pos = (self.a - s0) / h
         j0 = np.floor(pos)
         frac = pos - j0
-        j0 = j0.astype(np.intp)
-        idx = np.concatenate([j0 + 1, j0 + 2])
-        slope = h / self.ramp_width
-        sign = np.concatenate([slope, -slope])
-        spline = np.concatenate([(1.0 - frac) * sign, frac * sign])
-        length = max(n_nodes, int(idx.max()) + 1)
+        j0 = j0.astype(np.intp) + pad
+        idx = np.concatenate([j0, j0 + 1])
+        split = np.concatenate([1.0 - frac, frac])
+        length = max(n_nodes + 2 * pad, int(idx.max()) + 1)
+        k = np.arange(n_nodes) + pad
         out = np.empty((len(weights), n_nodes))
         for row, w in zip(out, weights):
-            deposits = np.bincount(idx, weights=spline * np.tile(w, 4),
-                                   minlength=length)
-            row[:] = np.cumsum(np.cumsum(deposits[:n_nodes]))
+            enclosed = np.cumsum(np.bincount(idx, weights=split * np.tile(w, 2),
+                                             minlength=length))
+            running = np.cumsum(enclosed)
+            # Trapezoid-rule mean of ``enclosed`` over nodes k +- half.
+            row[:] = (running[k + half] - running[k - half - 1]
+                      - 0.5 * (enclosed[k + half] + enclosed[k - half])) / (2 * half)
         return out
 
     def knot_range(self):
-        """Smallest and largest s at which a ramp-model coverage changes."""
-        half = 0.5 * self.ramp_width
-        return (self.ramp_mean - half).min(), (self.ramp_mean + half).max()
+        """Smallest and largest s at which a box-model coverage changes."""
+        return self.a.min() - 0.5, self.a.max() + 0.5
 
     def shell(self, s_min, s_max):
         """Accurate coverage for ellipses with s_min <= s <= s_max."""
@@ -498,18 +654,25 @@ class _Shell:
         # Q(x) = max(x, 0)^2 / 2; the 1/2 and the sub-pixel area are in norm.
         cdf = (q(t + self.half_sum) - q(t + self.half_diff)
                - q(t - self.half_diff) + q(t - self.half_sum)) * self.norm
-        return np.clip(cdf, 0.0, 0.25).sum(axis=-1)
+        np.maximum(cdf, 0.0, out=cdf)
+        np.minimum(cdf, 0.25, out=cdf)
+        return cdf.sum(axis=-1)
 
 
-def _petrosian_radius(apertures, stamp, a_outer):
-    """Elliptical Petrosian semi-major axis (pixels), statmorph-style.
+def _petrosian_radius(apertures, stamp, a_outer, refine=True):
+    """Petrosian semi-major axis (pixels) of ``apertures``, statmorph-style.
 
-    Returns (radius, bracketed); when the eta crossing is not bracketed the
-    radius is clipped to the search range as statmorph does.
+    statmorph scans 100 sizes from one annulus width to ``a_outer`` for the
+    first at which the Petrosian function is not positive (so it can step
+    over brief dips, e.g. between two nuclei, and pick a later root), then
+    solves for the root between that size and the previous one.  Returns
+    (radius, bracketed); when the scan finds no crossing the radius is
+    clipped to the scan's range, as statmorph does.  Without ``refine``,
+    the box-model curve of growth alone is used, good to a few hundredths
+    of a pixel.
     """
     h = _GRID_STEP
     half = int(round(0.5 * _ANNULUS_WIDTH / h))
-    a_inner = _ANNULUS_WIDTH
     flux_weights = stamp.ravel()
     # Nodes from below the lowest knot to beyond the outermost annulus edge.
     knot_low, knot_high = apertures.knot_range()
@@ -519,7 +682,6 @@ def _petrosian_radius(apertures, stamp, a_outer):
     n_nodes = k_high - k_low + 1
     flux, area = apertures.curve_of_growth(
         np.stack([flux_weights, np.ones(stamp.size)]), s0, n_nodes)
-
     # Petrosian function at every node that has both annulus edges on the
     # grid.
     k = np.arange(half, n_nodes - half)
@@ -527,30 +689,56 @@ def _petrosian_radius(apertures, stamp, a_outer):
                                 area[k - half], area[k], area[k + half])
     s_nodes = s0 + k * h
 
-    # statmorph brackets the root with the first non-positive value on a
-    # coarse grid, so it can step over brief dips (e.g. between two nuclei)
-    # and pick a later root; do the same.
-    coarse = np.linspace(a_inner, a_outer, _N_COARSE)
+    coarse = np.linspace(_ANNULUS_WIDTH, a_outer, _N_COARSE)
     coarse_vals = np.interp(coarse, s_nodes, petro)
     nonpos = np.flatnonzero(coarse_vals <= 0)
     if nonpos.size == 0:
         return a_outer, False
     i = nonpos[0]
     if i == 0:
-        return a_inner, False
+        return coarse[0], False
     lo, hi = coarse[i - 1], coarse[i]
+    # The first crossing on the grid inside the bracket.
     inside = np.flatnonzero((s_nodes > lo) & (s_nodes < hi))
     s_b = np.concatenate([[lo], s_nodes[inside], [hi]])
     p_b = np.concatenate([[coarse_vals[i - 1]], petro[inside], [coarse_vals[i]]])
     j = np.flatnonzero(p_b <= 0)[0]
-    p0, p1 = p_b[j - 1], p_b[j]
-    r_grid = s_b[j - 1] + (s_b[j] - s_b[j - 1]) * p0 / (p0 - p1)
+    r_grid = _crossing(s_b[j - 1], s_b[j], p_b[j - 1], p_b[j])
+    if not refine:
+        return r_grid, True
 
-    # Refine with accurate coverage: the ramp model's per-cent errors on
-    # 1-pixel annuli would otherwise move the Gini threshold enough to flip
-    # whole rings of pixels in or out of a symmetric galaxy's segmap.
-    root = _refine_petrosian(apertures, flux_weights, r_grid, lo, hi)
-    return (r_grid if root is None else root), True
+    # The box model is good to ~1% on 1-pixel annuli: enough to bracket the
+    # root, not to set the Gini threshold, which must not flip whole rings
+    # of a symmetric galaxy's pixels in or out of the segmap.  statmorph's
+    # scan sees exact values, so where the box model is too close to zero
+    # at either end of the bracket to be sure of the sign, check with
+    # accurate values and move the bracket as statmorph's scan would.
+    accurate = _AccuratePetrosian(apertures, flux_weights)
+    trial = [max(lo, r_grid - _SECANT_STEP), min(hi, r_grid + _SECANT_STEP)]
+    check = [s for s, v in ((lo, coarse_vals[i - 1]), (hi, coarse_vals[i]))
+             if abs(v) < _GRID_SIGN_TOLERANCE]
+    values = accurate(np.array(trial + check))
+    if all((v > 0) == (s == lo) for s, v in zip(check, values[2:])):
+        root = _solve_petrosian(accurate, lo, hi, trial, values[:2])
+        if root is not None:
+            return root, True
+    # Rare: the bracket moves by a coarse step or so, e.g. where the box
+    # model smears the outermost pixels past the edge of the stamp.
+    while i > 1 and accurate(coarse[i - 1:i])[0] <= 0:
+        i -= 1
+    if i == 1 and accurate(coarse[:1])[0] <= 0:
+        return coarse[0], False
+    while i < _N_COARSE and accurate(coarse[i:i + 1])[0] > 0:
+        i += 1
+    if i == _N_COARSE:
+        return a_outer, False
+    lo, hi = coarse[i - 1], coarse[i]
+    return _solve_petrosian(accurate, lo, hi), True
+
+
+def _crossing(s0, s1, p0, p1):
+    """Zero of the straight line through (s0, p0) and (s1, p1), p0 > 0 >= p1."""
+    return s0 + (s1 - s0) * p0 / (p0 - p1)
 
 
 def _petrosian_function(f_in, f_mid, f_out, a_in, a_mid, a_out):
@@ -571,74 +759,69 @@ def _petrosian_function(f_in, f_mid, f_out, a_in, a_mid, a_out):
 
 
 class _AccuratePetrosian:
-    """Petrosian function with accurate coverage, for s in [s_lo, s_hi]."""
+    """Petrosian function with accurate (shell) coverage."""
 
-    def __init__(self, apertures, flux_weights, s_lo, s_hi):
+    def __init__(self, apertures, flux_weights):
+        self.apertures = apertures
+        self.weights = np.stack([flux_weights, np.ones_like(flux_weights)])
+        self.range = (np.inf, -np.inf)
+
+    def _cover(self, s_lo, s_hi):
+        # Shells are cheap but not free; keep one that already covers the
+        # requested sizes, and otherwise cover a generous window at once.
+        if self.range[0] <= s_lo and s_hi <= self.range[1]:
+            return
+        mid = 0.5 * (s_lo + s_hi)
+        s_lo = min(s_lo, mid - _SHELL_HALF_WIDTH)
+        s_hi = max(s_hi, mid + _SHELL_HALF_WIDTH)
         half = 0.5 * _ANNULUS_WIDTH
-        self.edges = np.array([-half, 0.0, half])
-        self.shell = apertures.shell(s_lo - half, s_hi + half)
+        self.shell = self.apertures.shell(s_lo - half, s_hi + half)
+        self.inside = self.weights[:, self.shell.inside].sum(axis=1)[:, None]
+        self.shell_weights = self.weights[:, self.shell.index]
         self.range = (s_lo, s_hi)
-        weights = np.stack([flux_weights, np.ones_like(flux_weights)])
-        self.inside = weights[:, self.shell.inside].sum(axis=1)[:, None]
-        self.weights = weights[:, self.shell.index]
 
     def __call__(self, s):
-        """Petrosian function at the axes ``s`` (1-D array, pixels)."""
-        cover = self.shell.fraction((s[:, None] + self.edges).ravel())
-        sums = (self.weights @ cover.T + self.inside).reshape(2, -1, 3)
+        """Petrosian function at the semi-major axes ``s`` (1-D, pixels)."""
+        self._cover(s.min(), s.max())
+        half = 0.5 * _ANNULUS_WIDTH
+        edges = (s[:, None] + np.array([-half, 0.0, half])).ravel()
+        sums = (self.shell_weights @ self.shell.fraction(edges).T
+                + self.inside).reshape(2, -1, 3)
         (f_in, f_mid, f_out), (a_in, a_mid, a_out) = sums.transpose(0, 2, 1)
         return _petrosian_function(f_in, f_mid, f_out, a_in, a_mid, a_out)
 
 
-def _refine_petrosian(apertures, flux_weights, r_guess, lo, hi):
-    """Root of the accurate Petrosian function near r_guess, or None.
+def _solve_petrosian(petro, lo, hi, s=None, p=None):
+    """Root of ``petro`` in (lo, hi], or None if that is not a bracket.
 
-    The function is smooth and nearly linear over the grid model's error, so
-    two secant-like steps (a secant through r_guess +- a step, then inverse
-    quadratic interpolation through all three points) reach ~1e-6 pixel in
-    two vectorised calls.  If the root leaves the window, the whole coarse
-    bracket (lo, hi] is scanned instead.
+    ``s`` optionally holds two sizes near the root and ``p`` the function
+    there.  The function is smooth and nearly linear over the box model's
+    error, so a secant through them, then inverse quadratic interpolation
+    through all three points, reaches ~1e-6 pixel with one more vectorised
+    call.  Otherwise, or should that leave the bracket, a vectorised
+    bisection takes over; it checks that petro(lo) > 0 >= petro(hi).
     """
-    w_lo = max(lo, r_guess - _REFINE_HALF_WIDTH)
-    w_hi = min(hi, r_guess + _REFINE_HALF_WIDTH)
-    petro = _AccuratePetrosian(apertures, flux_weights, w_lo, w_hi)
-    s = np.array([max(w_lo, r_guess - _REFINE_STEP),
-                  min(w_hi, r_guess + _REFINE_STEP)])
-    p = petro(s)
-    if p[0] != p[1]:
+    if s is not None and p[0] != p[1]:
         r1 = s[0] - p[0] * (s[1] - s[0]) / (p[1] - p[0])
-        if w_lo <= r1 <= w_hi:
-            p1 = petro(np.array([r1]))[0]
+        if lo <= r1 <= hi:
             xs = np.array([s[0], s[1], r1])
-            ps = np.array([p[0], p[1], p1])
+            ps = np.array([p[0], p[1], petro(np.array([r1]))[0]])
             if len(np.unique(ps)) == 3:
-                # Inverse quadratic: s as a quadratic in p, evaluated at p = 0.
+                # Inverse quadratic: s as a quadratic in p, taken at p = 0.
                 root = sum(xs[i] * np.prod([ps[j] / (ps[j] - ps[i])
                                             for j in range(3) if j != i])
                            for i in range(3))
-                if w_lo <= root <= w_hi:
+                if lo <= root <= hi:
                     return float(root)
             return float(r1)
-    return _scan_petrosian(apertures, flux_weights, lo, hi)
-
-
-def _scan_petrosian(apertures, flux_weights, lo, hi):
-    """First root of the accurate Petrosian function in (lo, hi], or None.
-
-    Each pass tabulates the function on a few points in one vectorised call
-    and keeps the interval of the first sign change; the last interval is
-    interpolated linearly.
-    """
-    petro = _AccuratePetrosian(apertures, flux_weights, lo, hi)
-    for _ in range(_SCAN_PASSES):
-        s = np.linspace(lo, hi, _SCAN_POINTS)
-        p = petro(s)
-        nonpos = np.flatnonzero(p <= 0)
-        if nonpos.size == 0 or nonpos[0] == 0:
+    for _ in range(_BISECT_PASSES):
+        grid = np.linspace(lo, hi, _BISECT_POINTS)
+        values = petro(grid)
+        if not (values[0] > 0 and values[-1] <= 0):
             return None
-        j = nonpos[0]
-        lo, hi = s[j - 1], s[j]
-    return float(lo + (hi - lo) * p[j - 1] / (p[j - 1] - p[j]))
+        j = np.flatnonzero(values <= 0)[0]
+        lo, hi = grid[j - 1], grid[j]
+    return float(_crossing(lo, hi, values[j - 1], values[j]))
 
 
 def _gini_segmap(stamp, apertures, r_petro, elongation):
@@ -694,6 +877,10 @@ def _m20(fluxes, xs, ys):
         return np.nan
     bright = fluxes >= ordered[top[0]]
     m_top = fluxes[bright] @ r2[bright]
-    if m_top <= 0 or m_tot <= 0:
+    # statmorph rejects non-positive moments.  When the brightest pixels sit
+    # on the centroid (e.g. the peak of a symmetric, barely resolved source)
+    # m_top is zero up to rounding of the centroid, which would otherwise
+    # give a meaningless M20 near -28.
+    if m_tot <= 0 or m_top <= _M20_ROUNDING * m_tot:
         return np.nan
     return float(np.log10(m_top / m_tot))
