@@ -1,11 +1,16 @@
 """Training data from ``galaxies.h5``: each rank's shard of the training split, in memory.
 
-The training rows are dealt once into equal per-rank shards (a permutation seeded from the
-training seed; the few rows left over by the division are dropped), so every rank takes the same
-number of steps per epoch. Each epoch shuffles a shard with a generator seeded from
-(seed, epoch, stream): Y10 batches and Y1 batches are independent streams.
+Two pools, each dealt once into equal per-rank shards (a permutation seeded from the training
+seed; the few rows left over by the division are dropped, so every rank takes the same number of
+steps per epoch):
 
-Only the labels of the labelled Y10 rows are ever read; the Y1 images come without labels.
+- the labelled Y10 pool: the training rows, or a deterministic subsample of
+  ``train.max_train_images`` of them;
+- the unlabelled Y1 pool (MMD only): the Y1 images of *all* training rows, read without labels.
+  With a labelled subsample this is the realistic case of few labels and many unlabelled images,
+  and it is what the test that Y1 labels are never read relies on.
+
+Each epoch shuffles a shard with a generator seeded from (seed, epoch, stream).
 """
 
 from __future__ import annotations
@@ -17,19 +22,7 @@ import numpy as np
 
 from ..generate.dataset import TEST, TRAIN, VALIDATION
 
-Y10_STREAM, Y1_STREAM, SHARD_STREAM, SUBSAMPLE_STREAM = 0, 1, 2, 3
-
-
-@dataclass
-class Shard:
-    """One rank's training images (raw, e-/s per pixel) and the labels of the Y10 ones."""
-
-    y10: np.ndarray
-    labels: np.ndarray
-    y1: np.ndarray | None
-
-    def __len__(self) -> int:
-        return len(self.labels)
+Y10_STREAM, Y1_STREAM, SHARD_STREAM, SUBSAMPLE_STREAM, Y1_SHARD_STREAM = 0, 1, 2, 3, 4
 
 
 def split_rows(f: h5py.File) -> dict[int, np.ndarray]:
@@ -46,18 +39,13 @@ def training_rows(f: h5py.File, seed: int, max_images: int = 0) -> np.ndarray:
     return rows
 
 
-def shard_rows(rows: np.ndarray, seed: int, rank: int, size: int) -> np.ndarray:
+def shard_rows(rows: np.ndarray, seed: int, rank: int, size: int, stream: int = SHARD_STREAM) -> np.ndarray:
+    """This rank's equal share of ``rows`` (sorted: h5py reads increasing indices)."""
     per_rank = len(rows) // size
     if per_rank == 0:
         raise ValueError(f"{len(rows)} training images cannot be shared by {size} ranks")
-    order = np.random.default_rng([seed, SHARD_STREAM]).permutation(len(rows))
+    order = np.random.default_rng([seed, stream]).permutation(len(rows))
     return np.sort(rows[order[rank * per_rank:(rank + 1) * per_rank]])
-
-
-def load_shard(f: h5py.File, rows: np.ndarray, with_y1: bool) -> Shard:
-    """Read the shard's images (h5py wants increasing row indices: ``rows`` is sorted)."""
-    return Shard(y10=f["y10"][rows], labels=f["label"][rows].astype(np.int64),
-                 y1=f["y1"][rows] if with_y1 else None)
 
 
 def batches(n: int, batch: int, seed: int, epoch: int, stream: int) -> list[np.ndarray]:

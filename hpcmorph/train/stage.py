@@ -13,6 +13,7 @@ normalisation, config), ``history.csv``, ``curves.png``, ``metrics.json``; while
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -84,6 +85,14 @@ def _step_seed(seed: int, rank: int, epoch: int, step: int) -> int:
     return int(np.random.SeedSequence([seed, rank, epoch, step]).generate_state(1)[0])
 
 
+def _fingerprint(model: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, p in model.named_parameters():
+        h.update(name.encode())
+        h.update(p.detach().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def _evaluate(model, images: np.ndarray, labels: np.ndarray, stretch, device, batch: int, weight) -> tuple[float, float, np.ndarray]:
     """(sum of weighted CE, sum of weights, confusion counts) of this rank's images."""
     model.eval()
@@ -110,7 +119,11 @@ def train_one(cfg: Config, backend: distributed.Single, variant: str, seed: int)
         rows = data.training_rows(f, seed, t.max_train_images)
         weight = torch.tensor(data.class_weights(f["label"][rows]), dtype=torch.float32, device=device)
         stretch = AsinhStretch.fit(f["y10"], rows=rows, per_band=t.normalize_per_band, seed=seed)
-        shard = data.load_shard(f, data.shard_rows(rows, seed, backend.rank, backend.size), with_y1=mmd)
+        mine = data.shard_rows(rows, seed, backend.rank, backend.size)
+        y10, labels = f["y10"][mine], f["label"][mine].astype(np.int64)
+        if mmd:
+            pool = data.shard_rows(data.training_rows(f, seed), seed, backend.rank, backend.size, data.Y1_SHARD_STREAM)
+            y1 = f["y1"][pool]  # images only: the labels of these rows are never read
         val_rows = data.split_rows(f)[VALIDATION][backend.rank::backend.size]
         val_y10, val_labels = f["y10"][val_rows], f["label"][val_rows].astype(np.int64)
 
@@ -143,12 +156,12 @@ def train_one(cfg: Config, backend: distributed.Single, variant: str, seed: int)
 
     stop = _StopFlag()
     try:
-        n_steps = len(data.batches(len(shard), local_batch, seed, 0, data.Y10_STREAM))
+        n_steps = len(data.batches(len(labels), local_batch, seed, 0, data.Y10_STREAM))
         epochs = range(state["epoch"], t.epochs)
         for epoch in epochs:
             model.train()
-            y10_batches = data.batches(len(shard), local_batch, seed, epoch, data.Y10_STREAM)
-            y1_batches = data.batches(len(shard), local_batch, seed, epoch, data.Y1_STREAM) if mmd else None
+            y10_batches = data.batches(len(labels), local_batch, seed, epoch, data.Y10_STREAM)
+            y1_batches = data.batches(len(y1), local_batch, seed, epoch, data.Y1_STREAM) if mmd else None
             sums = np.zeros(3)  # loss, mmd, images
             t0 = time.perf_counter()
             bar = _progress(backend, n_steps, state["step"], f"{variant} seed {seed} epoch {epoch + 1}/{t.epochs}",
@@ -161,10 +174,11 @@ def train_one(cfg: Config, backend: distributed.Single, variant: str, seed: int)
                                     f"{ckpt_path} written; run the same command again to resume")
                 torch.manual_seed(_step_seed(seed, backend.rank, epoch, step))
                 idx = y10_batches[step]
-                x = stretch(torch.from_numpy(shard.y10[idx])).to(device)
-                y = torch.from_numpy(shard.labels[idx]).to(device)
+                x = stretch(torch.from_numpy(y10[idx])).to(device)
+                y = torch.from_numpy(labels[idx]).to(device)
                 if mmd:
-                    x1 = stretch(torch.from_numpy(shard.y1[y1_batches[step]])).to(device)
+                    # The Y1 pool is at least as large as the Y10 shard, so it has a batch for every step.
+                    x1 = stretch(torch.from_numpy(y1[y1_batches[step % len(y1_batches)]])).to(device)
                     # One forward pass over both exposures, as the authors: BatchNorm sees both.
                     latent, logits = model(torch.cat([x, x1]))
                     logits, z10, z1 = logits[:len(idx)], latent[:len(idx)], latent[len(idx):]
@@ -209,11 +223,18 @@ def train_one(cfg: Config, backend: distributed.Single, variant: str, seed: int)
     finally:
         stop.restore()
 
+    # Data parallelism must leave every rank with the same weights: check rather than trust.
+    mine_fp = _fingerprint(_unwrap(model))
+    identical = backend.allreduce_sum([mine_fp != backend.broadcast_object(mine_fp)])[0] == 0
+    if not identical:
+        log.warning("%s seed %d: ranks ended training with different weights", variant, seed)
+    backend.barrier()
     best = torch.load(out / "best.pt", map_location=device, weights_only=True)
     _unwrap(model).load_state_dict(best)
     results = {"variant": variant, "seed": seed, "best_epoch": state["best_epoch"], "epochs_run": state["epoch"],
                "best_val_loss": state["best_loss"], "train_images": len(rows), "ranks": backend.size,
-               "backend": backend.name}
+               "backend": backend.name, "weights_identical_across_ranks": bool(identical),
+               "weights_sha256": mine_fp}
     with store.open_checked(galaxies_path(cfg), "generate") as f:
         test_rows = data.split_rows(f)[TEST][backend.rank::backend.size]
         labels = f["label"][test_rows].astype(np.int64)

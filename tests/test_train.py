@@ -1,0 +1,151 @@
+"""Stage 2 end to end on the tiny preset: outputs, backends, preemption, and Y1 labels never read."""
+
+import json
+import shutil
+import signal
+import subprocess
+import time
+
+import h5py
+import matplotlib.image
+import numpy as np
+import pytest
+import torch
+
+from conftest import cli, command, env
+from hpcmorph.train import data
+
+GEN = ["--config", "tiny", "--set", "generate.n_galaxies=40"]
+TRAIN = [*GEN, "--set", "train.epochs=2", "--set", "train.batch_size=8", "--set", "train.lr=0.001",
+         "--set", "train.threads=1"]
+
+
+@pytest.fixture(scope="module")
+def galaxies(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("gen")
+    cli(["generate", *GEN], cwd)
+    return cwd / "runs" / "tiny" / "galaxies.h5"
+
+
+def _workdir(tmp_path, galaxies, name="w"):
+    """A fresh run directory holding a copy of the generated data."""
+    cwd = tmp_path / name
+    (cwd / "runs" / "tiny").mkdir(parents=True)
+    shutil.copy(galaxies, cwd / "runs" / "tiny" / "galaxies.h5")
+    return cwd
+
+
+def _metrics(cwd, variant="regular", seed=0):
+    return json.loads((cwd / "runs" / "tiny" / variant / f"seed{seed}" / "metrics.json").read_text())
+
+
+def test_both_variants_end_to_end(tmp_path, galaxies):
+    cwd = _workdir(tmp_path, galaxies)
+    cli(["train", *TRAIN], cwd)
+    run = cwd / "runs" / "tiny"
+    with h5py.File(galaxies, "r") as f:
+        n_test = int(np.sum(f["split"][...] == 2))
+    for variant in ("regular", "mmd"):
+        out = run / variant / "seed0"
+        saved = torch.load(out / "model.pt", weights_only=False)
+        assert set(saved["normalization"]) == {"low", "high", "softening"}
+        assert "train:" in saved["config"] and saved["class_names"] == ("spiral", "elliptical", "merger")
+        history = (out / "history.csv").read_text().splitlines()
+        assert history[0].startswith("epoch,train_loss,train_mmd,val_loss") and len(history) == 3
+        assert matplotlib.image.imread(out / "curves.png")[..., :3].std() > 0.05
+        m = _metrics(cwd, variant)
+        for domain in ("y10", "y1"):
+            assert 0.0 <= m[domain]["accuracy"] <= 1.0
+            assert np.sum(m[domain]["confusion"]) == m[domain]["n"] == n_test
+        assert m["weights_identical_across_ranks"] is True
+        assert not (out / "checkpoint.pt").exists()
+    mmd_history = (run / "mmd" / "seed0" / "history.csv").read_text().splitlines()[1]
+    assert float(mmd_history.split(",")[2]) > 0, "the MMD variant must report its MMD term"
+    summary = json.loads((run / "train_summary.json").read_text())
+    assert set(summary["table1"]) == {"regular", "mmd"}
+    # A rerun finds every run complete.
+    res = cli(["train", *TRAIN], cwd)
+    assert res.stderr.count("up to date; skipping") == 2
+
+
+@pytest.mark.mpi
+def test_horovod_and_ddp_give_the_same_weights_on_every_rank(tmp_path, galaxies):
+    pytest.importorskip("horovod.torch")
+    args = ["train", *TRAIN, "--set", "train.variants=[regular]", "--set", "train.epochs=1"]
+    fingerprints = []
+    for backend in ("ddp", "horovod"):
+        cwd = _workdir(tmp_path, galaxies, backend)
+        cli([*args, "--set", f"train.backend={backend}"], cwd, ranks=2)
+        m = _metrics(cwd)
+        assert m["backend"] == backend and m["ranks"] == 2 and m["weights_identical_across_ranks"] is True
+        fingerprints.append(m["weights_sha256"])
+    assert fingerprints[0] == fingerprints[1]
+
+
+def test_preemption_checkpoints_and_resumes_to_the_same_weights(tmp_path, galaxies):
+    args = ["train", *TRAIN, "--set", "train.variants=[regular]", "--set", "train.epochs=3",
+            "--set", "train.batch_size=2"]
+    reference = _workdir(tmp_path, galaxies, "reference")
+    cli(args, reference)
+
+    cwd = _workdir(tmp_path, galaxies, "preempted")
+    ckpt = cwd / "runs" / "tiny" / "regular" / "seed0" / "checkpoint.pt"
+    proc = subprocess.Popen(command(args), cwd=cwd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 240
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGUSR1)  # what Slurm sends ahead of the wall-time kill
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 75, err[-3000:]
+    assert "run the same command again to resume" in err
+    state = torch.load(ckpt, weights_only=False)["state"]
+    assert state["epoch"] >= 1 and not (ckpt.parent / "metrics.json").exists()
+
+    res = cli(args, cwd)
+    assert "resuming at epoch" in res.stderr
+    assert _metrics(cwd)["weights_sha256"] == _metrics(reference)["weights_sha256"]
+
+
+def _permute_labels(path, rows, seed=0):
+    """Shuffle the `label` values among ``rows`` of a galaxies.h5 file in place."""
+    with h5py.File(path, "r+") as f:
+        labels = f["label"][...]
+        labels[rows] = labels[rows][np.random.default_rng(seed).permutation(len(rows))]
+        f["label"][...] = labels
+
+
+def test_y1_labels_are_never_read(tmp_path, galaxies):
+    # Few labels, many unlabelled Y1 images: labelled Y10 rows are a subsample of the training set;
+    # the Y1 pool is every training row. Shuffling the labels of the rows that only enter as
+    # unlabelled Y1 images must change nothing; shuffling the labelled ones must change the model.
+    args = ["train", *TRAIN, "--set", "train.variants=[mmd]", "--set", "train.epochs=1",
+            "--set", "train.max_train_images=12"]
+    with h5py.File(galaxies, "r") as f:
+        labelled = data.training_rows(f, seed=0, max_images=12)
+        train = data.training_rows(f, seed=0)
+        label = f["label"][...]
+    unlabelled = np.setdiff1d(train, labelled)
+    assert len(np.unique(label[unlabelled])) > 1 and len(np.unique(label[labelled])) > 1
+
+    runs = {}
+    for name, rows in (("as_is", None), ("y1_only_shuffled", unlabelled), ("labelled_shuffled", labelled)):
+        cwd = _workdir(tmp_path, galaxies, name)
+        if rows is not None:
+            _permute_labels(cwd / "runs" / "tiny" / "galaxies.h5", rows, seed=3)
+        cli(args, cwd)
+        runs[name] = _metrics(cwd, "mmd")["weights_sha256"]
+    assert runs["y1_only_shuffled"] == runs["as_is"]
+    assert runs["labelled_shuffled"] != runs["as_is"]
+
+
+@pytest.mark.mpi
+def test_backend_none_on_two_ranks_is_a_clear_error(tmp_path, galaxies):
+    cwd = _workdir(tmp_path, galaxies)
+    res = cli(["train", *TRAIN, "--set", "train.backend=none"], cwd, ranks=2, check=False)
+    assert res.returncode == 2 and "train.backend is 'none' but the job has 2 ranks" in res.stderr
+
+
+def test_missing_generate_output_is_a_clear_error(tmp_path):
+    res = cli(["train", *TRAIN], tmp_path, check=False)
+    assert res.returncode == 2 and "no such file; run `hpcmorph generate` first" in res.stderr
