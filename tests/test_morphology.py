@@ -284,12 +284,16 @@ def test_morphology_is_frozen():
 
 # --- Agreement with statmorph --------------------------------------------------
 
-# Largest differences from statmorph 0.7.2 allowed on the images below.  Over
-# them we reach |dG| < 1e-3 and |dM20| < 2e-3 (most are < 1e-4; the residue
-# comes from the approximate aperture coverage and the looser Nelder-Mead
-# tolerance of the asymmetry centre).  On 90 random Sersic singles and 90
-# random two-Sersic mergers the largest were |dG| = 0.0018, |dM20| = 0.0022.
-# The bounds leave a margin for other numpy/scipy/photutils versions.
+# Largest differences from statmorph (0.7.2, photutils 3.0) allowed on the
+# images below.  On these ten the Gini segmaps come out pixel-for-pixel the
+# same as statmorph's and G, M20 agree to rounding (< 1e-15).  On 240 random
+# GalSim galaxies (120 Sersic, 120 two-Sersic mergers; n 0.5-5, half-light
+# radius 0.3-2", q 0.3-1, sub-pixel offsets; same PSF and pixels), 19
+# differed, by at most |dG| = 0.0018 and |dM20| = 0.0022: a few pixels at
+# the segmap edge flipping, from the approximate aperture coverage and the
+# looser Nelder-Mead tolerance for the asymmetry centre.  The bounds keep a
+# margin above that for other numpy/scipy/photutils versions; both are well
+# inside the 0.01 / 0.05 this module is specified to meet.
 GINI_TOLERANCE = 0.003
 M20_TOLERANCE = 0.005
 

@@ -85,6 +85,12 @@ def _step_seed(seed: int, rank: int, epoch: int, step: int) -> int:
     return int(np.random.SeedSequence([seed, rank, epoch, step]).generate_state(1)[0])
 
 
+def _throughput(history: list[dict]) -> float:
+    """Labelled images per second over all ranks, training steps only (no validation)."""
+    seconds = sum(h["train_seconds"] for h in history)
+    return sum(h["images"] for h in history) / seconds if seconds else float("nan")
+
+
 def _fingerprint(model: torch.nn.Module) -> str:
     h = hashlib.sha256()
     for name, p in model.named_parameters():
@@ -197,6 +203,7 @@ def train_one(cfg: Config, backend: distributed.Single, variant: str, seed: int)
                 sums += (float(loss.detach()) * len(idx), float(discrepancy.detach()) * len(idx), len(idx))
                 bar.update(1)
             bar.close()
+            train_seconds = time.perf_counter() - t0
             state["step"] = 0
             totals = backend.allreduce_sum(sums)
             v_loss, v_norm, v_conf = _evaluate(model, val_y10, val_labels, stretch, device, t.eval_batch_size, weight)
@@ -204,7 +211,7 @@ def train_one(cfg: Config, backend: distributed.Single, variant: str, seed: int)
             val_loss, val_acc = v[0] / max(v[1], 1e-12), np.trace(v[2:].reshape(3, 3)) / max(v[2:].sum(), 1)
             state["history"].append({"epoch": epoch + 1, "train_loss": totals[0] / totals[2],
                                      "train_mmd": totals[1] / totals[2], "val_loss": val_loss, "val_accuracy": val_acc,
-                                     "seconds": time.perf_counter() - t0})
+                                     "train_seconds": train_seconds, "images": int(totals[2])})
             log.info("%s seed %d epoch %d: train loss %.4f, val loss %.4f, val acc %.3f", variant, seed, epoch + 1,
                      totals[0] / totals[2], val_loss, val_acc)
             if val_loss < state["best_loss"]:
@@ -234,6 +241,7 @@ def train_one(cfg: Config, backend: distributed.Single, variant: str, seed: int)
     results = {"variant": variant, "seed": seed, "best_epoch": state["best_epoch"], "epochs_run": state["epoch"],
                "best_val_loss": state["best_loss"], "train_images": len(rows), "ranks": backend.size,
                "backend": backend.name, "weights_identical_across_ranks": bool(identical),
+               "train_images_per_s": _throughput(state["history"]),
                "weights_sha256": mine_fp}
     with store.open_checked(galaxies_path(cfg), "generate") as f:
         test_rows = data.split_rows(f)[TEST][backend.rank::backend.size]
