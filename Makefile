@@ -14,7 +14,7 @@ export OMPI_MCA_rmaps_base_oversubscribe ?= 1
 MPIRUN  := $(if $(wildcard $(VENV)/bin/mpiexec),$(VENV)/bin/mpiexec,$(shell command -v mpirun))
 LAUNCH  := $(if $(filter 1,$(RANKS)),,$(MPIRUN) -n $(RANKS))
 
-.PHONY: setup horovod run test bench bench-generate clean help
+.PHONY: setup horovod run test bench bench-generate bench-train clean help
 
 help:
 	@echo "make run    [CONFIG=laptop] [RANKS=1]  set up, then run the pipeline on the embedded default"
@@ -39,10 +39,13 @@ run: setup
 test: setup horovod
 	$(PY) -m pytest -q -ra
 
-bench: bench-generate
+bench: bench-generate bench-train
 
 bench-generate: setup
 	$(HPCMORPH) bench generate
+
+bench-train: setup horovod
+	$(HPCMORPH) bench train
 
 clean:
 	rm -rf runs bench-out .pytest_cache

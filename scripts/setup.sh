@@ -12,7 +12,7 @@
 #
 # Environment: PYTHON (interpreter for the venv, default python3), VENV (default .venv),
 # HPCMORPH_NO_APT=1 (never call apt), HPCMORPH_MPI=wheel (skip 1 and 2: take 3 even where the
-# machine has an MPI; default auto), HPCMORPH_WITH_HOROVOD=1 (also build and install Horovod).
+# machine has an MPI; default auto). Horovod is built separately: `make horovod`.
 # pip's "Location 'file:...' is ignored" warnings (local indexes in this machine's pip config that
 # lack a project) are dropped from the output; every other line and pip's exit status are kept.
 set -euo pipefail
@@ -175,9 +175,6 @@ if h5py.get_config().mpi != want:
 print(f"setup: ok (h5py {h5py.__version__} mpi={want}, torch {torch.__version__}, galsim {galsim.__version__})")
 EOF
 
-if [[ -n "${HPCMORPH_WITH_HOROVOD:-}" && -x scripts/build-horovod.sh ]]; then
-    scripts/build-horovod.sh "$VENV/bin/python" "${HPCMORPH_CACHE:-.cache}/wheels"
-fi
 
 rm -f "$VENV"/.setup-*
 touch "$stamp"
