@@ -14,7 +14,7 @@ export OMPI_MCA_rmaps_base_oversubscribe ?= 1
 MPIRUN  := $(if $(wildcard $(VENV)/bin/mpiexec),$(VENV)/bin/mpiexec,$(shell command -v mpirun))
 LAUNCH  := $(if $(filter 1,$(RANKS)),,$(MPIRUN) -n $(RANKS))
 
-.PHONY: setup horovod run test bench bench-generate bench-train clean help
+.PHONY: setup horovod run test bench bench-generate bench-train bench-attack clean help
 
 help:
 	@echo "make run    [CONFIG=laptop] [RANKS=1]  set up, then run the pipeline on the embedded default"
@@ -35,17 +35,21 @@ horovod: setup
 
 run: setup
 	$(LAUNCH) $(HPCMORPH) generate --config $(CONFIG)
+	$(LAUNCH) $(HPCMORPH) train --config $(CONFIG)
 
 test: setup horovod
 	$(PY) -m pytest -q -ra
 
-bench: bench-generate bench-train
+bench: bench-generate bench-train bench-attack
 
 bench-generate: setup
 	$(HPCMORPH) bench generate
 
 bench-train: setup horovod
 	$(HPCMORPH) bench train
+
+bench-attack: setup
+	$(HPCMORPH) bench attack
 
 clean:
 	rm -rf runs bench-out .pytest_cache
