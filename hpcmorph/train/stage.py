@@ -16,6 +16,7 @@ import csv
 import hashlib
 import io
 import json
+import logging
 import os
 import signal
 import time
@@ -300,6 +301,10 @@ def run(cfg: Config, ctx=None) -> Path:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     backend = distributed.init(cfg.train.backend)
+    if backend.rank != 0:
+        # Under torchrun or horovodrun --gloo there is no MPI world to tell the ranks apart for the
+        # logger: the backend does.
+        log.setLevel(logging.WARNING)
     log.info("train: backend %s, %d rank(s), device %s", backend.name, backend.size, distributed.device_for(backend))
     results = []
     try:
