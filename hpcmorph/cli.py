@@ -55,6 +55,19 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     _config_args(p)
 
+    p = sub.add_parser("attack", help="one-pixel attacks on the trained models by batched differential evolution (MPI-parallel)",
+                       description="Stage 3: Su et al.'s one-pixel (or k-pixel) attack on each trained variant, on the "
+                       "same Y10 test images, targeted at each other class (or untargeted), by differential evolution "
+                       "batched over whole populations and several images; writes <run.root>/<run.name>/attack.h5, a "
+                       "summary and figures. Ranks share the images; a killed run resumes where it stopped.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _config_args(p)
+    p.add_argument("--force", action="store_true", help="replace an output made from a different config")
+
+    p = sub.add_parser("submit", help="submit the stages as a Slurm or PBS job chain (afterok dependencies)")
+    from .submit import add_arguments as _submit_args
+    _submit_args(p)
+
     p = sub.add_parser("info", help="versions, MPI library, h5py MPI support, GPUs")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -63,8 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="benchmarks: a stage's throughput beside a bare baseline",
                        description="Prints the stage's figure beside a bare baseline measured in the same run.")
-    p.add_argument("stage", choices=["generate", "train"], help="which stage to benchmark")
-    p.add_argument("--galaxies", type=int, default=96, help="galaxies per measurement (default 96)")
+    p.add_argument("stage", choices=["generate", "train", "attack"], help="which stage to benchmark")
+    p.add_argument("--galaxies", type=int, default=128, help="galaxies per measurement (default 128)")
     p.add_argument("--ranks", type=int, nargs="+", default=[1, 2], help="rank counts for the scaling run")
     return parser
 
@@ -97,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "info":
         return cmd_info(args)
+    if args.command == "submit":
+        from .submit import run as submit_run
+
+        return submit_run(args)
     if args.command == "bench":
         from .bench import main as bench_main
 
@@ -123,6 +140,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_mod.load(args.config, args.overrides)
         if args.command == "generate":
             from .generate import run
+
+            run(cfg, ctx, force=args.force)
+        elif args.command == "attack":
+            from .attack import run
 
             run(cfg, ctx, force=args.force)
         elif args.command == "train":

@@ -139,6 +139,38 @@ SCHEMA: dict[str, Any] = {
         "max_train_images": Field(0, int, "Use at most this many training images (0 = all): for quick runs.", low=0),
         "threads": Field(0, int, "torch CPU threads per rank (0 = torch's default).", low=0),
     },
+    "attack": {
+        "variants": Field(["regular", "mmd"], list, "Trained models to attack (the same images for each).",
+                          item=str, choices=("regular", "mmd")),
+        "model_seed": Field(None, int, "Training seed of the model to attack (default: the first of train.seeds).",
+                            low=0, nullable=True),
+        "n_images": Field(150, int, "Test images to attack, drawn reproducibly (from run.seed) from the Y10 test split.", low=1),
+        "only_correct": Field(True, bool, "Attack only images every attacked model classifies correctly (the others are "
+                              "skipped and counted): flipping a wrong answer means nothing."),
+        "mode": Field("targeted", str, "'targeted': attack each other class in turn (success when its probability "
+                      "exceeds attack.threshold), as the authors; 'untargeted': success when the prediction changes.",
+                      choices=("targeted", "untargeted")),
+        "pixels": Field(1, int, "Pixels changed per candidate (k): 1 is the one-pixel attack.", low=1, high=64),
+        "population": Field(400, int, "Differential-evolution population per attack (Su et al.: 400).", low=4),
+        "generations": Field(80, int, "DE generations after the initial population (the authors: 80); an attack "
+                             "costs at most population x (generations + 1) model queries.", low=0),
+        "mutation": Field(0.5, float, "DE differential weight F (Su et al.: 0.5).", low=0.0, high=2.0),
+        "crossover": Field(1.0, float, "Binomial crossover probability; 1.0 takes every gene from the mutant, i.e. "
+                           "no crossover, as Su et al.",
+                           low=0.0, high=1.0),
+        "pixel_range": Field([0.0, 1.0], list, "Bounds of the values a candidate sets, in normalised (model input) "
+                             "units, every band. The asinh stretch puts real pixels in about [0.46, 0.886] (each "
+                             "model's exact span is logged); [0, 1] is the authors' range.", item=float, length=2),
+        "threshold": Field(0.5, float, "A targeted attack succeeds when the target's probability exceeds this.",
+                           low=0.0, high=1.0),
+        "images_per_batch": Field(8, int, "Images attacked together (all their targets) in one batched DE run; "
+                                  "also the checkpoint block. Does not change any result.", low=1),
+        "forward_batch": Field(1024, int, "Most candidate images per forward pass (memory bound; raise on GPUs). "
+                               "Does not change any result.", low=2),
+        "threads": Field(0, int, "torch CPU threads per rank (0 = torch's default).", low=0),
+        "figures": Field(True, bool, "Write the query histogram, success-by-class and example figures."),
+        "keep_parts": Field(False, bool, "Keep the per-block checkpoint files after the output is complete."),
+    },
 }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterable
@@ -111,10 +112,14 @@ def abort_on_error(ctx: Context, user_errors: tuple[type[BaseException], ...] = 
     try:
         yield
     except user_errors as err:
-        if ctx.is_root or ctx.size == 1:
-            print(f"hpcmorph: error: {err}", file=sys.stderr)
+        if ctx.size > 1 and not ctx.is_root:
+            # Usually every rank meets the same bad input: let rank 0 say it once and abort the job
+            # (which ends this rank during the wait). If only this rank met it, it speaks after.
+            time.sleep(2.0)
+        where = f" (rank {ctx.rank})" if ctx.size > 1 and not ctx.is_root else ""
+        print(f"hpcmorph: error{where}: {err}", file=sys.stderr, flush=True)
         if ctx.size > 1:
-            # A user error met by one rank only would leave the others blocked: abort them too.
+            time.sleep(0.5)  # let the launcher forward the message before the abort tears the job down
             ctx.comm.Abort(2)
         sys.exit(2)
     except KeyboardInterrupt:

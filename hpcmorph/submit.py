@@ -1,0 +1,205 @@
+"""``hpcmorph submit``: the stages as a chain of batch jobs, each waiting on the previous one.
+
+    hpcmorph submit --scheduler slurm --config paper --account myproj
+    hpcmorph submit --scheduler pbs --config paper --account myproj --queue prod --nodes 8 --dry-run
+
+Each stage is submitted with its script from ``jobs/<scheduler>/`` (``generate``, ``train``, ``attack``),
+the next one with an ``afterok`` dependency on the previous job id (``sbatch --dependency=afterok:ID``,
+``qsub -W depend=afterok:ID``). The config and the overrides reach the jobs as environment variables
+(``HPCMORPH_CONFIG``, ``HPCMORPH_SET``, ``HPCMORPH_VENV``/``HPCMORPH_IMAGE``, ...), named in
+``--export=ALL,NAME,...`` / ``-v NAME,...`` and given their values in the submitting process's
+environment, so values holding commas (``[0.7,0.2,0.1]``) survive. Prints one line per stage:
+the stage and its job id. ``--dry-run`` prints each script and the exact command and submits nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+STAGES = ("generate", "train", "attack")
+SCHEDULERS = {"slurm": ("sbatch", ".sbatch"), "pbs": ("qsub", ".pbs")}
+# Ranks per node a stage's scripts assume (PBS scripts' HPCMORPH_RANKS_PER_NODE defaults); on Slurm
+# used only with --nodes, to size --ntasks.
+RANKS_PER_NODE = {"generate": 32, "train": 4, "attack": 32}
+
+
+class SubmitError(Exception):
+    """Exit 2 with this one-line message."""
+
+
+def available_stages() -> list[str]:
+    """The stages that exist in this installation, in chain order."""
+    out = []
+    for stage in STAGES:
+        if importlib.util.find_spec(f"hpcmorph.{stage}") is not None:
+            out.append(stage)
+    return out
+
+
+def jobs_dir() -> Path:
+    env = os.environ.get("HPCMORPH_JOBS_DIR")
+    return Path(env) if env else Path(__file__).resolve().parents[1] / "jobs"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scheduler", required=True, choices=sorted(SCHEDULERS), help="batch system")
+    p.add_argument("--config", "-c", default="laptop", metavar="PRESET|YAML",
+                   help="preset name or YAML file (default: laptop); a file is passed by absolute path")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one field in every stage (repeatable; no spaces: [1,2] not [1, 2])")
+    p.add_argument("--stages", nargs="+", metavar="STAGE", default=None,
+                   help=f"stages to chain, in this order (default: every one that exists of {', '.join(STAGES)})")
+    p.add_argument("--account", "-A", help="account / project to charge (sbatch --account, qsub -A)")
+    p.add_argument("--queue", "-q", help="partition (Slurm) or queue (PBS)")
+    p.add_argument("--nodes", type=int, help="nodes per job (default: the script's)")
+    p.add_argument("--ranks-per-node", type=int,
+                   help="MPI ranks per node (default: the script's; with --nodes on Slurm: train 4, others 32)")
+    p.add_argument("--gpus-per-task", type=int,
+                   help="Slurm: GPUs per rank for train (the script's default is 1; 0 for CPU nodes)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--image", help="Apptainer image (.sif) holding hpcmorph (HPCMORPH_IMAGE)")
+    where.add_argument("--venv", help="virtualenv holding hpcmorph (HPCMORPH_VENV)")
+    p.add_argument("--launcher", help="how ranks are started in every job (HPCMORPH_LAUNCHER)")
+    p.add_argument("--scheduler-arg", action="append", default=[], metavar="ARG",
+                   help="one more argument for every sbatch/qsub call, e.g. --scheduler-arg=--time=00:30:00 (repeatable)")
+    p.add_argument("--dry-run", action="store_true", help="print each script and command; submit nothing")
+
+
+@dataclass
+class Submission:
+    stage: str
+    script: Path
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+
+    def shell(self) -> str:
+        """The exact command, as one copy-pasteable shell line."""
+        assigns = " ".join(f"{k}={shlex.quote(v)}" for k, v in self.env.items())
+        return f"{assigns} {shlex.join(self.argv)}".strip()
+
+
+def _pbs_select(script: Path, nodes: int) -> str:
+    """The script's select statement with its node count replaced (keeps e.g. :system=polaris)."""
+    m = re.search(r"^#PBS\s+-l\s+select=\d+(\S*)", script.read_text(), re.M)
+    return f"select={nodes}{m.group(1) if m else ''}"
+
+
+def plan(args: argparse.Namespace) -> list[Submission]:
+    """The submissions, in order; each one's dependency is filled in at submit time (``{prev}``)."""
+    stages = args.stages or available_stages()
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise SubmitError(f"--stages: unknown stage {unknown[0]!r}; choose from {', '.join(STAGES)}")
+    for kv in args.overrides:
+        if "=" not in kv or any(c.isspace() for c in kv):
+            raise SubmitError(f"--set {kv!r}: expected KEY=VALUE without spaces (write [1,2], not [1, 2])")
+    program, ext = SCHEDULERS[args.scheduler]
+    config = args.config
+    if Path(config).is_file():
+        config = str(Path(config).resolve())
+    env = {"HPCMORPH_CONFIG": config}
+    if args.overrides:
+        env["HPCMORPH_SET"] = " ".join(args.overrides)
+    if args.image:
+        env["HPCMORPH_IMAGE"] = str(Path(args.image).resolve())
+    if args.venv:
+        env["HPCMORPH_VENV"] = str(Path(args.venv).resolve())
+    if args.launcher:
+        env["HPCMORPH_LAUNCHER"] = args.launcher
+    if args.ranks_per_node and args.scheduler == "pbs":
+        env["HPCMORPH_RANKS_PER_NODE"] = str(args.ranks_per_node)
+    names = ",".join(env)
+
+    out = []
+    for stage in stages:
+        script = jobs_dir() / args.scheduler / f"{stage}{ext}"
+        if not script.is_file():
+            raise SubmitError(f"no job script for stage {stage!r}: {script}")
+        if args.scheduler == "slurm":
+            argv = [program, "--parsable", f"--export=ALL,{names}"]
+            if args.account:
+                argv.append(f"--account={args.account}")
+            if args.queue:
+                argv.append(f"--partition={args.queue}")
+            if args.nodes:
+                ppn = args.ranks_per_node or RANKS_PER_NODE[stage]
+                argv += [f"--nodes={args.nodes}", f"--ntasks-per-node={ppn}", f"--ntasks={args.nodes * ppn}"]
+            elif args.ranks_per_node:
+                argv.append(f"--ntasks-per-node={args.ranks_per_node}")
+            if stage == "train" and args.gpus_per_task is not None:
+                argv.append(f"--gpus-per-task={args.gpus_per_task}")
+            if out:
+                # A failed upstream job cancels the rest instead of leaving them pending forever.
+                argv += ["--dependency=afterok:{prev}", "--kill-on-invalid-dep=yes"]
+        else:
+            argv = [program, "-v", names]
+            if args.account:
+                argv += ["-A", args.account]
+            if args.queue:
+                argv += ["-q", args.queue]
+            if args.nodes:
+                argv += ["-l", _pbs_select(script, args.nodes)]
+            if out:
+                argv += ["-W", "depend=afterok:{prev}"]
+        argv += [*args.scheduler_arg, str(script)]
+        out.append(Submission(stage, script, argv, env))
+    return out
+
+
+def _job_id(scheduler: str, stdout: str) -> str:
+    text = stdout.strip().splitlines()[-1].strip() if stdout.strip() else ""
+    if scheduler == "slurm":
+        text = text.split(";")[0]  # --parsable: "id" or "id;cluster"
+        if not text.isdigit():
+            raise SubmitError(f"sbatch printed no job id: {stdout.strip()!r}")
+    elif not text:
+        raise SubmitError("qsub printed no job id")
+    return text
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        from . import config as config_mod
+
+        try:
+            config_mod.load(args.config, args.overrides)
+        except config_mod.ConfigError as err:
+            raise SubmitError(str(err)) from None
+        subs = plan(args)
+        program = SCHEDULERS[args.scheduler][0]
+        if args.dry_run:
+            for i, sub in enumerate(subs):
+                print(f"# {sub.stage}: {sub.script}")
+                print(sub.shell().replace("{prev}", f"<job id of {subs[i - 1].stage}>" if i else ""))
+            return 0
+        if shutil.which(program) is None:
+            raise SubmitError(f"{program} not found on PATH: is the {args.scheduler} client loaded? "
+                              "(--dry-run prints the commands without submitting)")
+        prev, submitted = None, []
+        for sub in subs:
+            argv = [a.replace("{prev}", prev or "") for a in sub.argv]
+            try:
+                res = subprocess.run(argv, env={**os.environ, **sub.env}, capture_output=True, text=True,
+                                     timeout=120)
+            except subprocess.TimeoutExpired:
+                raise SubmitError(f"{program} did not answer within 120 s submitting {sub.stage}") from None
+            if res.returncode != 0:
+                done = f" (already submitted: {', '.join(submitted)})" if submitted else ""
+                raise SubmitError(f"{program} exited {res.returncode} submitting {sub.stage}{done}: "
+                                  f"{res.stderr.strip() or res.stdout.strip()}")
+            prev = _job_id(args.scheduler, res.stdout)
+            submitted.append(f"{sub.stage} {prev}")
+            print(f"{sub.stage} {prev}", flush=True)
+        return 0
+    except SubmitError as err:
+        print(f"hpcmorph: error: submit: {err}", file=sys.stderr)
+        return 2
