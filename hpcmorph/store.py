@@ -228,6 +228,21 @@ def open_checked(path: Path, stage: str) -> h5py.File:
     return f
 
 
+def is_current(path: Path, digest: str, force: bool = False) -> bool:
+    """Whether ``path`` is a complete output of this config (digest): then a stage has nothing to do.
+
+    An output from another config is never replaced silently: that is an error unless ``force``.
+    """
+    existing = output_digest(path)
+    if existing == digest and not force:
+        log.info("%s is up to date (config digest %s); nothing to do", path, digest)
+        return True
+    if existing is not None and existing != digest and not force:
+        raise StoreError(f"{path} exists from a different config (digest {existing}, this one {digest}); "
+                         "choose another run.name or pass --force to replace it")
+    return False
+
+
 def output_digest(path: Path) -> str | None:
     """The config digest recorded in a complete output, or None if there is no usable file."""
     try:

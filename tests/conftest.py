@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import h5py
@@ -55,3 +57,33 @@ def assert_same_data(a: Path, b: Path) -> None:
     assert sorted(da) == sorted(db)
     for name in da:
         np.testing.assert_array_equal(da[name], db[name], err_msg=f"dataset {name} differs between {a} and {b}")
+
+
+def session_members(sid: int) -> list[int]:
+    """Live processes of session ``sid`` (/proc/PID/stat: state, ppid, pgrp, session, ...)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[3]) == sid and fields[0] != "Z":
+                found.append(int(entry))
+    return found
+
+
+def kill_session(sid: int) -> None:
+    """SIGKILL mpirun and every rank it started. Open MPI puts the ranks in process groups of their
+    own, so killing mpirun's group leaves them running until they notice; they stay in the session
+    the test started, though."""
+    os.killpg(sid, signal.SIGKILL)
+    deadline = time.time() + 30
+    while (members := session_members(sid)) and time.time() < deadline:
+        for pid in members:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.05)

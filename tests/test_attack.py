@@ -4,9 +4,7 @@ end to end on the tiny preset (1, 2 and 4 ranks, resume after SIGKILL, errors)."
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 import time
 
@@ -16,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import assert_same_data, cli, command, env
+from conftest import assert_same_data, cli, command, env, kill_session
 from hpcmorph import config
 from hpcmorph.attack import evolution, pixels, stage
 from hpcmorph.train.model import build_model
@@ -322,36 +320,6 @@ def test_same_file_on_any_number_of_ranks(serial, trained, tmp_path, ranks):
         assert f.attrs["ranks"] == ranks
 
 
-def _session_members(sid: int) -> list[int]:
-    """Live processes of session ``sid`` (/proc/PID/stat: state, ppid, pgrp, session, ...)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[3]) == sid and fields[0] != "Z":
-                found.append(int(entry))
-    return found
-
-
-def _kill_session(sid: int) -> None:
-    """SIGKILL mpirun and every rank it started. Open MPI puts the ranks in process groups of their
-    own, so killing mpirun's group leaves them running until they notice; they stay in the session
-    the test started, though."""
-    os.killpg(sid, signal.SIGKILL)
-    deadline = time.time() + 30
-    while (members := _session_members(sid)) and time.time() < deadline:
-        for pid in members:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.05)
-
-
 @pytest.mark.mpi
 def test_resume_after_a_kill_gives_the_same_file(serial, trained, tmp_path):
     # One image per block (a setting that changes no result): many small checkpoints to kill between.
@@ -363,7 +331,7 @@ def test_resume_after_a_kill_gives_the_same_file(serial, trained, tmp_path):
     deadline = time.time() + 120
     while time.time() < deadline and len(list(run.glob("attack.h5.parts-*/block-*.h5"))) < 2:
         time.sleep(0.02)
-    _kill_session(proc.pid)
+    kill_session(proc.pid)
     proc.wait(timeout=30)
     done_before = len(list(run.glob("attack.h5.parts-*/block-*.h5")))
     n_blocks = 2 * len(np.unique(h5py.File(serial[0], "r")["index"][...]))

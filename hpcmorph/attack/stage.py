@@ -340,13 +340,8 @@ def run(cfg: Config, ctx: Context, force: bool = False) -> Path:
     """Attack the trained models as ``cfg.attack`` says; returns the output path."""
     a = cfg.attack
     out, key = output_path(cfg), digest(cfg)
-    existing = store.output_digest(out)
-    if existing == key and not force:
-        log.info("%s is up to date (config digest %s); nothing to do", out, key)
+    if store.is_current(out, key, force):
         return out
-    if existing is not None and existing != key and not force:
-        raise StageError(f"{out} exists from a different config (digest {existing}, this one {key}); "
-                         "choose another run.name or pass --force to replace it")
     started = store.now()
     io = store.resolve_io(cfg)
     if a.threads:

@@ -116,13 +116,8 @@ def run(cfg: Config, ctx: Context, force: bool = False) -> Path:
     """Generate the dataset described by ``cfg.generate``; returns the output path."""
     g = cfg.generate
     out, key = output_path(cfg), digest(cfg)
-    existing = store.output_digest(out)
-    if existing == key and not force:
-        log.info("%s is up to date (config digest %s); nothing to do", out, key)
+    if store.is_current(out, key, force):
         return out
-    if existing is not None and existing != key and not force:
-        raise StageError(f"{out} exists from a different config (digest {existing}, this one {key}); "
-                         "choose another run.name or pass --force to replace it")
     started = store.now()
     io = store.resolve_io(cfg)
     source = open_source(cfg)

@@ -15,7 +15,6 @@ Each epoch shuffles a shard with a generator seeded from (seed, epoch, stream).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import h5py
 import numpy as np
