@@ -158,9 +158,10 @@ SCHEMA: dict[str, Any] = {
         "crossover": Field(1.0, float, "Binomial crossover probability; 1.0 takes every gene from the mutant, i.e. "
                            "no crossover, as Su et al.",
                            low=0.0, high=1.0),
-        "pixel_range": Field([0.0, 1.0], list, "Bounds of the values a candidate sets, in normalised (model input) "
-                             "units, every band. The asinh stretch puts real pixels in about [0.46, 0.886] (each "
-                             "model's exact span is logged); [0, 1] is the authors' range.", item=float, length=2),
+        "pixel_range": Field(None, list, "Bounds [min, max] of the values a candidate sets, in normalised (model input) "
+                             "units, every band. Default (null): the range of the normalised data, i.e. the attacked "
+                             "model's asinh stretch of its clip limits (about [0.46, 0.886]); [0, 1] is the authors' "
+                             "range.", item=float, length=2, nullable=True),
         "threshold": Field(0.5, float, "A targeted attack succeeds when the target's probability exceeds this.",
                            low=0.0, high=1.0),
         "images_per_batch": Field(8, int, "Images attacked together (all their targets) in one batched DE run; "
@@ -262,7 +263,7 @@ def _check(path: str, value: Any, source: str) -> Any:
 def _check_relations(flat: dict[str, Any], source: str) -> None:
     """Constraints that involve more than one field."""
     for path, field in FIELDS.items():
-        if field.length == 2 and field.item is float and flat[path][0] > flat[path][1]:
+        if field.length == 2 and field.item is float and flat[path] is not None and flat[path][0] > flat[path][1]:
             raise ConfigError(f"{source}: '{path}' must be [min, max] with min <= max, got {flat[path]}")
     for path in ("generate.split", "generate.class_fractions"):
         if abs(sum(flat[path]) - 1.0) > 1e-6:

@@ -205,7 +205,7 @@ def test_candidates_stay_in_the_image_and_the_value_range():
 def test_config_section_defaults_and_validation():
     a = config.load("tiny").attack
     assert (a.population, a.generations, a.mutation, a.n_images, a.pixels) == (400, 80, 0.5, 150, 1)
-    assert a.mode == "targeted" and a.pixel_range == [0.0, 1.0] and a.variants == ["regular", "mmd"]
+    assert a.mode == "targeted" and a.pixel_range is None and a.variants == ["regular", "mmd"]
     with pytest.raises(config.ConfigError, match="'attack.mode': 'both' is not one of"):
         config.load("tiny", ["attack.mode=both"])
     with pytest.raises(config.ConfigError, match=r"'attack.pixel_range' must be \[min, max\]"):
@@ -283,13 +283,16 @@ def test_output_rows_agree_with_the_data_and_the_model(serial, trained):
         model, stretch = stage.load_model(cfg, variant, torch.device("cpu"))
         rows = np.flatnonzero(d["variant"] == v)
         clean = stretch(torch.from_numpy(y10[d["index"][rows]])).numpy()
+        # By default candidates stay within the range of the normalised data.
+        lo, hi = min(stage.data_range(stretch)[0]), max(stage.data_range(stretch)[1])
+        assert 0.4 < lo < 0.5 and 0.85 < hi < 0.9 and np.allclose(attrs[f"data_range_{variant}"], stage.data_range(stretch))
         for j, r in enumerate(rows):
             x, y = d["pixel_xy"][r, 0]
             changed = d["attacked"][r] != clean[j]
             assert not np.any(np.delete(changed.reshape(3, -1), y * 48 + x, axis=1))
             np.testing.assert_array_equal(d["attacked"][r][:, y, x], d["pixel_values"][r, 0])
             np.testing.assert_array_equal(clean[j][:, y, x], d["original_values"][r, 0])
-            assert np.all((0.0 <= d["pixel_values"][r]) & (d["pixel_values"][r] <= 1.0))
+            assert np.all((lo <= d["pixel_values"][r]) & (d["pixel_values"][r] <= hi))
         with torch.no_grad():
             probs = torch.softmax(model(torch.from_numpy(d["attacked"][rows]))[1], 1).numpy()
         np.testing.assert_allclose(probs, d["prob_after"][rows], atol=2e-6)

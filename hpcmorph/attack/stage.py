@@ -142,6 +142,14 @@ def load_model(cfg: Config, variant: str, device: torch.device):
     return model.to(device).eval(), stretch
 
 
+def pixel_range(a, stretch) -> list[float]:
+    """The values a candidate may set: ``attack.pixel_range``, or by default the data's own range."""
+    if a.pixel_range is not None:
+        return a.pixel_range
+    lo, hi = data_range(stretch)
+    return [min(lo), max(hi)]
+
+
 def data_range(stretch) -> tuple[list[float], list[float]]:
     """The range of normalised pixels: the stretch of its clip limits, per fitted band."""
     lo = stretch(np.asarray(stretch.low, np.float64).reshape(1, -1, 1, 1)).ravel()
@@ -253,7 +261,7 @@ def attack_images(model, stretch, images: np.ndarray, rows, labels, prob_before:
     which_t = torch.tensor(which, dtype=torch.long)
     task_images = base[which_t]
     objective = pixels.PixelObjective(lambda x: model(x)[1], task_images.to(device), a.pixels, a.forward_batch)
-    lower, upper, is_position = pixels.bounds(a.pixels, c, h, w, a.pixel_range)
+    lower, upper, is_position = pixels.bounds(a.pixels, c, h, w, pixel_range(a, stretch))
     settings = evolution.Settings(a.population, a.generations, a.mutation, a.crossover, a.threshold)
     results = evolution.evolve(objective, lower, upper, true, target, seeds, settings, resample=is_position)
 
@@ -354,7 +362,7 @@ def run(cfg: Config, ctx: Context, force: bool = False) -> Path:
     for v, (_, stretch) in models.items():
         lo, hi = data_range(stretch)
         log.info("attack: %s model: normalised pixels span [%.3f, %.3f]; candidates take values in %s",
-                 v, min(lo), max(hi), a.pixel_range)
+                 v, min(lo), max(hi), pixel_range(a, stretch))
 
     parts = out.with_name(f"{out.name}.parts-{key}-b{a.images_per_batch}")
     if ctx.is_root:
@@ -438,7 +446,8 @@ def run(cfg: Config, ctx: Context, force: bool = False) -> Path:
         **store.provenance(cfg, ctx, STAGE, key, started),
         "mode": a.mode, "pixels": a.pixels, "population": a.population, "generations": a.generations,
         "mutation": a.mutation, "crossover": a.crossover, "threshold": a.threshold,
-        "pixel_range": np.asarray(a.pixel_range, np.float64), "model_seed": model_seed(cfg),
+        "pixel_range": "data range (data_range_<variant>)" if a.pixel_range is None else
+        np.asarray(a.pixel_range, np.float64), "model_seed": model_seed(cfg),
         "class_names": ",".join(CLASS_NAMES), "variant_names": ",".join(variants),
         "n_images": len(rows), "examined": choice["examined"], "skipped_misclassified": choice["skipped"],
         **{f"data_range_{v}": np.array(r, np.float64) for v, r in ranges.items()},
