@@ -62,17 +62,22 @@ def _worker(argv: list[str]) -> None:
         print(json.dumps({"seconds": time.perf_counter() - t0, "ranks": ctx.size}))
 
 
-def _mpirun_stage(root: Path, n: int, ranks: int) -> float:
-    mpirun = shutil.which("mpirun") or shutil.which("mpiexec", path=str(Path(sys.executable).parent))
-    cmd = [sys.executable, "-m", "hpcmorph.bench", "_generate_worker", str(root), str(n)]
+def launch(cmd: list[str], ranks: int, threads: int, cwd: Path | None = None) -> str:
+    """Run ``cmd`` (under ``mpirun -n ranks`` when ranks > 1) with ``threads`` per rank; its stdout."""
     if ranks > 1:
+        mpirun = shutil.which("mpirun") or shutil.which("mpiexec", path=str(Path(sys.executable).parent))
         cmd = [mpirun, "-n", str(ranks), *cmd]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
-           "OMPI_MCA_rmaps_base_oversubscribe": "1"}
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3600)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OMPI_ALLOW_RUN_AS_ROOT": "1",
+           "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1", "OMPI_MCA_rmaps_base_oversubscribe": "1"}
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3600, cwd=cwd)
     if res.returncode != 0:
-        raise RuntimeError(f"benchmark run on {ranks} ranks failed:\n{res.stderr[-3000:]}")
-    return json.loads(res.stdout.strip().splitlines()[-1])["seconds"]
+        raise RuntimeError(f"{' '.join(cmd[-8:])} on {ranks} ranks failed:\n{res.stderr[-3000:]}")
+    return res.stdout
+
+
+def _mpirun_stage(root: Path, n: int, ranks: int) -> float:
+    out = launch([sys.executable, "-m", "hpcmorph.bench", "_generate_worker", str(root), str(n)], ranks, 1)
+    return json.loads(out.strip().splitlines()[-1])["seconds"]
 
 
 def bench_generate(n: int, ranks: list[int]) -> dict:
@@ -132,17 +137,8 @@ def _bare_train(cfg, steps: int) -> float:
     return len(y) / (time.perf_counter() - t0)
 
 
-def _stage(root: Path, args: list[str], ranks: int, threads: int) -> dict:
-    mpirun = shutil.which("mpirun") or shutil.which("mpiexec", path=str(Path(sys.executable).parent))
-    cmd = [sys.executable, "-m", "hpcmorph", *args]
-    if ranks > 1:
-        cmd = [mpirun, "-n", str(ranks), *cmd]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OMPI_ALLOW_RUN_AS_ROOT": "1",
-           "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1", "OMPI_MCA_rmaps_base_oversubscribe": "1"}
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3600, cwd=root)
-    if res.returncode != 0:
-        raise RuntimeError(f"{' '.join(args[:1])} on {ranks} ranks failed:\n{res.stderr[-3000:]}")
-    return res
+def _stage(root: Path, args: list[str], ranks: int, threads: int) -> str:
+    return launch([sys.executable, "-m", "hpcmorph", *args], ranks, threads, cwd=root)
 
 
 def bench_train(n: int) -> dict:

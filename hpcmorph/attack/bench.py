@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from ..bench import launch
 
 PRESET = "tiny"
 # One training thread: the bench model is then the same whatever the machine's core count.
@@ -42,19 +42,8 @@ STAGE = ["attack.n_images=8", "attack.only_correct=false", "attack.population=40
          "attack.images_per_batch=1"]
 
 
-def _env(threads: int) -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": str(threads), "OMPI_ALLOW_RUN_AS_ROOT": "1",
-            "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1", "OMPI_MCA_rmaps_base_oversubscribe": "1"}
-
-
 def _run(cmd: list[str], root: Path, ranks: int, threads: int) -> str:
-    if ranks > 1:
-        mpirun = shutil.which("mpirun") or shutil.which("mpiexec", path=str(Path(sys.executable).parent))
-        cmd = [mpirun, "-n", str(ranks), *cmd]
-    res = subprocess.run(cmd, env=_env(threads), capture_output=True, text=True, timeout=3600, cwd=root)
-    if res.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd[-8:])} on {ranks} ranks failed:\n{res.stderr[-3000:]}")
-    return res.stdout
+    return launch(cmd, ranks, threads, cwd=root)
 
 
 def _sets(root: Path, extra=()) -> list[str]:
