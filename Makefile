@@ -33,9 +33,9 @@ horovod: setup
 	  wheel=$$(bash scripts/build-horovod.sh $(PY) .cache/wheels | sed -n 's/.*built: //p') && \
 	  $(PY) -m pip install -q -c requirements/constraints.txt "$$wheel"; }
 
+# Every stage in order; stages already done for this config are skipped, so a rerun resumes.
 run: setup
-	$(LAUNCH) $(HPCMORPH) generate --config $(CONFIG)
-	$(LAUNCH) $(HPCMORPH) train --config $(CONFIG)
+	$(LAUNCH) $(HPCMORPH) run --config $(CONFIG)
 
 test: setup horovod
 	$(PY) -m pytest -q -ra

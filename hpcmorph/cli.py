@@ -64,6 +64,34 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.add_argument("--force", action="store_true", help="replace an output made from a different config")
 
+    p = sub.add_parser("analyze", help="latents, Table 2 distances, church windows, isomaps, accuracy vs exposure (MPI-parallel)",
+                       description="Stage 4: embed the Y10, Y1 and attacked test images in each model's 256-d latent "
+                       "space (batched, ranks share the images), and compute Table 1 over seeds, Table 2 (latent "
+                       "distances Y10->Y1 and Y10->attacked over the flipped images), church windows, isomaps, "
+                       "accuracy against exposure time and attack success against k. Writes "
+                       "<run.root>/<run.name>/analysis/.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _config_args(p)
+    p.add_argument("--force", action="store_true", help="replace an output made from a different config")
+
+    p = sub.add_parser("report", help="assemble tables and figures into a self-contained HTML report",
+                       description="Stage 5: gather every stage's numbers and figures into "
+                       "<run.root>/<run.name>/report/: index.html (self-contained), Tables 1 and 2 as Markdown and "
+                       "LaTeX, CSV/JSON of every number, figures as PNG and PDF, and the config and versions.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _config_args(p)
+
+    p = sub.add_parser("run", help="every stage in order (generate, train, attack, analyze, report), skipping done ones",
+                       description="Runs generate, train, attack (once per k in analyze.k_sweep), analyze and report "
+                       "in order. A stage whose complete output exists for the same config (by a hash of the "
+                       "settings it depends on) is skipped, so a rerun after a crash continues where it stopped. "
+                       "Works serially or under an MPI launcher (every rank runs every stage).",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _config_args(p)
+    p.add_argument("--force", action="store_true", help="replace outputs made from a different config")
+    p.add_argument("--until", choices=["generate", "train", "attack", "analyze", "report"], default="report",
+                   help="stop after this stage (default: report)")
+
     p = sub.add_parser("submit", help="submit the stages as a Slurm or PBS job chain (afterok dependencies)")
     from .submit import add_arguments as _submit_args
     _submit_args(p)
@@ -146,12 +174,27 @@ def main(argv: list[str] | None = None) -> int:
             from .attack import run
 
             run(cfg, ctx, force=args.force)
-        elif args.command == "train":
-            from .train import PREEMPTED_EXIT, Preempted, run
+        elif args.command == "analyze":
+            from .analyze import run
+
+            run(cfg, ctx, force=args.force)
+        elif args.command == "report":
+            from .report import run
+
+            run(cfg, ctx)
+        elif args.command in ("train", "run"):
+            from .train import PREEMPTED_EXIT, Preempted
             from .train.distributed import BackendError
 
             try:
-                run(cfg)
+                if args.command == "train":
+                    from .train import run
+
+                    run(cfg)
+                else:
+                    from .pipeline import run
+
+                    run(cfg, ctx, force=args.force, until=args.until)
             except BackendError as err:
                 raise StageError(str(err)) from None
             except Preempted as err:

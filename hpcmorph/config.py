@@ -172,6 +172,34 @@ SCHEMA: dict[str, Any] = {
         "figures": Field(True, bool, "Write the query histogram, success-by-class and example figures."),
         "keep_parts": Field(False, bool, "Keep the per-block checkpoint files after the output is complete."),
     },
+    "analyze": {
+        "k_sweep": Field([1], list, "Pixel counts k of the attacks whose success is plotted against k; `hpcmorph run` "
+                         "runs the attack once per k (attack.pixels set to k). Table 2 and the church windows use "
+                         "the attack with k = attack.pixels.", item=int, low=1, high=64),
+        "exposure_fractions": Field([0.1, 0.2, 0.3, 0.5, 0.7, 1.0], list, "Exposures, as fractions of the ten-year "
+                                    "(Y10) exposure, at which the test galaxies' noiseless images are observed "
+                                    "again for the accuracy-against-exposure curve (0.1 = Y1, 1.0 = Y10).",
+                                    item=float, low=1e-4, high=1.0),
+        "triplet": Field(None, int, "Test-image row (in galaxies.h5) of the (Y10, Y1, attacked) triplet drawn in the "
+                         "church windows and isomaps. Default (null): the first image flipped for both variants, "
+                         "preferring one whose Y1 image the regular model gets wrong (as in the paper's Figure 2).",
+                         low=0, nullable=True),
+        "church_extent": Field(1.1, float, "Church windows span [-extent, extent] along both directions (the paper: 1.1).",
+                               low=0.01, high=100.0),
+        "church_step": Field(0.01, float, "Church-window grid step (the paper: 0.01).", low=1e-4, high=1.0),
+        "church_orthogonal": Field(False, bool, "Orthogonalise the noise direction against the attack direction "
+                                   "(the traditional church window) instead of the paper's raw directions."),
+        "isomap_images": Field(250, int, "Random test images in each isomap (the paper: 250).", low=10),
+        "isomap_neighbors": Field(5, int, "Isomap n_neighbors (the paper: 5).", low=2),
+        "batch_size": Field(256, int, "Images per forward pass when computing latents, per rank.", low=1),
+        "threads": Field(0, int, "torch CPU threads per rank (0 = torch's default).", low=0),
+        "figures": Field(True, bool, "Write the church windows, isomaps, exposure and k figures."),
+    },
+    "report": {
+        "title": Field(None, str, "Title of the report page. Default: 'hpcmorph report: <run.name>'.", nullable=True),
+        "screenshot": Field(False, bool, "Also take a PNG screenshot of the page with headless Chromium "
+                            "(Debian's chromium package) and check that every figure loaded."),
+    },
 }
 
 
@@ -306,6 +334,14 @@ class Config:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self._tree, sort_keys=False)
+
+    def updated(self, values: Mapping[str, Any]) -> "Config":
+        """A copy with some ``section.key`` paths set (validated like ``--set``), e.g. ``{"attack.pixels": 2}``."""
+        tree = self.to_dict()
+        for key, value in values.items():
+            _set(tree, key, _check(key, value, "updated config"))
+        _check_relations(_flatten(tree), "updated config")
+        return Config(tree, name=self.name)
 
     def digest(self, *sections: str) -> str:
         """Stable hash of the named sections (or paths), used to tell whether an output is current."""

@@ -30,8 +30,9 @@ def asinh_rgb(images: np.ndarray, scale: float | None = None, softening: float =
     return np.clip(np.moveaxis(rgb, 0, -1), 0.0, 1.0)
 
 
-def save(fig, path: Path, formats: tuple[str, ...] = ("png",)) -> list[Path]:
-    """Save ``fig`` as ``path`` (with each suffix in ``formats``), each written then renamed."""
+def save(fig, path: Path, formats: tuple[str, ...] = ("png", "pdf")) -> list[Path]:
+    """Save ``fig`` as ``path`` with each suffix in ``formats`` (PNG to look at, PDF for papers), each
+    written then renamed; returns the paths, PNG first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     written = []
