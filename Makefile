@@ -14,7 +14,7 @@ export OMPI_MCA_rmaps_base_oversubscribe ?= 1
 MPIRUN  := $(if $(wildcard $(VENV)/bin/mpiexec),$(VENV)/bin/mpiexec,$(shell command -v mpirun))
 LAUNCH  := $(if $(filter 1,$(RANKS)),,$(MPIRUN) -n $(RANKS))
 
-.PHONY: setup horovod run test bench bench-generate bench-train bench-attack clean help
+.PHONY: setup horovod chromium run test bench bench-generate bench-train bench-attack clean help
 
 help:
 	@echo "make run    [CONFIG=laptop] [RANKS=1]  set up, then run the pipeline on the embedded default"
@@ -37,7 +37,11 @@ horovod: setup
 run: setup
 	$(LAUNCH) $(HPCMORPH) run --config $(CONFIG)
 
-test: setup horovod
+# Headless Chromium for the report's browser check (tests/test_report.py; report.screenshot).
+chromium:
+	@bash scripts/setup-chromium.sh
+
+test: setup horovod chromium
 	$(PY) -m pytest -q -ra
 
 bench: bench-generate bench-train bench-attack

@@ -88,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "Works serially or under an MPI launcher (every rank runs every stage).",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     _config_args(p)
-    p.add_argument("--force", action="store_true", help="replace outputs made from a different config")
+    p.add_argument("--force", action="store_true", help="redo every stage, replacing its output (also one made "
+                   "from a different config)")
     p.add_argument("--until", choices=["generate", "train", "attack", "analyze", "report"], default="report",
                    help="stop after this stage (default: report)")
 

@@ -3,13 +3,17 @@
     hpcmorph submit --scheduler slurm --config paper --account myproj
     hpcmorph submit --scheduler pbs --config paper --account myproj --queue prod --nodes 8 --dry-run
 
-Each stage is submitted with its script from ``jobs/<scheduler>/`` (``generate``, ``train``, ``attack``),
-the next one with an ``afterok`` dependency on the previous job id (``sbatch --dependency=afterok:ID``,
+Each stage is submitted with its script from ``jobs/<scheduler>/`` (``generate``, ``train``, ``attack``,
+``analyze``, ``report``), the next one with an ``afterok`` dependency on the previous job id (``sbatch --dependency=afterok:ID``,
 ``qsub -W depend=afterok:ID``). The config and the overrides reach the jobs as environment variables
 (``HPCMORPH_CONFIG``, ``HPCMORPH_SET``, ``HPCMORPH_VENV``/``HPCMORPH_IMAGE``, ...), named in
 ``--export=ALL,NAME,...`` / ``-v NAME,...`` and given their values in the submitting process's
 environment, so values holding commas (``[0.7,0.2,0.1]``) survive. Prints one line per stage:
 the stage and its job id. ``--dry-run`` prints each script and the exact command and submits nothing.
+
+``--nodes`` and ``--ranks-per-node`` size the big stages (generate, train, attack). ``analyze`` always
+runs on one node (``--ranks-per-node`` still sets its ranks) and ``report`` on one rank. The attack job
+attacks once per pixel count k (``attack.pixels``, then the rest of ``analyze.k_sweep``), in turn.
 """
 
 from __future__ import annotations
@@ -25,11 +29,17 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-STAGES = ("generate", "train", "attack")
+STAGES = ("generate", "train", "attack", "analyze", "report")
 SCHEDULERS = {"slurm": ("sbatch", ".sbatch"), "pbs": ("qsub", ".pbs")}
 # Ranks per node a stage's scripts assume (PBS scripts' HPCMORPH_RANKS_PER_NODE defaults); on Slurm
 # used only with --nodes, to size --ntasks.
-RANKS_PER_NODE = {"generate": 32, "train": 4, "attack": 32}
+RANKS_PER_NODE = {"generate": 32, "train": 4, "attack": 32, "analyze": 4, "report": 1}
+# Stages whose scripts stay on one node whatever --nodes says (small ones), and the serial one,
+# which also keeps its single rank whatever --ranks-per-node says.
+ONE_NODE = ("analyze", "report")
+SERIAL = ("report",)
+# Stages whose Slurm scripts ask for GPUs (--gpus-per-task=1): --gpus-per-task replaces it.
+GPU_STAGES = ("train", "analyze")
 
 
 class SubmitError(Exception):
@@ -60,11 +70,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"stages to chain, in this order (default: every one that exists of {', '.join(STAGES)})")
     p.add_argument("--account", "-A", help="account / project to charge (sbatch --account, qsub -A)")
     p.add_argument("--queue", "-q", help="partition (Slurm) or queue (PBS)")
-    p.add_argument("--nodes", type=int, help="nodes per job (default: the script's)")
+    p.add_argument("--nodes", type=int,
+                   help="nodes per job of generate, train and attack (default: the script's; analyze and "
+                   "report run on one node)")
     p.add_argument("--ranks-per-node", type=int,
-                   help="MPI ranks per node (default: the script's; with --nodes on Slurm: train 4, others 32)")
+                   help="MPI ranks per node (default: the script's; with --nodes on Slurm: train 4, generate "
+                   "and attack 32); not for report, which runs one rank")
     p.add_argument("--gpus-per-task", type=int,
-                   help="Slurm: GPUs per rank for train (the script's default is 1; 0 for CPU nodes)")
+                   help="Slurm: GPUs per rank for train and analyze (the scripts' default is 1; 0 for CPU nodes)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--image", help="Apptainer image (.sif) holding hpcmorph (HPCMORPH_IMAGE)")
     where.add_argument("--venv", help="virtualenv holding hpcmorph (HPCMORPH_VENV)")
@@ -124,18 +137,20 @@ def plan(args: argparse.Namespace) -> list[Submission]:
         script = jobs_dir() / args.scheduler / f"{stage}{ext}"
         if not script.is_file():
             raise SubmitError(f"no job script for stage {stage!r}: {script}")
+        nodes = None if stage in ONE_NODE else args.nodes
+        ranks_per_node = None if stage in SERIAL else args.ranks_per_node
         if args.scheduler == "slurm":
             argv = [program, "--parsable", f"--export=ALL,{names}"]
             if args.account:
                 argv.append(f"--account={args.account}")
             if args.queue:
                 argv.append(f"--partition={args.queue}")
-            if args.nodes:
-                ppn = args.ranks_per_node or RANKS_PER_NODE[stage]
-                argv += [f"--nodes={args.nodes}", f"--ntasks-per-node={ppn}", f"--ntasks={args.nodes * ppn}"]
-            elif args.ranks_per_node:
-                argv.append(f"--ntasks-per-node={args.ranks_per_node}")
-            if stage == "train" and args.gpus_per_task is not None:
+            if nodes:
+                ppn = ranks_per_node or RANKS_PER_NODE[stage]
+                argv += [f"--nodes={nodes}", f"--ntasks-per-node={ppn}", f"--ntasks={nodes * ppn}"]
+            elif ranks_per_node:
+                argv.append(f"--ntasks-per-node={ranks_per_node}")
+            if stage in GPU_STAGES and args.gpus_per_task is not None:
                 argv.append(f"--gpus-per-task={args.gpus_per_task}")
             if out:
                 # A failed upstream job cancels the rest instead of leaving them pending forever.
@@ -146,8 +161,8 @@ def plan(args: argparse.Namespace) -> list[Submission]:
                 argv += ["-A", args.account]
             if args.queue:
                 argv += ["-q", args.queue]
-            if args.nodes:
-                argv += ["-l", _pbs_select(script, args.nodes)]
+            if nodes:
+                argv += ["-l", _pbs_select(script, nodes)]
             if out:
                 argv += ["-W", "depend=afterok:{prev}"]
         argv += [*args.scheduler_arg, str(script)]

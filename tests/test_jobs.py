@@ -19,13 +19,21 @@ import h5py
 import pytest
 
 from conftest import ROOT, assert_same_data, cli, env
-from test_slurm import TERMINAL, Slurm, slurm  # noqa: F401 - slurm is the module-scoped cluster fixture
+import test_slurm
+from test_slurm import TERMINAL, Slurm
 
+slurm = test_slurm.slurm  # the module-scoped cluster fixture
 SLURM_DIR = ROOT / "jobs" / "slurm"
 PBS_DIR = ROOT / "jobs" / "pbs"
 SLURM_SCRIPTS = sorted(SLURM_DIR.glob("*.sbatch"))
 PBS_SCRIPTS = sorted(PBS_DIR.glob("*.pbs"))
+STAGES = ("generate", "train", "attack", "analyze", "report")
 QUICK = ["train.epochs=1", "train.batch_size=8", "generate.n_galaxies=24", "train.variants=[regular]"]
+# Every stage in seconds (tests/test_attack.py's small attack; two pixel counts, so that the attack
+# job attacks twice; a small isomap).
+SMALL = ["generate.n_galaxies=40", "train.epochs=2", "train.batch_size=8", "train.lr=0.001", "train.threads=1",
+         "attack.population=12", "attack.generations=6", "attack.n_images=5", "attack.images_per_batch=2",
+         "attack.threshold=0.29", "analyze.k_sweep=[1,2]", "analyze.isomap_images=20"]
 
 
 def directives(path: Path, prefix: str) -> list[str]:
@@ -35,8 +43,8 @@ def directives(path: Path, prefix: str) -> list[str]:
 # --- static checks -----------------------------------------------------------------------------
 
 def test_every_stage_has_a_script_for_both_schedulers():
-    assert {p.stem for p in SLURM_SCRIPTS} >= {"generate", "train", "attack"}
-    assert {p.stem for p in PBS_SCRIPTS} == {"generate", "train", "attack"}
+    assert {p.stem for p in SLURM_SCRIPTS} == set(STAGES)
+    assert {p.stem for p in PBS_SCRIPTS} == set(STAGES)
 
 
 @pytest.mark.parametrize("path", SLURM_SCRIPTS + PBS_SCRIPTS, ids=lambda p: p.name)
@@ -48,16 +56,28 @@ def test_scripts_parse(path):
 @pytest.mark.parametrize("path", SLURM_SCRIPTS, ids=lambda p: p.name)
 def test_slurm_directives(path):
     d = directives(path, "#SBATCH")
-    assert "--signal=B:USR1@120" in d and "--requeue" in d, d
+    assert "--requeue" in d, d
     assert f"--job-name=hpcmorph-{path.stem}" in d
     assert any(x.startswith("--time=") for x in d) and "--open-mode=append" in d
     text = path.read_text()
-    assert "trap " in text and 'scontrol requeue "$SLURM_JOB_ID"' in text
+    if path.stem in ("generate", "train", "attack"):
+        # Resumable: near the time limit the job requeues itself and the rerun continues.
+        assert "--signal=B:USR1@120" in d, d
+        assert "trap " in text and 'scontrol requeue "$SLURM_JOB_ID"' in text
+    else:
+        # Rerun from the start: a requeue at the time limit would only meet the same limit again.
+        assert not any(x.startswith("--signal") for x in d) and "scontrol requeue" not in text, d
     for var in ("HPCMORPH_CONFIG", "HPCMORPH_SET", "HPCMORPH_VENV", "HPCMORPH_IMAGE", "HPCMORPH_LAUNCHER"):
         assert var in text, f"{path.name} ignores {var}"
+    assert f'"${{run[@]}}" {path.stem} --config "$config" "${{sets[@]}}"' in text
     if path.stem == "train":
         assert "--gpus-per-task=1" in d
         assert 'kill -USR1 "$pid"' in text and "-eq $preempted" in text
+    if path.stem == "analyze":
+        assert "--nodes=1" in d and "--gpus-per-task=1" in d and "HPCMORPH_APPTAINER_FLAGS" in text, d
+    if path.stem == "report":
+        assert "--ntasks=1" in d and not any("gpu" in x for x in d), d
+        assert any(re.fullmatch(r"--time=00:\d\d:00", x) for x in d), d
 
 
 @pytest.mark.parametrize("path", PBS_SCRIPTS, ids=lambda p: p.name)
@@ -75,6 +95,66 @@ def test_pbs_directives(path):
     text = path.read_text()
     assert 'cd "${PBS_O_WORKDIR:?}"' in text and '$(wc -l <"${PBS_NODEFILE:?}")' in text
     assert "mpiexec -n $ranks --ppn $ppn" in text
+    assert f"stage={path.stem}\n" in text
+    if path.stem in ("analyze", "report"):
+        assert "-l select=1:system=polaris" in d, d
+    if path.stem == "report":
+        assert "ranks=1\n" in text and "HPCMORPH_RANKS_PER_NODE:-" not in text
+        assert any(re.fullmatch(r"-l walltime=00:\d\d:00", x) for x in d), d
+
+
+LAUNCHER = """#!/usr/bin/env bash
+# A launcher that only records its arguments, one line per launch.
+echo "$*" >>"$LAUNCH_LOG"
+"""
+
+
+def run_attack_script(path: Path, tmp_path: Path, sets: str, **extra: str) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """Run an attack job script's body here, its launcher only recording what it would start."""
+    launcher = tmp_path / "launch"
+    launcher.write_text(LAUNCHER)
+    launcher.chmod(0o755)
+    log = tmp_path / "launch.log"
+    nodefile = tmp_path / "nodefile"
+    nodefile.write_text("localhost\n")
+    e = {k: v for k, v in env().items() if not k.startswith(("SLURM_", "PBS_"))}
+    e.update({"SLURM_JOB_ID": "17", "PBS_JOBID": "17.pbs01", "PBS_O_WORKDIR": str(tmp_path),
+              "PBS_NODEFILE": str(nodefile), "HPCMORPH_LAUNCHER": str(launcher), "LAUNCH_LOG": str(log),
+              "HPCMORPH_CONFIG": "tiny", "HPCMORPH_SET": sets, "HPCMORPH_VENV": sys.prefix, **extra})
+    res = subprocess.run(["bash", str(path)], cwd=tmp_path, env=e, capture_output=True, text=True, timeout=60)
+    return res, log.read_text().splitlines() if log.exists() else []
+
+
+@pytest.mark.parametrize("path", [SLURM_DIR / "attack.sbatch", PBS_DIR / "attack.pbs"], ids=lambda p: p.name)
+def test_attack_script_attacks_once_per_k(path, tmp_path):
+    # attack.pixels first, then the rest of analyze.k_sweep, as hpcmorph.pipeline.attack_configs says.
+    sets = "analyze.k_sweep=[1,3,2] attack.pixels=2 generate.split=[0.7,0.2,0.1]"
+    res, launched = run_attack_script(path, tmp_path, sets)
+    assert res.returncode == 0, res.stderr
+    common = f"hpcmorph attack --config tiny --set {sets.replace(' ', ' --set ')} --set attack.pixels="
+    assert launched == [common + k for k in ("2", "1", "3")], launched
+    assert "k = 2, 1, 3" in res.stderr and "k=3" in res.stderr, res.stderr
+    # The list given outright.
+    (tmp_path / "launch.log").unlink()
+    res, launched = run_attack_script(path, tmp_path, "", HPCMORPH_ATTACK_K="4 1")
+    assert res.returncode == 0, res.stderr
+    assert [line.rsplit("=", 1)[1] for line in launched] == ["4", "1"], launched
+    # A bad override stops the job before any launch, naming the field.
+    (tmp_path / "launch.log").unlink()
+    res, launched = run_attack_script(path, tmp_path, "analyze.k_sweeps=[1,2]")
+    assert res.returncode == 2 and "did you mean 'analyze.k_sweep'" in res.stderr, res.stderr
+    assert launched == []
+
+
+def test_attack_script_stops_at_the_first_failed_attack(tmp_path):
+    for path in (SLURM_DIR / "attack.sbatch", PBS_DIR / "attack.pbs"):
+        fail = tmp_path / path.name
+        fail.mkdir()
+        failing = fail / "failing-launcher"
+        failing.write_text('#!/usr/bin/env bash\necho "$*" >>"$LAUNCH_LOG"\nexit 3\n')
+        failing.chmod(0o755)
+        res, launched = run_attack_script(path, fail, "analyze.k_sweep=[1,2]", HPCMORPH_LAUNCHER=str(failing))
+        assert res.returncode == 3 and len(launched) == 1, (path.name, res.stderr, launched)
 
 
 # --- PBS bodies, run here ----------------------------------------------------------------------
@@ -93,8 +173,10 @@ exec mpirun -n "$n" --map-by "ppr:$ppn:node" "$@"
 """
 
 
-def run_pbs(stage: str, cwd: Path, tmp_path: Path, sets: list[str], timeout: float = 240):
-    """Run jobs/pbs/STAGE.pbs as PBS would on one node (PBS_NODEFILE lists localhost once), 2 ranks."""
+def run_pbs(stage: str, cwd: Path, tmp_path: Path, sets: list[str], timeout: float = 240, ranks: int = 2):
+    """Run jobs/pbs/STAGE.pbs as PBS would on one node (PBS_NODEFILE lists localhost once), with
+    HPCMORPH_RANKS_PER_NODE=2 (as ``hpcmorph submit --ranks-per-node 2`` sets it for every stage);
+    RANKS: the ranks the script should then start."""
     bindir = tmp_path / "bin"
     bindir.mkdir(exist_ok=True)
     shim = bindir / "mpiexec"
@@ -112,8 +194,8 @@ def run_pbs(stage: str, cwd: Path, tmp_path: Path, sets: list[str], timeout: flo
                          text=True, timeout=timeout)
     assert res.returncode == 0, f"{stage}.pbs exited {res.returncode}\n{res.stdout[-2000:]}\n{res.stderr[-4000:]}"
     launched = (tmp_path / "mpiexec.log").read_text().splitlines()[-1]
-    assert launched.startswith(f"-n 2 --ppn 2 {sys.prefix}/bin/hpcmorph {stage} --config tiny") or \
-        launched.startswith(f"-n 2 --ppn 2 hpcmorph {stage} --config tiny"), launched
+    assert launched.startswith(f"-n {ranks} --ppn {ranks} {sys.prefix}/bin/hpcmorph {stage} --config tiny") or \
+        launched.startswith(f"-n {ranks} --ppn {ranks} hpcmorph {stage} --config tiny"), launched
     return res
 
 
@@ -137,6 +219,34 @@ def test_pbs_generate_and_train_bodies_run_on_two_ranks(tmp_path):
     assert (cwd / "runs" / "tiny" / "train_summary.json").exists()
 
 
+@pytest.mark.mpi
+@pytest.mark.slow
+def test_pbs_attack_analyze_and_report_bodies_run(tmp_path):
+    cwd = tmp_path / "work"
+    cwd.mkdir()
+    flags = ["--config", "tiny", *[a for s in SMALL for a in ("--set", s)]]
+    cli(["generate", *flags], cwd)
+    cli(["train", *flags], cwd)
+    run = cwd / "runs" / "tiny"
+
+    # One launch per k of analyze.k_sweep=[1,2], each on 2 ranks.
+    res = run_pbs("attack", cwd, tmp_path, SMALL, timeout=300)
+    assert "k = 1, 2" in res.stderr, res.stderr
+    launched = (tmp_path / "mpiexec.log").read_text().splitlines()[-2:]
+    assert [line.split()[:5] for line in launched] == [["-n", "2", "--ppn", "2", "hpcmorph"]] * 2, launched
+    assert [line.split()[-1] for line in launched] == ["attack.pixels=1", "attack.pixels=2"], launched
+    assert (run / "attack.h5").exists() and (run / "attack-k2.h5").exists(), res.stderr[-3000:]
+
+    res = run_pbs("analyze", cwd, tmp_path, SMALL, timeout=300)
+    assert "job analyze.1234.pbs01 on 1 node(s), 2 ranks" in res.stderr
+    assert (run / "analysis" / "analysis.json").exists() and (run / "analysis" / "latents.h5").exists()
+
+    # Serial whatever HPCMORPH_RANKS_PER_NODE says.
+    res = run_pbs("report", cwd, tmp_path, SMALL, ranks=1)
+    assert "job report.1234.pbs01 on 1 node(s), 1 rank" in res.stderr
+    assert (run / "report" / "index.html").exists(), res.stderr[-3000:]
+
+
 def test_pbs_script_refuses_to_run_outside_a_job(tmp_path):
     e = {k: v for k, v in os.environ.items() if not k.startswith("PBS_")}
     res = subprocess.run(["bash", str(PBS_DIR / "generate.pbs")], cwd=tmp_path, env=e, capture_output=True,
@@ -156,31 +266,50 @@ def submit(args: list[str], cwd: Path, extra_env: dict[str, str] | None = None, 
 def test_submit_dry_run_pbs(tmp_path):
     res = submit(["--scheduler", "pbs", "--config", "tiny", "--set", "train.epochs=1", "--set",
                   "generate.split=[0.7,0.2,0.1]", "--account", "proj", "--queue", "prod", "--nodes", "4",
-                  "--stages", "generate", "train", "attack", "--dry-run"], tmp_path)
+                  "--dry-run"], tmp_path)
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
-    assert lines[0::2] == [f"# {s}: {PBS_DIR / (s + '.pbs')}" for s in ("generate", "train", "attack")]
+    assert lines[0::2] == [f"# {s}: {PBS_DIR / (s + '.pbs')}" for s in STAGES]
     cmds = lines[1::2]
-    for cmd in cmds:
-        assert cmd.startswith("HPCMORPH_CONFIG=tiny HPCMORPH_SET='train.epochs=1 generate.split=[0.7,0.2,0.1]' "
-                              "qsub -v HPCMORPH_CONFIG,HPCMORPH_SET -A proj -q prod -l select=4:system=polaris"), cmd
+    head = ("HPCMORPH_CONFIG=tiny HPCMORPH_SET='train.epochs=1 generate.split=[0.7,0.2,0.1]' "
+            "qsub -v HPCMORPH_CONFIG,HPCMORPH_SET -A proj -q prod")
+    for cmd in cmds[:3]:
+        assert cmd.startswith(f"{head} -l select=4:system=polaris"), cmd
+    # analyze and report stay on their one node.
+    for cmd in cmds[3:]:
+        assert cmd.startswith(f"{head} -W") and "select=" not in cmd, cmd
     assert "depend=" not in cmds[0]
-    assert "-W 'depend=afterok:<job id of generate>'" in cmds[1]
-    assert "-W 'depend=afterok:<job id of train>'" in cmds[2]
+    for prev, cmd in zip(STAGES, cmds[1:]):
+        assert f"-W 'depend=afterok:<job id of {prev}>'" in cmd, cmd
+    assert [c.split()[-1] for c in cmds] == [str(PBS_DIR / f"{s}.pbs") for s in STAGES]
 
 
 def test_submit_dry_run_slurm(tmp_path):
-    res = submit(["--scheduler", "slurm", "--config", "tiny", "--stages", "generate", "train", "attack",
-                  "--venv", sys.prefix, "--gpus-per-task", "0", "--dry-run"], tmp_path)
+    res = submit(["--scheduler", "slurm", "--config", "tiny", "--venv", sys.prefix, "--gpus-per-task", "0",
+                  "--dry-run"], tmp_path)
     assert res.returncode == 0, res.stderr
-    cmds = res.stdout.splitlines()[1::2]
+    lines = res.stdout.splitlines()
+    assert lines[0::2] == [f"# {s}: {SLURM_DIR / (s + '.sbatch')}" for s in STAGES]
+    cmds = lines[1::2]
     assert all(f"HPCMORPH_VENV={sys.prefix} sbatch --parsable --export=ALL,HPCMORPH_CONFIG,HPCMORPH_VENV" in c
                for c in cmds), cmds
     assert "--dependency" not in cmds[0] and "--gpus-per-task" not in cmds[0]
-    assert "'--dependency=afterok:<job id of generate>' --kill-on-invalid-dep=yes" in cmds[1]
-    assert "--gpus-per-task=0" in cmds[1]
-    assert "'--dependency=afterok:<job id of train>'" in cmds[2]
-    assert cmds[2].endswith(str(SLURM_DIR / "attack.sbatch"))
+    for prev, cmd in zip(STAGES, cmds[1:]):
+        assert f"'--dependency=afterok:<job id of {prev}>' --kill-on-invalid-dep=yes" in cmd, cmd
+    # The GPU stages' GPUs, replaced; not the others'.
+    assert [("--gpus-per-task=0" in c) for c in cmds] == [False, True, False, True, False], cmds
+    assert [c.split()[-1] for c in cmds] == [str(SLURM_DIR / f"{s}.sbatch") for s in STAGES]
+
+    # --nodes sizes the big stages only; --ranks-per-node also analyze's, never report's single rank.
+    res = submit(["--scheduler", "slurm", "--config", "tiny", "--nodes", "3", "--ranks-per-node", "2",
+                  "--stages", "attack", "analyze", "report", "--dry-run"], tmp_path)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert [line.split()[1] for line in lines[0::2]] == ["attack:", "analyze:", "report:"], lines
+    attack, analyze, report = lines[1::2]
+    assert "--nodes=3 --ntasks-per-node=2 --ntasks=6" in attack and "--dependency" not in attack
+    assert "--nodes" not in analyze and "--ntasks-per-node=2" in analyze
+    assert "--nodes" not in report and "--ntasks" not in report
 
 
 def test_submit_errors(tmp_path):
@@ -226,26 +355,36 @@ def logs(cwd: Path) -> str:
 
 
 @pytest.mark.slurm
+@pytest.mark.slow
 def test_submit_chain_on_slurm(slurm, tmp_path):
-    args = ["--scheduler", "slurm", "--config", "tiny", "--stages", "generate", "train", "--venv", sys.prefix,
-            "--ranks-per-node", "2", "--gpus-per-task", "0", *[a for s in QUICK for a in ("--set", s)]]
+    """The five stages as five jobs, each job script run by Slurm, the attack job once per k."""
+    args = ["--scheduler", "slurm", "--config", "tiny", "--venv", sys.prefix, "--ranks-per-node", "2",
+            "--gpus-per-task", "0", *[a for s in SMALL for a in ("--set", s)]]
     res = subprocess.run([sys.executable, "-m", "hpcmorph", "submit", *args], cwd=tmp_path, env=slurm.env(),
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
-    assert [line.split()[0] for line in lines] == ["generate", "train"], res.stdout
-    gen, train = (line.split()[1] for line in lines)
+    assert [line.split()[0] for line in lines] == list(STAGES), res.stdout
+    jobs = dict(line.split() for line in lines)
     # While generate runs (several seconds, MPI start-up included), train waits on it.
-    info = show(slurm, train)
-    assert info["Dependency"].startswith(f"afterok:{gen}"), info
+    info = show(slurm, jobs["train"])
+    assert info["Dependency"].startswith(f"afterok:{jobs['generate']}"), info
     assert info["JobState"] == "PENDING", info
-    for jobid in (gen, train):
-        done = wait(slurm, jobid, tmp_path)
-        assert (done["JobState"], done["ExitCode"]) == ("COMPLETED", "0:0"), f"{done}\n{logs(tmp_path)}"
-    assert show(slurm, gen)["EndTime"] <= show(slurm, train)["StartTime"]
-    assert show(slurm, train)["NumTasks"] == "2"
+    done = {}
+    for stage in STAGES:
+        done[stage] = wait(slurm, jobs[stage], tmp_path, timeout=420)
+        assert (done[stage]["JobState"], done[stage]["ExitCode"]) == ("COMPLETED", "0:0"), \
+            f"{stage}: {done[stage]}\n{logs(tmp_path)}"
+    for prev, stage in zip(STAGES, STAGES[1:]):
+        assert done[prev]["EndTime"] <= done[stage]["StartTime"], (done[prev], done[stage])
+    assert [done[s]["NumTasks"] for s in STAGES] == ["2", "2", "2", "2", "1"], done
     run = tmp_path / "runs" / "tiny"
-    assert (run / "galaxies.h5").exists() and (run / "regular" / "seed0" / "metrics.json").exists(), logs(tmp_path)
+    outputs = ["galaxies.h5", "regular/seed0/metrics.json", "mmd/seed0/metrics.json", "attack.h5", "attack-k2.h5",
+               "analysis/analysis.json", "analysis/latents.h5", "report/index.html"]
+    missing = [o for o in outputs if not (run / o).exists()]
+    assert not missing, f"missing {missing}\n{logs(tmp_path)}"
+    attack_log = (tmp_path / f"hpcmorph-attack-{jobs['attack']}.out").read_text()
+    assert "k = 1, 2" in attack_log and "k=2" in attack_log, attack_log
 
 
 @pytest.mark.slurm

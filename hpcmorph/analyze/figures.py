@@ -1,0 +1,177 @@
+"""What ``analyze`` shows a person, in ``analysis/`` (PNG, with a PDF beside each).
+
+- ``figure2.png``: the paper's Figure 2: per model (regular top row, mmd bottom row) the church
+  window of the triplet (left) and the isomap (right);
+- ``church_windows.png`` and ``isomaps.png``: the two columns of Figure 2 on their own, models side
+  by side;
+- ``distances.png``: histograms of the Table 2 distances (Y10 to Y1, Y10 to attacked) per model;
+- ``exposure.png``: test accuracy against exposure time, per model;
+- ``success_vs_k.png``: fraction of the attacked images flipped against the number of pixels k.
+
+A panel is drawn from plain arrays (``panels`` below), so the figures need no model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .. import plots
+from ..generate.morphology import CLASS_NAMES
+
+# Markers of the triplet, as the paper: Y10 x, Y1 star, attacked triangle.
+MARK = {"y10": ("x", "Y10"), "y1": ("*", "Y1"), "attacked": ("^", "attacked")}
+
+
+def _class_legend(ax, **kwargs) -> None:
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color=c, label=n) for c, n in zip(plots.CLASS_COLOURS, CLASS_NAMES)]
+    ax.legend(handles=handles, fontsize=6, **kwargs)
+
+
+def church_panel(ax, variant: str, panel: dict | None) -> None:
+    """One church window: classes as the paper's colours, the triplet's markers, true and target in the title.
+
+    panel: {"window": church.window(...), "label", "target", "flipped"} or None (nothing to draw).
+    """
+    from matplotlib.colors import ListedColormap
+
+    if panel is None or panel.get("window") is None:
+        ax.text(0.5, 0.5, "no attacked image", ha="center", va="center", transform=ax.transAxes)
+        ax.set_title(variant, fontsize=8)
+        return
+    win = panel["window"]
+    xs, ys = win["xs"], win["ys"]
+    dx = (xs[1] - xs[0]) / 2 if len(xs) > 1 else 0.5
+    ax.imshow(win["classes"], origin="lower", cmap=ListedColormap(plots.CLASS_COLOURS), vmin=-0.5,
+              vmax=len(CLASS_NAMES) - 0.5, extent=(xs[0] - dx, xs[-1] + dx, ys[0] - dx, ys[-1] + dx),
+              interpolation="nearest", aspect="auto")
+    for key, (marker, label) in MARK.items():
+        x, y = win["markers"][key]
+        if marker == "x":  # no face: a black cross on a wider white one, visible on any class colour
+            ax.scatter([x], [y], marker="x", s=55, c="w", linewidths=3.5, zorder=3)
+            ax.scatter([x], [y], marker="x", s=55, c="k", linewidths=1.6, zorder=4, label=label)
+        else:
+            ax.scatter([x], [y], marker=marker, s=80 if marker == "*" else 50, c="w", edgecolors="k",
+                       linewidths=1.0, label=label, zorder=3)
+    flipped = "" if panel.get("flipped", True) else " (attack failed: best candidate)"
+    ax.set_title(f"{variant}: true {CLASS_NAMES[panel['label']]}, target {CLASS_NAMES[panel['target']]}{flipped}",
+                 fontsize=8)
+    ax.set_xlabel(f"attack direction (|adv| = {win['norm_adv']:.3g})", fontsize=7)
+    ax.set_ylabel(f"noise direction (|noise| = {win['norm_noise']:.3g})", fontsize=7)
+    ax.tick_params(labelsize=6)
+    ax.legend(fontsize=6, loc="lower left", framealpha=0.8)
+
+
+def isomap_panel(ax, variant: str, panel: dict | None) -> None:
+    """One isomap: Y10 filled and Y1 hollow circles coloured by true class, the triplet marked.
+
+    panel: {"isomap": isomap.fit(...), "labels": (n,) true classes, "triplet_pos": position of the
+    triplet in the sample or None} or None.
+    """
+    if panel is None or panel.get("isomap") is None:
+        ax.text(0.5, 0.5, "no isomap", ha="center", va="center", transform=ax.transAxes)
+        ax.set_title(variant, fontsize=8)
+        return
+    iso, labels = panel["isomap"], np.asarray(panel["labels"])
+    colours = np.array(plots.CLASS_COLOURS)[labels]
+    ax.scatter(iso["y10"][:, 0], iso["y10"][:, 1], s=14, c=colours, edgecolors="none", alpha=0.85)
+    ax.scatter(iso["y1"][:, 0], iso["y1"][:, 1], s=14, facecolors="none", edgecolors=colours, linewidths=0.8)
+    t = panel.get("triplet_pos")
+    if t is not None:
+        ax.scatter(*iso["y10"][t], marker="x", s=60, c="k", linewidths=2.0, zorder=3, label="Y10")
+        ax.scatter(*iso["y1"][t], marker="*", s=90, c="w", edgecolors="k", zorder=3, label="Y1")
+        if iso.get("extra") is not None:
+            ax.scatter(*iso["extra"][0], marker="^", s=55, c="w", edgecolors="k", zorder=3, label="attacked")
+        ax.legend(fontsize=6, loc="best", framealpha=0.8)
+    ax.set_title(f"{variant}: isomap of {len(labels)} test images (filled Y10, hollow Y1)", fontsize=8)
+    ax.tick_params(labelsize=6)
+
+
+def figure2(variants: list[str], church: dict, iso: dict, path: Path) -> Path:
+    """Church window (left) and isomap (right), one row per model."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(variants), 2, figsize=(9.0, 4.2 * len(variants)), squeeze=False)
+    for row, v in zip(axes, variants):
+        church_panel(row[0], v, church.get(v))
+        isomap_panel(row[1], v, iso.get(v))
+    _class_legend(axes[0][1], loc="upper right")
+    fig.tight_layout()
+    return plots.save(fig, path)[0]
+
+
+def side_by_side(variants: list[str], panels: dict, draw, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(variants), figsize=(4.6 * len(variants), 4.2), squeeze=False)
+    for ax, v in zip(axes[0], variants):
+        draw(ax, v, panels.get(v))
+    _class_legend(axes[0][-1], loc="upper right")
+    fig.tight_layout()
+    return plots.save(fig, path)[0]
+
+
+def distances(per_image: dict, path: Path) -> Path:
+    """Histograms of the Table 2 distances, one panel per kind, the models overlaid."""
+    import matplotlib.pyplot as plt
+
+    kinds = (("y10_y1", "Y10 to Y1"), ("y10_attacked", "Y10 to attacked"))
+    fig, axes = plt.subplots(1, 2, figsize=(9.0, 3.4))
+    for ax, (kind, label) in zip(axes, kinds):
+        values = [d[kind] for d in per_image.values() if len(d[kind])]
+        top = max((float(v.max()) for v in values), default=1.0)
+        bins = np.linspace(0.0, top * 1.05 or 1.0, 21)
+        for v, d in per_image.items():
+            if len(d[kind]):
+                ax.hist(d[kind], bins=bins, histtype="step", lw=1.6,
+                        label=f"{v}: {np.mean(d[kind]):.3g} ± {np.std(d[kind]):.3g} (n={len(d[kind])})")
+        ax.set_xlabel(f"latent distance, {label}")
+        ax.set_ylabel("flipped images")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return plots.save(fig, path)[0]
+
+
+def exposure(result: dict, test_accuracy: dict, y1_years: float, path: Path) -> Path:
+    """Accuracy against exposure time (years = 10 f), per model; the Y1 and Y10 test accuracies as
+    hollow markers, the Y1 and Y10 exposures as dotted lines."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    for i, (v, acc) in enumerate(result["accuracy"].items()):
+        line, = ax.plot(result["years"], acc, "o-", label=f"{v} (re-observed)")
+        if v in test_accuracy:
+            ax.plot([y1_years, 10.0], test_accuracy[v], "s", mfc="none", mec=line.get_color(), ms=8,
+                    label=f"{v}: Y1, Y10 test sets")
+    for x, name in ((y1_years, "Y1"), (10.0, "Y10")):
+        ax.axvline(x, ls=":", c="0.5")
+        ax.text(x, 1.01, name, ha="center", va="bottom", fontsize=7, transform=ax.get_xaxis_transform())
+    ax.set_xlabel("exposure (survey years)")
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return plots.save(fig, path)[0]
+
+
+def success_vs_k(result: dict, path: Path) -> Path:
+    """Fraction of the attacked images flipped against k, per model."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.4, 3.3))
+    for v, frac in result["flipped_fraction"].items():
+        pts = [(k, f) for k, f in zip(result["k"], frac) if f is not None]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=v)
+    if result["missing_k"]:
+        ax.set_title(f"no current attack for k = {', '.join(map(str, result['missing_k']))}", fontsize=8)
+    ax.set_xlabel("pixels changed (k)")
+    ax.set_ylabel("images flipped (fraction of attacked)")
+    ax.set_ylim(0, 1.02)
+    if result["k"]:
+        ax.set_xticks(sorted(set(result["k"])))
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return plots.save(fig, path)[0]

@@ -1,0 +1,301 @@
+"""The report's tables: built once from the analysis numbers, rendered as Markdown, LaTeX, HTML and CSV.
+
+A :class:`Table` holds formatted cells (``None`` where there is no number: a variant that was not
+trained, a ratio that could not be computed) and, separately, the raw numbers as CSV records, so
+every rendering shows the same text and the CSV keeps full precision. A missing number renders as
+a dash in every format; it never raises.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+
+# hpcmorph.train.metrics.METRICS, in its order (tests check they agree): importing it here would load
+# torch through the train package, seconds for a stage that only formats numbers.
+METRICS = ("accuracy", "precision", "recall", "f1")
+VARIANT_NAMES = {"regular": "Regular training", "mmd": "Domain adaptation (MMD)"}
+DOMAINS = (("y10", "Y10"), ("y1", "Y1"))
+PAIRS = ("y10_y1", "y10_attacked")
+
+# The paper's Table 1 (test set; accuracy and weighted precision, recall, F1), as fractions.
+PAPER_TABLE1 = {
+    "regular": {"y10": {"accuracy": 0.72, "precision": 0.76, "recall": 0.72, "f1": 0.72},
+                "y1": {"accuracy": 0.43, "precision": 0.61, "recall": 0.43, "f1": 0.36}},
+    "mmd": {"y10": {"accuracy": 0.82, "precision": 0.82, "recall": 0.82, "f1": 0.82},
+            "y1": {"accuracy": 0.66, "precision": 0.67, "recall": 0.66, "f1": 0.67}},
+}
+# The paper's Table 2: latent-space Euclidean distances, mean and std over its 136 flipped images
+# (of 150 attacked). Used when analysis.json carries no "paper" entry of its own.
+PAPER_TABLE2 = {
+    "regular": {"y10_y1": {"mean": 20.2, "std": 11.9, "n": 136}, "y10_attacked": {"mean": 16.8, "std": 5.0, "n": 136}},
+    "mmd": {"y10_y1": {"mean": 29.7, "std": 17.4, "n": 136}, "y10_attacked": {"mean": 38.1, "std": 15.5, "n": 136}},
+}
+PAPER_FLIPPED = (136, 150)
+
+DASH = {"markdown": "–", "html": "–", "latex": "--"}
+
+
+@dataclass
+class Table:
+    """``header`` and ``rows`` of display text (``None``: no number); ``records``: the raw numbers."""
+
+    id: str
+    caption: str
+    header: list[str]
+    rows: list[list[str | None]]
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------------ numbers
+
+def finite(x: Any) -> float | None:
+    """``x`` as a float, or None when it is missing, not a number, NaN or infinite."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return None
+    return float(x) if math.isfinite(x) else None
+
+
+def _decimals(x: float, digits: int) -> int:
+    if x == 0:
+        return digits - 1
+    return max(0, digits - 1 - math.floor(math.log10(abs(x))))
+
+
+def number(x: Any, digits: int = 3) -> str | None:
+    """``digits`` significant digits without an exponent (20.2, 0.812, 136); None for no number."""
+    x = finite(x)
+    if x is None:
+        return None
+    if x != 0 and not 1e-3 <= abs(x) < 1e6:
+        return f"{x:.{digits - 1}e}"
+    return f"{x:.{_decimals(x, digits)}f}"
+
+
+def mean_std(mean: Any, std: Any, decimals: int | None = None, n: Any = None) -> str | None:
+    """``mean ± std`` (std to the mean's decimals, as the paper writes 16.8 ± 5.0), ``(n=...)`` when
+    given; None without a mean, the mean alone without a std."""
+    m, s = finite(mean), finite(std)
+    if m is None:
+        return None
+    d = _decimals(m, 3) if decimals is None else decimals
+    if d > 6 or abs(m) >= 1e6:
+        text = number(m) + ("" if s is None else f" ± {number(s)}")
+    else:
+        text = f"{m:.{d}f}" + ("" if s is None else f" ± {s:.{d}f}")
+    return text + (f" (n={int(n)})" if finite(n) is not None else "")
+
+
+def _get(tree: Any, *keys: str) -> Any:
+    """``tree[k0][k1]...`` or None where any level is missing or not a mapping."""
+    for key in keys:
+        if not isinstance(tree, Mapping):
+            return None
+        tree = tree.get(key)
+    return tree
+
+
+def _pair(value: Any) -> tuple[Any, Any]:
+    """A [mean, std] pair from analysis.json (or a bare mean)."""
+    if isinstance(value, (list, tuple)):
+        return (value[0] if value else None), (value[1] if len(value) > 1 else None)
+    return value, None
+
+
+_NOT_VARIANTS = ("paper", "ratio_mmd_over_regular")
+
+
+def _variants(*tables: Mapping | None) -> list[str]:
+    """regular, mmd, then any other variant, in first-seen order."""
+    seen = list(VARIANT_NAMES)
+    for t in tables:
+        if isinstance(t, Mapping):
+            seen += [v for v, entry in t.items() if v not in seen and v not in _NOT_VARIANTS
+                     and isinstance(entry, Mapping)]
+    return seen
+
+
+def variant_name(variant: str) -> str:
+    return VARIANT_NAMES.get(variant, variant)
+
+
+# ------------------------------------------------------------------------------------------- tables
+
+def table1(ours: Mapping | None, paper: Mapping = PAPER_TABLE1) -> Table:
+    """Table 1: per model and metric, ours (mean ± std over seeds) beside the paper's, on Y10 and Y1.
+
+    ``ours`` is analysis.json's ``table1``: {variant: {"y10": {metric: [mean, std]}, "y1": ..., "seeds": [...]}}.
+    """
+    ours = ours if isinstance(ours, Mapping) else {}
+    header = ["Model", "Metric"] + [f"{label} {who}" for _, label in DOMAINS for who in ("(ours)", "(paper)")]
+    rows, records = [], []
+    for variant in _variants(ours, paper):
+        seeds = _get(ours, variant, "seeds")
+        n_seeds = len(seeds) if isinstance(seeds, list) else None
+        name = variant_name(variant) + (f" ({n_seeds} seed{'s' * (n_seeds != 1)})" if n_seeds else "")
+        for metric in METRICS:
+            row: list[str | None] = [name, metric]
+            for domain, _ in DOMAINS:
+                mean, std = _pair(_get(ours, variant, domain, metric))
+                theirs = finite(_get(paper, variant, domain, metric))
+                row += [mean_std(mean, std, 2), None if theirs is None else f"{theirs:.2f}"]
+                records.append({"variant": variant, "domain": domain, "metric": metric, "mean": finite(mean),
+                                "std": finite(std), "seeds": n_seeds, "paper": theirs})
+            rows.append(row)
+            name = ""
+    return Table("table1", "Table 1: test-set accuracy and weighted precision, recall and F1 on Y10 and Y1 "
+                 "images; ours as mean ± std over training seeds, beside the paper's.", header, rows, records)
+
+
+def table2(ours: Mapping | None, pixels: int = 1) -> Table:
+    """Table 2: latent-space distances Y10 -> Y1 and Y10 -> attacked, ours beside the paper's, and the
+    domain-adaptation / regular ratio of the means (the paper: ~2.3 for attacked images).
+
+    ``ours`` is analysis.json's ``table2``: {variant: {pair: {"mean", "std", "n"}}, "ratio_mmd_over_regular":
+    {pair: x}, "paper": {variant: {pair: {...}}}}.
+    """
+    ours = ours if isinstance(ours, Mapping) else {}
+    paper = ours.get("paper") if isinstance(ours.get("paper"), Mapping) else PAPER_TABLE2
+    variants = _variants(ours, paper)
+    attacked = "one-pixel" if pixels == 1 else f"{pixels}-pixel"
+    labels = {"y10_y1": "Y10 – Y1", "y10_attacked": f"Y10 – {attacked} attacked"}
+    header = ["Distance"] + [f"{variant_name(v)} {who}" for v in variants for who in ("(ours)", "(paper)")]
+    header += ["DA / regular (ours)", "DA / regular (paper)"]
+    rows, records = [], []
+    for pair in PAIRS:
+        row: list[str | None] = [labels[pair]]
+        for v in variants:
+            mine, theirs = _get(ours, v, pair) or {}, _get(paper, v, pair) or {}
+            row += [mean_std(mine.get("mean"), mine.get("std"), n=mine.get("n")),
+                    mean_std(theirs.get("mean"), theirs.get("std"), n=theirs.get("n"))]
+            records.append({"variant": v, "pair": pair, "mean": finite(mine.get("mean")),
+                            "std": finite(mine.get("std")), "n": finite(mine.get("n")),
+                            "paper_mean": finite(theirs.get("mean")), "paper_std": finite(theirs.get("std")),
+                            "paper_n": finite(theirs.get("n"))})
+        ratio = finite(_get(ours, "ratio_mmd_over_regular", pair))
+        p_reg, p_mmd = finite(_get(paper, "regular", pair, "mean")), finite(_get(paper, "mmd", pair, "mean"))
+        paper_ratio = finite(_get(paper, "ratio_mmd_over_regular", pair))
+        if paper_ratio is None and p_reg and p_mmd is not None:
+            paper_ratio = p_mmd / p_reg
+        row += [number(ratio), number(paper_ratio)]
+        records.append({"variant": "ratio_mmd_over_regular", "pair": pair, "mean": ratio, "std": None, "n": None,
+                        "paper_mean": paper_ratio, "paper_std": None, "paper_n": None})
+        rows.append(row)
+    return Table("table2", "Table 2: Euclidean distances in each model's latent space between a Y10 test image "
+                 f"and its Y1 observation, and between it and its {attacked} attacked version, over the images "
+                 "the attack flipped (mean ± std, n images), beside the paper's; and the ratio of the domain-"
+                 "adapted model's mean to the regular one's.", header, rows, records)
+
+
+def attack_table(summaries: Mapping[str, Mapping]) -> Table:
+    """Per attack output (attack, attack-k2, ...) and model: images attacked and flipped, queries."""
+    header = ["Attack", "Model", "Images attacked", "Images flipped", "Attacks", "Successful attacks",
+              "Median queries to flip", "Mean queries to flip"]
+    rows, records = [], []
+    for stem, s in summaries.items():
+        label = f"{s.get('mode', '?')}, k={s.get('pixels', '?')}"
+        for variant, v in (s.get("variants") or {}).items():
+            rate = finite(v.get("success_rate"))
+            succ = v.get("successful_attacks")
+            rows.append([label, variant_name(variant), _int(v.get("attacked")), _int(v.get("flipped")),
+                         _int(v.get("attacks")),
+                         None if succ is None else f"{succ}" + ("" if rate is None else f" ({rate:.0%})"),
+                         number(v.get("median_queries_to_flip")), number(v.get("mean_queries_to_flip"))])
+            records.append({"attack": stem, "mode": s.get("mode"), "pixels": s.get("pixels"), "variant": variant,
+                            **{k: v.get(k) for k in ("attacked", "flipped", "attacks", "successful_attacks",
+                                                     "success_rate", "median_queries_to_flip",
+                                                     "mean_queries_to_flip", "queries_total")}})
+    flipped, of = PAPER_FLIPPED
+    return Table("attack", f"One-pixel attack summary per model (an image is flipped when any of its targeted "
+                 f"attacks succeeds). The paper: {flipped} of {of} images flipped.", header, rows, records)
+
+
+def _short(x: Any) -> str | None:
+    """An axis value as written (1, 0.1, 10): k, exposure fractions, years."""
+    return None if finite(x) is None else f"{finite(x):g}"
+
+
+def _int(x: Any) -> str | None:
+    return None if finite(x) is None else str(int(x))
+
+
+def curve_table(id: str, caption: str, x_name: str, xs: Iterable, ys: Mapping[str, Iterable],
+                extra: Mapping[str, Iterable] | None = None) -> Table:
+    """A small x -> y per model table (accuracy vs exposure, success vs k); missing y as dashes."""
+    xs = list(xs or [])
+    extra = {k: list(v or []) for k, v in (extra or {}).items()}
+    ys = {v: list(y or []) for v, y in (ys or {}).items()}
+    header = [x_name, *extra, *(variant_name(v) for v in ys)]
+    rows, records = [], []
+    for i, x in enumerate(xs):
+        values = {v: (y[i] if i < len(y) else None) for v, y in ys.items()}
+        more = {k: (e[i] if i < len(e) else None) for k, e in extra.items()}
+        rows.append([_short(x), *(_short(m) for m in more.values()), *(number(y) for y in values.values())])
+        records.append({x_name: finite(x), **{k: finite(m) for k, m in more.items()},
+                        **{v: finite(y) for v, y in values.items()}})
+    return Table(id, caption, header, rows, records)
+
+
+def text_table(id: str, caption: str, header: list[str], rows: Iterable[Iterable[Any]]) -> Table:
+    """A table of values shown as they are (timings, class counts); None as a dash."""
+    rows = [[None if c is None else str(c) for c in row] for row in rows]
+    return Table(id, caption, list(header), rows, [dict(zip(header, r)) for r in rows])
+
+
+# --------------------------------------------------------------------------------------- renderings
+
+def markdown(t: Table) -> str:
+    def cell(c: str | None) -> str:
+        return DASH["markdown"] if c is None else c.replace("|", "\\|")
+
+    lines = [f"{t.caption}", "", "| " + " | ".join(map(cell, t.header)) + " |",
+             "|" + "---|" * len(t.header)]
+    lines += ["| " + " | ".join(map(cell, row)) + " |" for row in t.rows]
+    return "\n".join(lines) + "\n"
+
+
+_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def latex_escape(text: str) -> str:
+    out = "".join(_LATEX_SPECIAL.get(ch, ch) for ch in text)
+    return out.replace("±", r"$\pm$").replace("–", "--")
+
+
+def latex(t: Table) -> str:
+    """A plain ``tabular`` (\\hline rules, no packages needed), the caption as a comment above it."""
+    def cell(c: str | None) -> str:
+        return DASH["latex"] if c is None else latex_escape(c)
+
+    lines = [f"% {t.caption}", r"\begin{tabular}{l" + "c" * (len(t.header) - 1) + "}", r"\hline",
+             " & ".join(map(cell, t.header)) + r" \\", r"\hline"]
+    lines += [" & ".join(map(cell, row)) + r" \\" for row in t.rows]
+    lines += [r"\hline", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def to_html(t: Table) -> str:
+    def cell(tag: str, c: str | None) -> str:
+        return f"<{tag}>{DASH['html'] if c is None else html.escape(c)}</{tag}>"
+
+    head = "".join(cell("th", c) for c in t.header)
+    body = "\n".join("<tr>" + "".join(cell("td", c) for c in row) + "</tr>" for row in t.rows)
+    return (f'<table id="{html.escape(t.id)}"><caption>{html.escape(t.caption)}</caption>\n'
+            f"<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody></table>")
+
+
+def to_csv(t: Table) -> str:
+    """The raw numbers (full precision; empty where there is none), one record a line."""
+    fields = list(dict.fromkeys(k for r in t.records for k in r)) or t.header
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for r in t.records:
+        writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in fields})
+    return buf.getvalue()

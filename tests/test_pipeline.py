@@ -1,0 +1,59 @@
+"""``hpcmorph run``: every stage in order, each skipped once its output is current for the config."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import cli
+from hpcmorph import config, pipeline
+
+SMALL = ["--config", "tiny", "--set", "generate.n_galaxies=40", "--set", "train.epochs=2", "--set", "train.batch_size=8",
+         "--set", "train.lr=0.001", "--set", "train.threads=1", "--set", "attack.population=12",
+         "--set", "attack.generations=6", "--set", "attack.n_images=5", "--set", "attack.images_per_batch=2",
+         "--set", "attack.threshold=0.29", "--set", "analyze.k_sweep=[1, 2]", "--set", "analyze.isomap_images=20"]
+
+
+def test_attack_configs_put_attack_pixels_first_and_run_each_k_once():
+    cfg = config.load("tiny", ["analyze.k_sweep=[3, 1, 2, 3]"])
+    assert [c.attack.pixels for c in pipeline.attack_configs(cfg)] == [1, 3, 2]
+    assert pipeline.attack_configs(cfg)[0] is cfg
+    cfg = config.load("tiny", ["attack.pixels=2", "analyze.k_sweep=[1]"])
+    assert [c.attack.pixels for c in pipeline.attack_configs(cfg)] == [2, 1]
+
+
+def test_updated_config_is_validated_like_set():
+    cfg = config.load("tiny")
+    assert cfg.updated({"attack.pixels": 4}).attack.pixels == 4 and cfg.attack.pixels == 1
+    with pytest.raises(config.ConfigError, match="attack.pixels"):
+        cfg.updated({"attack.pixels": 0})
+    with pytest.raises(config.ConfigError, match="did you mean 'attack.pixels'"):
+        cfg.updated({"attack.pixel": 2})
+
+
+def _outputs(run):
+    return {p.relative_to(run): p.stat().st_mtime_ns for p in run.rglob("*")
+            if p.is_file() and p.name != "timings.json"}
+
+
+def test_run_chains_every_stage_and_a_rerun_redoes_nothing(tmp_path):
+    run = tmp_path / "runs" / "tiny"
+    cli(["run", *SMALL, "--until", "train"], tmp_path)
+    assert (run / "galaxies.h5").exists() and (run / "mmd" / "seed0" / "model.pt").exists()
+    assert not (run / "attack.h5").exists()
+    trained = _outputs(run)
+
+    # The rest on two ranks: generate and train are current, so they are skipped, not redone.
+    res = cli(["run", *SMALL], tmp_path, ranks=2, timeout=600)
+    after = _outputs(run)
+    assert all(after[p] == t for p, t in trained.items()), "a finished stage was redone"
+    for name in ("attack.h5", "attack-k2.h5", "analysis/analysis.json", "report/index.html"):
+        assert (run / name).exists(), f"{name} missing after hpcmorph run\n{res.stderr[-3000:]}"
+    timings = json.loads((run / "timings.json").read_text())
+    assert [t["stage"] for t in timings] == ["generate", "train", *pipeline.STAGES]
+    assert [t["ranks"] for t in timings] == [1, 1, 2, 2, 2, 2, 2]
+
+    res = cli(["run", *SMALL], tmp_path)
+    assert _outputs(run) == after, "a rerun rewrote an output"
+    assert res.stderr.count("up to date") >= 4, res.stderr[-3000:]

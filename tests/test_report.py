@@ -1,0 +1,299 @@
+"""Stage 5: the tables in every format, the page's escaping, the atomic replace, the errors, the browser
+check on a made-up run folder, and the whole pipeline end to end on the tiny preset, checked in
+headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from conftest import ROOT, cli, env
+from hpcmorph import config
+from hpcmorph.generate.stage import StageError
+from hpcmorph.report import browser, stage, tables
+
+CHECK = ROOT / "scripts" / "check-report.sh"
+
+
+def needs_chromium() -> None:
+    """Skip without Chromium, except in CI, where the check must run (make test installs it)."""
+    if browser.find_chromium() is None and os.environ.get("CI") != "true":
+        pytest.skip("no chromium (scripts/setup-chromium.sh installs it)")
+
+
+# ------------------------------------------------------------------------------------------ tables
+
+TABLE1 = {"regular": {"y10": {"accuracy": [0.71234, 0.0213], "precision": [0.75, 0.01], "recall": [0.71, 0.02],
+                              "f1": [0.7, 0.03]},
+                      "y1": {"accuracy": [0.4, 0.05], "precision": [0.6, 0.0], "recall": [0.4, 0.05],
+                             "f1": [float("nan"), 0.1]},
+                      "seeds": [0, 1]}}
+TABLE2 = {"regular": {"y10_y1": {"mean": 20.24, "std": 11.91, "n": 4},
+                      "y10_attacked": {"mean": 0.81234, "std": 0.1, "n": 4}},
+          "ratio_mmd_over_regular": {"y10_y1": None, "y10_attacked": None}}
+
+
+def test_numbers_are_formatted_like_the_paper():
+    assert [tables.number(x) for x in (20.2, 0.81234, 136, 1.5, 0)] == ["20.2", "0.812", "136", "1.50", "0.00"]
+    assert tables.number(None) is None and tables.number(float("nan")) is None and tables.number("x") is None
+    assert tables.mean_std(16.8, 5.0) == "16.8 ± 5.0"
+    assert tables.mean_std(0.71234, 0.0213, 2) == "0.71 ± 0.02"
+    assert tables.mean_std(20.24, 11.91, n=136) == "20.2 ± 11.9 (n=136)"
+    assert tables.mean_std(None, 1.0) is None
+
+
+def test_table1_in_markdown_latex_and_csv_with_a_missing_variant():
+    from hpcmorph.train.metrics import METRICS
+
+    assert tables.METRICS == METRICS
+    t = tables.table1(TABLE1)
+    md, tex, csv_text = tables.markdown(t), tables.latex(t), tables.to_csv(t)
+    # Ours beside the paper's; the untrained mmd model and the NaN F1 are dashes.
+    assert "| Regular training (2 seeds) | accuracy | 0.71 ± 0.02 | 0.72 | 0.40 ± 0.05 | 0.43 |" in md
+    assert "| Domain adaptation (MMD) | accuracy | – | 0.82 | – | 0.66 |" in md
+    assert "|  | f1 | 0.70 ± 0.03 | 0.72 | – | 0.36 |" in md
+    assert r"0.71 $\pm$ 0.02 & 0.72" in tex and r"Domain adaptation (MMD) & accuracy & -- & 0.82" in tex
+    assert tex.count(r"\\") == 1 + 8 and r"\begin{tabular}{lccccc}" in tex
+    lines = csv_text.splitlines()
+    assert lines[0] == "variant,domain,metric,mean,std,seeds,paper"
+    assert "regular,y10,accuracy,0.71234,0.0213,2,0.72" in lines  # full precision in the CSV
+    assert "mmd,y1,f1,,,,0.67" in lines and "regular,y1,f1,,0.1,2,0.36" in lines
+
+
+def test_table2_with_null_ratio_and_missing_variant():
+    t = tables.table2(TABLE2, pixels=1)
+    md = tables.markdown(t)
+    assert "| Y10 – Y1 | 20.2 ± 11.9 (n=4) | 20.2 ± 11.9 (n=136) | – | 29.7 ± 17.4 (n=136) | – | 1.47 |" in md
+    assert ("| Y10 – one-pixel attacked | 0.812 ± 0.100 (n=4) | 16.8 ± 5.0 (n=136) | – | 38.1 ± 15.5 (n=136) | – "
+            "| 2.27 |") in md
+    assert "ratio_mmd_over_regular" not in t.header  # not a model
+    assert "-- & 29.7 $\\pm$ 17.4 (n=136) & -- & 1.47" in tables.latex(t)
+    assert "ratio_mmd_over_regular,y10_attacked,,,,2.267857" in tables.to_csv(t)  # null ratio: empty cells
+    # Nothing at all: every cell a dash, never a crash.
+    empty = tables.table2(None, pixels=2)
+    assert empty.rows[1][0] == "Y10 – 2-pixel attacked" and empty.rows[0][1] is None and empty.rows[0][2]
+    assert tables.markdown(tables.table1({"mmd": {"y10": None}}))
+
+
+def test_latex_and_html_escape_run_text():
+    assert tables.latex_escape("a_b & 50% #1") == r"a\_b \& 50\% \#1"
+    t = tables.text_table("x", "<caption>", ["<th>"], [["<b>&</b>"], [None]])
+    out = tables.to_html(t)
+    assert "&lt;b&gt;&amp;&lt;/b&gt;" in out and "<b>" not in out and "<td>–</td>" in out
+
+
+# -------------------------------------------------------------------------------- a made-up run
+
+def _png_pdf(folder, stem):
+    """A real (small) figure, PNG and PDF, written by the project's own plots.save."""
+    import matplotlib.pyplot as plt
+
+    from hpcmorph import plots
+
+    fig, ax = plt.subplots(figsize=(2, 1.5))
+    ax.plot([0, 1], [0, 1])
+    ax.set_title(stem, fontsize=7)
+    return plots.save(fig, folder / f"{stem}.png")[0]
+
+
+@pytest.fixture(scope="module")
+def figure_template(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("figure")
+    return _png_pdf(folder, "template")
+
+
+def make_run(root, figure, name="fake", provenance_config="run:\n  name: fake  # <script>alert(1)</script>\n"):
+    """A run folder holding what stages 1 to 4 leave (small, made up); returns its Config."""
+    cfg = config.load("tiny", [f"run.root={root}", f"run.name={name}"])
+    run = root / name
+    (run / "analysis").mkdir(parents=True)
+    (run / "figures").mkdir()
+    (run / "regular" / "seed0").mkdir(parents=True)
+
+    def put(path):
+        shutil.copyfile(figure, path)
+        shutil.copyfile(figure.with_suffix(".pdf"), path.with_suffix(".pdf"))
+
+    names = {"figure2": "figure2.png", "church_windows": "church_windows.png", "isomaps": "isomaps.png",
+             "exposure": "exposure.png", "success_vs_k": "success_vs_k.png", "distances": "distances.png"}
+    for rel in names.values():
+        put(run / "analysis" / rel)
+    for stem in ("generate_figure1", "generate_gm20", "attack_queries", "attack_success", "attack_success_vs_k"):
+        put(run / "figures" / f"{stem}.png")
+    shutil.copyfile(figure, run / "regular" / "seed0" / "curves.png")  # a PNG without a PDF
+    (run / "figures" / "generate_class_counts.csv").write_text(
+        "split,spiral,elliptical,merger,total\ntrain,10,8,9,27\nall,14,11,12,37\n")
+    summary = {"mode": "targeted", "pixels": 1, "images": 5, "examined": 6, "skipped_misclassified": 1,
+               "variants": {v: {"attacked": 5, "flipped": f, "attacks": 10, "successful_attacks": f,
+                                "success_rate": f / 10, "median_queries_to_flip": 24.0 if f else None,
+                                "mean_queries_to_flip": 30.5 if f else None, "queries_total": 500}
+                            for v, f in (("regular", 4), ("mmd", 0))}}
+    (run / "attack_summary.json").write_text(json.dumps({**summary, "digest": "abc"}))
+    (run / "train_summary.json").write_text(json.dumps({"runs": [
+        {"variant": "regular", "seed": 0, "best_epoch": 1, "epochs_run": 2, "best_val_loss": 1.05, "ranks": 1,
+         "backend": "none", "y10": {"accuracy": 0.5}, "y1": {"accuracy": 0.3}}], "table1": TABLE1, "digest": "t"}))
+    (run / "timings.json").write_text(json.dumps([{"stage": "generate", "seconds": 3.2, "ranks": 1,
+                                                   "finished": "2024-01-01T00:00:00"}]))
+    analysis = {
+        "run": name, "digest": "d1", "provenance": {"stage": "analyze", "config": provenance_config,
+                                                    "git_commit": "abc"},
+        "table1": TABLE1, "table2": TABLE2,
+        "exposure": {"fractions": [0.1, 1.0], "years": [1, 10],
+                     "accuracy": {"regular": [0.4, 0.7], "mmd": [0.6, None]}},
+        "success_vs_k": {"k": [1], "flipped_fraction": {"regular": [0.8], "mmd": [0.0]}, "missing_k": [2]},
+        "triplet": {"index": 7, "label": 0, "label_name": "spiral",
+                    "variants": {"regular": {"target": 1, "target_name": "elliptical", "pred_y1": "merger",
+                                             "distance_y1": 3.21, "distance_attacked": 1.5}}},
+        "attack": summary, "figures": {**names, "extra": None, "ghost": "ghost.png"},
+    }
+    (run / "analysis" / "analysis.json").write_text(json.dumps(analysis))
+    return cfg
+
+
+def test_report_writes_every_file_and_a_rerun_does_nothing(tmp_path, figure_template, caplog):
+    cfg = make_run(tmp_path, figure_template)
+    out = stage.run(cfg)
+    assert out == tmp_path / "fake" / "report"
+    for name in ("index.html", "numbers.json", "table1.md", "table1.tex", "table1.csv", "table2.md", "table2.tex",
+                 "table2.csv", "attack.csv", "exposure.csv", "success_vs_k.csv", "timings.csv"):
+        assert (out / name).is_file(), name
+    figs = sorted(p.name for p in (out / "figures").iterdir())
+    assert "figure2.png" in figs and "figure2.pdf" in figs and "generate_gm20.pdf" in figs
+    assert "curves_regular_seed0.png" in figs and "curves_regular_seed0.pdf" not in figs
+    assert len([f for f in figs if f.endswith(".png")]) == 12
+    page = (out / "index.html").read_text()
+    # figure2 holds the church windows and isomaps: their own files are linked, not embedded again.
+    assert page.count("data:image/png;base64,") == 10 and "http://" not in page and "https://" not in page
+    assert 'id="table1"' in page and 'id="table2"' in page and "data-figures-loaded" in page
+    assert '<a href="figures/church_windows.pdf">' in page and "ghost.png" in page  # a named figure not on disk
+    nums = json.loads((out / "numbers.json").read_text())  # strict JSON: the NaN F1 became null
+    assert nums["digest"] == stage.digest(cfg, {"digest": "d1"})
+    assert nums["table1"]["ours"]["regular"]["y1"]["f1"][0] is None
+    assert nums["attack"]["attack"]["variants"]["regular"]["flipped"] == 4
+    assert "attack,targeted,1,regular,5,4,10,4,0.4,24.0,30.5,500" in (out / "attack.csv").read_text()
+    assert (out / "exposure.csv").read_text() == "fraction,years,regular,mmd\n0.1,1.0,0.4,0.6\n1.0,10.0,0.7,\n"
+    assert not list(tmp_path.joinpath("fake").glob("report.*"))
+
+    before = (out / "index.html").stat().st_mtime_ns
+    with caplog.at_level("INFO", logger="hpcmorph"):
+        stage.run(cfg)
+    assert "report: up to date" in caplog.text and (out / "index.html").stat().st_mtime_ns == before
+
+
+def test_an_analysis_alone_is_enough(tmp_path):
+    """Only analysis.json, with nothing optional in it: every section says so, nothing raises."""
+    cfg = config.load("tiny", [f"run.root={tmp_path}"])
+    path = tmp_path / "tiny" / "analysis" / "analysis.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"digest": "d", "table1": {}, "table2": {}, "exposure": None, "figures": {}}))
+    out = stage.run(cfg)
+    page = (out / "index.html").read_text()
+    assert "The analysis has no exposure curve." in page and "No timings.json" in page
+    assert sorted(p.name for p in out.iterdir()) == ["attack.csv", "figures", "index.html", "numbers.json",
+                                                     "table1.csv", "table1.md", "table1.tex", "table2.csv",
+                                                     "table2.md", "table2.tex"]
+    assert "| Regular training | accuracy | – | 0.72 | – | 0.43 |" in (out / "table1.md").read_text()
+
+
+def test_config_and_title_are_escaped(tmp_path, figure_template):
+    cfg = make_run(tmp_path, figure_template)
+    cfg = cfg.updated({"report.title": "Run <b>&</b> co"})
+    page = (stage.run(cfg) / "index.html").read_text()
+    assert "<title>Run &lt;b&gt;&amp;&lt;/b&gt; co</title>" in page
+    assert "# &lt;script&gt;alert(1)&lt;/script&gt;" in page and "<script>alert(1)" not in page
+    assert page.count("<script>") == 1  # only the load script
+
+
+def test_a_failure_mid_write_leaves_the_previous_report(tmp_path, figure_template, monkeypatch):
+    cfg = make_run(tmp_path, figure_template)
+    out = stage.run(cfg)
+    old = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(stage.page, "document", broken)  # after the tables and figures are written
+    with pytest.raises(RuntimeError, match="disk full"):
+        stage.run(cfg.updated({"report.title": "another"}))
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == old
+    assert sorted(p.name for p in out.parent.iterdir() if p.name.startswith("report")) == ["report"]
+
+
+def test_missing_or_broken_analysis_is_a_clear_error(tmp_path):
+    res = cli(["report", "--config", "tiny", "--set", f"run.root={tmp_path}"], tmp_path, check=False, timeout=120)
+    assert res.returncode == 2, res.stderr
+    assert "analysis/analysis.json: no such file" in res.stderr and "hpcmorph analyze --config" in res.stderr
+    assert "Traceback" not in res.stderr
+
+    cfg = config.load("tiny", [f"run.root={tmp_path}"])
+    path = tmp_path / "tiny" / "analysis" / "analysis.json"
+    path.parent.mkdir(parents=True)
+    path.write_text("{not json")
+    with pytest.raises(StageError, match="analysis.json: not valid JSON"):
+        stage.run(cfg)
+    path.write_text(json.dumps({"digest": "x"}))
+    with pytest.raises(StageError, match="missing table1, table2"):
+        stage.run(cfg)
+
+
+# ----------------------------------------------------------------------------------------- browser
+
+def test_dom_verification():
+    ok = '<html><body data-figures-loaded="3" data-figures-total="3"><table id="table1"></table><table id="table2">'
+    assert browser.verify_dom(ok) == (3, 3)
+    for dom, message in ((ok.replace('loaded="3"', 'loaded="2"'), "only 2 of 3 figures loaded"),
+                         (ok.replace(' data-figures-loaded="3"', ""), "load script did not run"),
+                         (ok.replace('"3"', '"0"'), "no figures"),
+                         (ok.replace('id="table2"', ""), "no element with id table2")):
+        with pytest.raises(browser.CheckError, match=message):
+            browser.verify_dom(dom)
+
+
+def test_browser_check_and_screenshot(tmp_path, figure_template):
+    needs_chromium()
+    cfg = make_run(tmp_path, figure_template).updated({"report.screenshot": True})
+    out = stage.run(cfg)
+    assert (out / "screenshot.png").stat().st_size > 10_000
+
+    shot = tmp_path / "check.png"
+    res = subprocess.run(["bash", str(CHECK), str(out), str(shot)], capture_output=True, text=True, env=env(),
+                         timeout=600)
+    assert res.returncode == 0 and "10 of 10 figures loaded" in res.stdout, res.stderr
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # A figure that does not decode fails the check, naming the count.
+    page = (out / "index.html").read_text()
+    (out / "index.html").write_text(page.replace("data:image/png;base64,", "data:image/png;base64,AAAA", 1))
+    res = subprocess.run(["bash", str(CHECK), str(out)], capture_output=True, text=True, env=env(), timeout=600)
+    assert res.returncode == 1 and "only 9 of 10 figures loaded" in res.stderr, res.stderr
+
+
+# -------------------------------------------------------------------------------------- end to end
+
+TINY = ["--config", "tiny", "--set", "generate.n_galaxies=40", "--set", "train.epochs=2", "--set",
+        "train.batch_size=8", "--set", "train.lr=0.001", "--set", "train.threads=1", "--set", "attack.population=12",
+        "--set", "attack.generations=6", "--set", "attack.n_images=5", "--set", "attack.images_per_batch=2",
+        "--set", "attack.threshold=0.29"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_pipeline_report_opens_in_chromium(tmp_path):
+    """``hpcmorph run`` on the tiny preset, then the page in headless Chromium (screenshot kept in the
+    test's folder: report/check-screenshot.png)."""
+    needs_chromium()
+    cli(["run", *TINY], tmp_path, timeout=1400)
+    out = tmp_path / "runs" / "tiny" / "report"
+    nums = json.loads((out / "numbers.json").read_text())
+    assert set(nums["table1"]["ours"]) == {"regular", "mmd"}
+    assert (out / "table2.tex").read_text().count(r"\pm") >= 2
+    shot = out / "check-screenshot.png"
+    res = subprocess.run(["bash", str(CHECK), str(out), str(shot)], capture_output=True, text=True, env=env(),
+                         timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert shot.stat().st_size > 10_000
+    print(f"report screenshot: {shot}")
