@@ -293,7 +293,8 @@ def _finished(cfg: Config, variant: str, seed: int) -> dict | None:
         found = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    return found if found.get("digest") == digest(cfg) else None
+    # The results as train_one returns them (metrics.json adds the digest).
+    return {k: v for k, v in found.items() if k != "digest"} if found.get("digest") == digest(cfg) else None
 
 
 def run(cfg: Config, ctx=None) -> Path:
@@ -319,7 +320,10 @@ def run(cfg: Config, ctx=None) -> Path:
         summary = Path(cfg.run.root) / cfg.run.name / "train_summary.json"
         if backend.rank == 0:
             table = metrics.summarize(results)
-            _atomic_text(summary, json.dumps({"runs": results, "table1": table, "digest": digest(cfg)}, indent=2))
+            text = json.dumps({"runs": results, "table1": table, "digest": digest(cfg)}, indent=2)
+            # Rewritten only when it changes: a rerun with nothing to train leaves every output as it was.
+            if not summary.exists() or summary.read_text() != text:
+                _atomic_text(summary, text)
             log.info("Table 1 (mean +- std over seeds):\n%s", metrics.format_table(table))
         backend.barrier()
     finally:
