@@ -14,7 +14,7 @@ export OMPI_MCA_rmaps_base_oversubscribe ?= 1
 MPIRUN  := $(if $(wildcard $(VENV)/bin/mpiexec),$(VENV)/bin/mpiexec,$(shell command -v mpirun))
 LAUNCH  := $(if $(filter 1,$(RANKS)),,$(MPIRUN) -n $(RANKS))
 
-.PHONY: setup horovod chromium run test bench bench-generate bench-train bench-attack clean help
+.PHONY: setup horovod chromium run test bench bench-generate bench-train bench-attack bench-analyze clean help
 
 help:
 	@echo "make run    [CONFIG=laptop] [RANKS=1]  set up, then run the pipeline on the embedded default"
@@ -44,7 +44,7 @@ chromium:
 test: setup horovod chromium
 	$(PY) -m pytest -q -ra
 
-bench: bench-generate bench-train bench-attack
+bench: bench-generate bench-train bench-attack bench-analyze
 
 bench-generate: setup
 	$(HPCMORPH) bench generate
@@ -54,6 +54,9 @@ bench-train: setup horovod
 
 bench-attack: setup
 	$(HPCMORPH) bench attack
+
+bench-analyze: setup
+	$(HPCMORPH) bench analyze
 
 clean:
 	rm -rf runs bench-out .pytest_cache

@@ -183,6 +183,10 @@ def main(args) -> int:
         from .attack.bench import main as attack_main
 
         return attack_main(args)
+    if args.stage == "analyze":
+        from .analyze.bench import main as analyze_main
+
+        return analyze_main(args)
     if args.stage == "train":
         res = bench_train(args.galaxies * 2)
         print(f"train benchmark: ResNet18, 100x100 px, batch 32, {res['threads_per_process']} threads")
