@@ -141,7 +141,10 @@ SwitchType=switch/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 DefMemPerCPU=$def_mem
-SchedulerType=sched/backfill
+# The main scheduler, run every 5 s: a job requeued at its wall time and started by backfill's
+# 30 s cycle got the limit's warning signal again at once (seen here), so it never ran.
+SchedulerType=sched/builtin
+SchedulerParameters=sched_interval=5
 MailProg=/bin/true
 # Without slurmdbd there is no sacct: finished jobs must stay in scontrol's view for a while.
 MinJobAge=3600

@@ -1,5 +1,5 @@
 """Stage 1 through a real Slurm: scripts/slurm-local.sh brings up a one-node cluster on localhost
-and jobs/slurm/generate.sbatch runs ``generate`` in it on 2 MPI ranks, plainly and requeued mid-run."""
+and jobs/slurm/generate.sbatch runs ``generate`` in it on 2 MPI ranks, plainly, requeued mid-run, and stopped by its wall time."""
 
 from __future__ import annotations
 
@@ -176,6 +176,29 @@ def test_job_requeued_mid_run_resumes_to_the_same_file(slurm, tmp_path):
         assert f.attrs["ranks"] == 2
     assert_same_data(ref / "runs" / "tiny" / "galaxies.h5", out)
     assert not list(parts.glob("galaxies.h5.parts-*")), "checkpoint blocks not cleaned up"
+
+
+def test_job_at_its_wall_time_requeues_itself_and_finishes_the_same_file(slurm, tmp_path):
+    """A real wall time, no signal sent by hand: a one-minute limit, Slurm's own USR1 45 s before it
+    (slurmctld checks limits every 30 s, so it lands up to 45 s in), the script requeues the job,
+    and the reruns resume until the file is complete: the same file as an uninterrupted run."""
+    # ~50 s of work on 2 quiet ranks: longer than the 45 s by which the first signal has come.
+    sets = ["generate.block_size=4", "generate.n_galaxies=3200", "generate.figures=false"]
+    jobid = sbatch(slurm, tmp_path, ["--ntasks=2", "--time=1", "--signal=B:USR1@45"], HPCMORPH_CONFIG="tiny",
+                   HPCMORPH_SET=" ".join(sets))
+    info = wait_done(slurm, jobid, tmp_path, timeout=600)
+    assert_completed(slurm, info, tmp_path)
+    log = job_log(tmp_path, jobid)
+    assert int(info["Restarts"]) >= 1 and "requeueing job" in log, f"the job was never stopped by its limit\n{log}"
+    # Restarts signalled before the stage got going log nothing; the others resume from the blocks.
+    resumed = [int(n) for n in re.findall(r"(\d+) already on disk", log)]
+    assert resumed[0] == 0 and resumed == sorted(resumed) and 0 < resumed[-1] < 800, log
+    # The uninterrupted reference afterwards, so that it does not slow the job (2 ranks: generate's
+    # output does not depend on the rank count, tested elsewhere).
+    ref = tmp_path / "reference"
+    ref.mkdir()
+    cli(["generate", "--config", "tiny", *[a for s in sets for a in ("--set", s)]], ref, ranks=2, timeout=600)
+    assert_same_data(ref / "runs" / "tiny" / "galaxies.h5", tmp_path / "runs" / "tiny" / "galaxies.h5")
 
 
 def test_srun_pmix_launcher_gives_two_ranks(slurm, tmp_path):
