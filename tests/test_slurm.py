@@ -1,5 +1,6 @@
 """Stage 1 through a real Slurm: scripts/slurm-local.sh brings up a one-node cluster on localhost
-and jobs/slurm/generate.sbatch runs ``generate`` in it on 2 MPI ranks, plainly, requeued mid-run, and stopped by its wall time."""
+and jobs/slurm/generate.sbatch runs ``generate`` in it on 2 MPI ranks: plainly, requeued mid-run, and
+stopped by its real wall time."""
 
 from __future__ import annotations
 
@@ -192,7 +193,8 @@ def test_job_at_its_wall_time_requeues_itself_and_finishes_the_same_file(slurm, 
     assert int(info["Restarts"]) >= 1 and "requeueing job" in log, f"the job was never stopped by its limit\n{log}"
     # Restarts signalled before the stage got going log nothing; the others resume from the blocks.
     resumed = [int(n) for n in re.findall(r"(\d+) already on disk", log)]
-    assert resumed[0] == 0 and resumed == sorted(resumed) and 0 < resumed[-1] < 800, log
+    # (a run stopped after its last block but before the join resumes with all 800 on disk)
+    assert resumed[0] == 0 and resumed == sorted(resumed) and 0 < resumed[-1] <= 800, log
     # The uninterrupted reference afterwards, so that it does not slow the job (2 ranks: generate's
     # output does not depend on the rank count, tested elsewhere).
     ref = tmp_path / "reference"
