@@ -32,6 +32,18 @@ def env() -> dict[str, str]:
     return e
 
 
+# Every stage in about a minute: tests/test_attack.py's small attack (a threshold just under a barely
+# trained model's probabilities, so some attacks flip at once), two pixel counts, a small isomap.
+SMALL_RUN = ["generate.n_galaxies=40", "train.epochs=2", "train.batch_size=8", "train.lr=0.001", "train.threads=1",
+             "attack.population=12", "attack.generations=6", "attack.n_images=5", "attack.images_per_batch=2",
+             "attack.threshold=0.29", "analyze.k_sweep=[1,2]", "analyze.isomap_images=20"]
+
+
+def sets(overrides: list[str]) -> list[str]:
+    """``--set`` flags for ``key=value`` overrides."""
+    return [a for kv in overrides for a in ("--set", kv)]
+
+
 def command(args: list[str], ranks: int = 1) -> list[str]:
     base = [sys.executable, "-m", "hpcmorph", *args]
     return base if ranks == 1 else [mpirun(), "-n", str(ranks), *base]

@@ -18,7 +18,7 @@ from pathlib import Path
 import h5py
 import pytest
 
-from conftest import ROOT, assert_same_data, cli, env
+from conftest import ROOT, SMALL_RUN, assert_same_data, cli, env, sets
 import test_slurm
 from test_slurm import TERMINAL, Slurm
 
@@ -29,11 +29,7 @@ SLURM_SCRIPTS = sorted(SLURM_DIR.glob("*.sbatch"))
 PBS_SCRIPTS = sorted(PBS_DIR.glob("*.pbs"))
 STAGES = ("generate", "train", "attack", "analyze", "report")
 QUICK = ["train.epochs=1", "train.batch_size=8", "generate.n_galaxies=24", "train.variants=[regular]"]
-# Every stage in seconds (tests/test_attack.py's small attack; two pixel counts, so that the attack
-# job attacks twice; a small isomap).
-SMALL = ["generate.n_galaxies=40", "train.epochs=2", "train.batch_size=8", "train.lr=0.001", "train.threads=1",
-         "attack.population=12", "attack.generations=6", "attack.n_images=5", "attack.images_per_batch=2",
-         "attack.threshold=0.29", "analyze.k_sweep=[1,2]", "analyze.isomap_images=20"]
+SMALL = SMALL_RUN
 
 
 def directives(path: Path, prefix: str) -> list[str]:
@@ -224,7 +220,7 @@ def test_pbs_generate_and_train_bodies_run_on_two_ranks(tmp_path):
 def test_pbs_attack_analyze_and_report_bodies_run(tmp_path):
     cwd = tmp_path / "work"
     cwd.mkdir()
-    flags = ["--config", "tiny", *[a for s in SMALL for a in ("--set", s)]]
+    flags = ["--config", "tiny", *sets(SMALL)]
     cli(["generate", *flags], cwd)
     cli(["train", *flags], cwd)
     run = cwd / "runs" / "tiny"
@@ -359,7 +355,7 @@ def logs(cwd: Path) -> str:
 def test_submit_chain_on_slurm(slurm, tmp_path):
     """The five stages as five jobs, each job script run by Slurm, the attack job once per k."""
     args = ["--scheduler", "slurm", "--config", "tiny", "--venv", sys.prefix, "--ranks-per-node", "2",
-            "--gpus-per-task", "0", *[a for s in SMALL for a in ("--set", s)]]
+            "--gpus-per-task", "0", *sets(SMALL)]
     res = subprocess.run([sys.executable, "-m", "hpcmorph", "submit", *args], cwd=tmp_path, env=slurm.env(),
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr

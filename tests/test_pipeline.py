@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import json
+import subprocess
 
 import pytest
 
-from conftest import cli
+from conftest import ROOT, SMALL_RUN, cli, env, sets
 from hpcmorph import config, pipeline
+from test_report import needs_chromium
 
-SMALL = ["--config", "tiny", "--set", "generate.n_galaxies=40", "--set", "train.epochs=2", "--set", "train.batch_size=8",
-         "--set", "train.lr=0.001", "--set", "train.threads=1", "--set", "attack.population=12",
-         "--set", "attack.generations=6", "--set", "attack.n_images=5", "--set", "attack.images_per_batch=2",
-         "--set", "attack.threshold=0.29", "--set", "analyze.k_sweep=[1, 2]", "--set", "analyze.isomap_images=20"]
+SMALL = ["--config", "tiny", *sets(SMALL_RUN)]
 
 
 def test_attack_configs_put_attack_pixels_first_and_run_each_k_once():
@@ -58,3 +57,15 @@ def test_run_chains_every_stage_and_a_rerun_redoes_nothing(tmp_path):
     res = cli(["run", *SMALL], tmp_path)
     assert _outputs(run) == after, "a rerun rewrote an output"
     assert res.stderr.count("up to date") >= 4, res.stderr[-3000:]
+
+    # The report in headless Chromium: every figure loads, the tables are there (screenshot kept in
+    # the test's folder).
+    needs_chromium()
+    out = run / "report"
+    nums = json.loads((out / "numbers.json").read_text())
+    assert set(nums["table1"]["ours"]) == {"regular", "mmd"}
+    shot = tmp_path / "report-screenshot.png"
+    res = subprocess.run(["bash", str(ROOT / "scripts" / "check-report.sh"), str(out), str(shot)],
+                         capture_output=True, text=True, env=env(), timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert shot.stat().st_size > 10_000

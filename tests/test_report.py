@@ -270,30 +270,3 @@ def test_browser_check_and_screenshot(tmp_path, figure_template):
     (out / "index.html").write_text(page.replace("data:image/png;base64,", "data:image/png;base64,AAAA", 1))
     res = subprocess.run(["bash", str(CHECK), str(out)], capture_output=True, text=True, env=env(), timeout=600)
     assert res.returncode == 1 and "only 9 of 10 figures loaded" in res.stderr, res.stderr
-
-
-# -------------------------------------------------------------------------------------- end to end
-
-TINY = ["--config", "tiny", "--set", "generate.n_galaxies=40", "--set", "train.epochs=2", "--set",
-        "train.batch_size=8", "--set", "train.lr=0.001", "--set", "train.threads=1", "--set", "attack.population=12",
-        "--set", "attack.generations=6", "--set", "attack.n_images=5", "--set", "attack.images_per_batch=2",
-        "--set", "attack.threshold=0.29"]
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(1500)
-def test_pipeline_report_opens_in_chromium(tmp_path):
-    """``hpcmorph run`` on the tiny preset, then the page in headless Chromium (screenshot kept in the
-    test's folder: report/check-screenshot.png)."""
-    needs_chromium()
-    cli(["run", *TINY], tmp_path, timeout=1400)
-    out = tmp_path / "runs" / "tiny" / "report"
-    nums = json.loads((out / "numbers.json").read_text())
-    assert set(nums["table1"]["ours"]) == {"regular", "mmd"}
-    assert (out / "table2.tex").read_text().count(r"\pm") >= 2
-    shot = out / "check-screenshot.png"
-    res = subprocess.run(["bash", str(CHECK), str(out), str(shot)], capture_output=True, text=True, env=env(),
-                         timeout=600)
-    assert res.returncode == 0, res.stdout + res.stderr
-    assert shot.stat().st_size > 10_000
-    print(f"report screenshot: {shot}")
