@@ -19,7 +19,8 @@ EPILOG = """Configs: a preset name (laptop, paper, tiny) or a YAML file (which m
 `hpcmorph config --config laptop` prints the resolved configuration with every default.
 
 Exit codes: 0 done; 1 a rank failed (traceback shown, every rank stopped);
-2 bad config or input (message names the field or file)."""
+2 bad config or input (message names the field or file); 75 train (or run) stopped by
+SIGTERM/SIGUSR1 after writing its checkpoint: the same command resumes."""
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
