@@ -75,6 +75,14 @@ def launch(cmd: list[str], ranks: int, threads: int, cwd: Path | None = None) ->
     return res.stdout
 
 
+def per_rank_count(res: dict, prefix: str):
+    """(ranks, figure, scaling efficiency or None) of every ``<prefix><ranks>_ranks`` entry of ``res``."""
+    for key, value in res.items():
+        if key.startswith(prefix) and key.endswith("_ranks") and key[len(prefix):-len("_ranks")].isdigit():
+            k = key[len(prefix):-len("_ranks")]
+            yield k, value, res.get(f"scaling_efficiency_{k}_ranks")
+
+
 def _mpirun_stage(root: Path, n: int, ranks: int) -> float:
     out = launch([sys.executable, "-m", "hpcmorph.bench", "_generate_worker", str(root), str(n)], ranks, 1)
     return json.loads(out.strip().splitlines()[-1])["seconds"]
@@ -206,12 +214,9 @@ def main(args) -> int:
         print(f"  bare GalSim drawing           {res['bare_galsim_gal_per_s']:8.1f} galaxies/s")
         print(f"  generate stage, 1 rank        {res['stage_gal_per_s_per_rank']:8.1f} galaxies/s per rank")
         print(f"  ratio stage / bare            {res['ratio_stage_to_bare']:8.2f}   (aim >= 0.85)")
-        for key, value in res.items():
-            if key.startswith("stage_gal_per_s_") and key.endswith("_ranks"):
-                k = key.split("_")[-2]
-                eff = res.get(f"scaling_efficiency_{k}_ranks")
-                extra = f"   efficiency {eff:.2f} (aim >= 0.8)" if eff is not None else ""
-                print(f"  stage on {k} rank(s)           {value:8.1f} galaxies/s{extra}")
+        for k, value, eff in per_rank_count(res, "stage_gal_per_s_"):
+            extra = f"   efficiency {eff:.2f} (aim >= 0.8)" if eff is not None else ""
+            print(f"  stage on {k} rank(s)           {value:8.1f} galaxies/s{extra}")
         print(json.dumps(res))
     return 0
 

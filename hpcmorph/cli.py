@@ -13,6 +13,7 @@ import json
 import sys
 
 from . import __version__
+from .pipeline import STAGES
 
 EPILOG = """Configs: a preset name (laptop, paper, tiny) or a YAML file (which may start with
 `extends: laptop`). Override any field with --set section.key=value (YAML value syntax).
@@ -31,6 +32,17 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
 
 
+def _stage_parser(sub, name: str, help: str, description: str,
+                  force: str | None = "replace an output made from a different config") -> argparse.ArgumentParser:
+    """A subcommand that runs on a config: --config/--set/--verbose, and --force where ``force`` says."""
+    p = sub.add_parser(name, help=help, description=description, epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _config_args(p)
+    if force:
+        p.add_argument("--force", action="store_true", help=force)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hpcmorph", description="Galaxy-morphology robustness study as HPC batch stages "
@@ -39,59 +51,45 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"hpcmorph {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("generate", help="draw Y10/Y1 LSST mock galaxies into one HDF5 file (MPI-parallel)",
-                       description="Stage 1: draw parent galaxies (GalSim synthetic, external cutouts or observed "
-                       "arrays), observe them as LSST Y10 and Y1 in g, r, i, label them from Gini-M20, augment "
-                       "mergers, split 70/10/20, and write <run.root>/<run.name>/galaxies.h5 plus figures. "
-                       "Ranks share the galaxies; a killed run resumes where it stopped.",
-                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _config_args(p)
-    p.add_argument("--force", action="store_true", help="replace an output made from a different config")
+    _stage_parser(sub, "generate", "draw Y10/Y1 LSST mock galaxies into one HDF5 file (MPI-parallel)",
+                      "Stage 1: draw parent galaxies (GalSim synthetic, external cutouts or observed "
+                      "arrays), observe them as LSST Y10 and Y1 in g, r, i, label them from Gini-M20, augment "
+                      "mergers, split 70/10/20, and write <run.root>/<run.name>/galaxies.h5 plus figures. "
+                      "Ranks share the galaxies; a killed run resumes where it stopped.")
 
-    p = sub.add_parser("train", help="train ResNet18, plainly and with MMD domain adaptation (Horovod / DDP)",
-                       description="Stage 2: train each variant (regular, mmd) and seed of the config on "
-                       "galaxies.h5, with early stopping, and evaluate on the Y10 and Y1 test sets (Table 1). "
-                       "Data-parallel under mpirun/srun/horovodrun/torchrun (train.backend). On SIGTERM or SIGUSR1 "
-                       "it checkpoints and exits 75; the same command resumes.",
-                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _config_args(p)
+    _stage_parser(sub, "train", "train ResNet18, plainly and with MMD domain adaptation (Horovod / DDP)",
+                      "Stage 2: train each variant (regular, mmd) and seed of the config on "
+                      "galaxies.h5, with early stopping, and evaluate on the Y10 and Y1 test sets (Table 1). "
+                      "Data-parallel under mpirun/srun/horovodrun/torchrun (train.backend). On SIGTERM or SIGUSR1 "
+                      "it checkpoints and exits 75; the same command resumes.",
+                      force=None)
 
-    p = sub.add_parser("attack", help="one-pixel attacks on the trained models by batched differential evolution (MPI-parallel)",
-                       description="Stage 3: Su et al.'s one-pixel (or k-pixel) attack on each trained variant, on the "
-                       "same Y10 test images, targeted at each other class (or untargeted), by differential evolution "
-                       "batched over whole populations and several images; writes <run.root>/<run.name>/attack.h5, a "
-                       "summary and figures. Ranks share the images; a killed run resumes where it stopped.",
-                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _config_args(p)
-    p.add_argument("--force", action="store_true", help="replace an output made from a different config")
+    _stage_parser(sub, "attack", "one-pixel attacks on the trained models by batched differential evolution (MPI-parallel)",
+                      "Stage 3: Su et al.'s one-pixel (or k-pixel) attack on each trained variant, on the "
+                      "same Y10 test images, targeted at each other class (or untargeted), by differential evolution "
+                      "batched over whole populations and several images; writes <run.root>/<run.name>/attack.h5, a "
+                      "summary and figures. Ranks share the images; a killed run resumes where it stopped.")
 
-    p = sub.add_parser("analyze", help="latents, Table 2 distances, church windows, isomaps, accuracy vs exposure (MPI-parallel)",
-                       description="Stage 4: embed the Y10, Y1 and attacked test images in each model's 256-d latent "
-                       "space (batched, ranks share the images), and compute Table 1 over seeds, Table 2 (latent "
-                       "distances Y10->Y1 and Y10->attacked over the flipped images), church windows, isomaps, "
-                       "accuracy against exposure time and attack success against k. Writes "
-                       "<run.root>/<run.name>/analysis/.",
-                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _config_args(p)
-    p.add_argument("--force", action="store_true", help="replace an output made from a different config")
+    _stage_parser(sub, "analyze", "latents, Table 2 distances, church windows, isomaps, accuracy vs exposure (MPI-parallel)",
+                      "Stage 4: embed the Y10, Y1 and attacked test images in each model's 256-d latent "
+                      "space (batched, ranks share the images), and compute Table 1 over seeds, Table 2 (latent "
+                      "distances Y10->Y1 and Y10->attacked over the flipped images), church windows, isomaps, "
+                      "accuracy against exposure time and attack success against k. Writes "
+                      "<run.root>/<run.name>/analysis/.")
 
-    p = sub.add_parser("report", help="assemble tables and figures into a self-contained HTML report",
-                       description="Stage 5: gather every stage's numbers and figures into "
-                       "<run.root>/<run.name>/report/: index.html (self-contained), Tables 1 and 2 as Markdown and "
-                       "LaTeX, CSV/JSON of every number, figures as PNG and PDF, and the config and versions.",
-                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _config_args(p)
+    _stage_parser(sub, "report", "assemble tables and figures into a self-contained HTML report",
+                      "Stage 5: gather every stage's numbers and figures into "
+                      "<run.root>/<run.name>/report/: index.html (self-contained), Tables 1 and 2 as Markdown and "
+                      "LaTeX, CSV/JSON of every number, figures as PNG and PDF, and the config and versions.",
+                      force=None)
 
-    p = sub.add_parser("run", help="every stage in order (generate, train, attack, analyze, report), skipping done ones",
-                       description="Runs generate, train, attack (once per k in analyze.k_sweep), analyze and report "
-                       "in order. A stage whose complete output exists for the same config (by a hash of the "
-                       "settings it depends on) is skipped, so a rerun after a crash continues where it stopped. "
-                       "Works serially or under an MPI launcher (every rank runs every stage).",
-                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _config_args(p)
-    p.add_argument("--force", action="store_true", help="redo every stage, replacing its output (also one made "
-                   "from a different config)")
-    p.add_argument("--until", choices=["generate", "train", "attack", "analyze", "report"], default="report",
+    p = _stage_parser(sub, "run", "every stage in order (generate, train, attack, analyze, report), skipping done ones",
+                      "Runs generate, train, attack (once per k in analyze.k_sweep), analyze and report "
+                      "in order. A stage whose complete output exists for the same config (by a hash of the "
+                      "settings it depends on) is skipped, so a rerun after a crash continues where it stopped. "
+                      "Works serially or under an MPI launcher (every rank runs every stage).",
+                      force="redo every stage, replacing its output (also one made from a different config)")
+    p.add_argument("--until", choices=STAGES, default="report",
                    help="stop after this stage (default: report)")
 
     p = sub.add_parser("submit", help="submit the stages as a Slurm or PBS job chain (afterok dependencies)")

@@ -20,7 +20,6 @@ import pytest
 
 from conftest import ROOT, SMALL_RUN, assert_same_data, cli, env, sets
 import test_slurm
-from test_slurm import TERMINAL, Slurm
 
 slurm = test_slurm.slurm  # the module-scoped cluster fixture
 SLURM_DIR = ROOT / "jobs" / "slurm"
@@ -329,27 +328,6 @@ def test_submit_errors(tmp_path):
 
 # --- on a real Slurm ---------------------------------------------------------------------------
 
-def show(slurm: Slurm, jobid: str) -> dict[str, str]:
-    res = slurm.run(["scontrol", "show", "job", "-o", jobid])
-    assert res.returncode == 0, res.stderr
-    return dict(re.findall(r"(\w+)=(\S*)", res.stdout))
-
-
-def wait(slurm: Slurm, jobid: str, cwd: Path, timeout: float = 180) -> dict[str, str]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        info = show(slurm, jobid)
-        if info["JobState"] in TERMINAL:
-            return info
-        time.sleep(0.5)
-    slurm.run(["scancel", jobid])
-    raise AssertionError(f"job {jobid} not finished: {info}\n{logs(cwd)}\n{slurm.logs()}")
-
-
-def logs(cwd: Path) -> str:
-    return "\n".join(f"----- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in sorted(cwd.glob("*.out")))
-
-
 @pytest.mark.slurm
 @pytest.mark.slow
 def test_submit_chain_on_slurm(slurm, tmp_path):
@@ -363,14 +341,14 @@ def test_submit_chain_on_slurm(slurm, tmp_path):
     assert [line.split()[0] for line in lines] == list(STAGES), res.stdout
     jobs = dict(line.split() for line in lines)
     # While generate runs (several seconds, MPI start-up included), train waits on it.
-    info = show(slurm, jobs["train"])
+    info = test_slurm.job(slurm, jobs["train"])
     assert info["Dependency"].startswith(f"afterok:{jobs['generate']}"), info
     assert info["JobState"] == "PENDING", info
     done = {}
     for stage in STAGES:
-        done[stage] = wait(slurm, jobs[stage], tmp_path, timeout=420)
+        done[stage] = test_slurm.wait_done(slurm, jobs[stage], tmp_path, timeout=420)
         assert (done[stage]["JobState"], done[stage]["ExitCode"]) == ("COMPLETED", "0:0"), \
-            f"{stage}: {done[stage]}\n{logs(tmp_path)}"
+            f"{stage}: {done[stage]}\n{test_slurm.job_logs(tmp_path)}"
     for prev, stage in zip(STAGES, STAGES[1:]):
         assert done[prev]["EndTime"] <= done[stage]["StartTime"], (done[prev], done[stage])
     assert [done[s]["NumTasks"] for s in STAGES] == ["2", "2", "2", "2", "1"], done
@@ -378,7 +356,7 @@ def test_submit_chain_on_slurm(slurm, tmp_path):
     outputs = ["galaxies.h5", "regular/seed0/metrics.json", "mmd/seed0/metrics.json", "attack.h5", "attack-k2.h5",
                "analysis/analysis.json", "analysis/latents.h5", "report/index.html"]
     missing = [o for o in outputs if not (run / o).exists()]
-    assert not missing, f"missing {missing}\n{logs(tmp_path)}"
+    assert not missing, f"missing {missing}\n{test_slurm.job_logs(tmp_path)}"
     attack_log = (tmp_path / f"hpcmorph-attack-{jobs['attack']}.out").read_text()
     assert "k = 1, 2" in attack_log and "k=2" in attack_log, attack_log
 
@@ -397,13 +375,14 @@ def test_train_job_checkpoints_and_requeues_itself_on_usr1(slurm, tmp_path):
     ckpt = tmp_path / "runs" / "tiny" / "regular" / "seed0" / "checkpoint.pt"
     deadline = time.monotonic() + 120
     while not ckpt.exists() and time.monotonic() < deadline:
-        assert show(slurm, jobid)["JobState"] in {"PENDING", "CONFIGURING", "RUNNING"}, logs(tmp_path)
+        state = test_slurm.job(slurm, jobid)["JobState"]
+        assert state in {"PENDING", "CONFIGURING", "RUNNING"}, test_slurm.job_logs(tmp_path)
         time.sleep(0.05)
-    assert ckpt.exists(), logs(tmp_path)
+    assert ckpt.exists(), test_slurm.job_logs(tmp_path)
     res = slurm.run(["scancel", "--signal=USR1", "--batch", jobid])
     assert res.returncode == 0, res.stderr
-    info = wait(slurm, jobid, tmp_path, timeout=240)
-    log = logs(tmp_path)
+    info = test_slurm.wait_done(slurm, jobid, tmp_path, timeout=240)
+    log = test_slurm.job_logs(tmp_path)
     assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), f"{info}\n{log}\n{slurm.logs()}"
     assert int(info["Restarts"]) == 1, log
     assert "asking the stage to checkpoint" in log and "requeueing job" in log and "(restart 1)" in log, log

@@ -105,12 +105,17 @@ def wait_done(slurm: Slurm, jobid: str, cwd: Path, timeout: float = JOB_TIMEOUT)
             return info
         time.sleep(0.5)
     slurm.run(["scancel", jobid])
-    raise AssertionError(f"job {jobid} not finished after {timeout:.0f} s: {info}\n{job_log(cwd, jobid)}\n{slurm.logs()}")
+    raise AssertionError(f"job {jobid} not finished after {timeout:.0f} s: {info}\n{job_logs(cwd)}\n{slurm.logs()}")
 
 
 def job_log(cwd: Path, jobid: str) -> str:
     p = cwd / f"hpcmorph-generate-{jobid}.out"
     return p.read_text(errors="replace") if p.exists() else f"(no {p.name})"
+
+
+def job_logs(cwd: Path) -> str:
+    """The tails of every job log in ``cwd`` (for failure messages)."""
+    return "\n".join(f"----- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in sorted(cwd.glob("*.out")))
 
 
 def assert_completed(slurm: Slurm, info: dict[str, str], cwd: Path) -> None:

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from ..attack.bench import PRESET, SETTINGS, _prepare, _sets
-from ..bench import launch
+from ..bench import launch, per_rank_count
 
 # A small attack: analyze only needs an attack output to read (its success does not matter here).
 ATTACK = ["attack.n_images=8", "attack.only_correct=false", "attack.population=20", "attack.generations=2",
@@ -267,12 +267,9 @@ def show(res: dict) -> None:
     print(f"  (3) `hpcmorph analyze` end to end, {res['stage_test_images']} test images, {res['stage_attack_rows']} "
           "attack rows, chunks of 4, figures off, 1 thread per rank, best of "
           f"{STAGE_RUNS}")
-    for key, value in res.items():
-        if key.startswith("stage_seconds_"):
-            k = key.split("_")[-2]
-            eff = res.get(f"scaling_efficiency_{k}_ranks")
-            extra = f"   efficiency {eff:.2f}" if eff is not None else ""
-            print(f"      {k} rank(s)                     {value:8.2f} s{extra}")
+    for k, value, eff in per_rank_count(res, "stage_seconds_"):
+        extra = f"   efficiency {eff:.2f}" if eff is not None else ""
+        print(f"      {k} rank(s)                     {value:8.2f} s{extra}")
     print(json.dumps(res))
 
 

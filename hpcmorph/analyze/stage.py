@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from .. import store
+from ..attack.stage import columns as attack_layout
 from ..attack.stage import device_for, load_model, model_seed
 from ..attack.stage import digest as attack_digest
 from ..attack.stage import output_path as attack_path
@@ -191,15 +192,12 @@ def columns(n_variants: int, latent_dim: int, n_fractions: int) -> dict[str, sto
 
 
 def attack_columns(latent_dim: int) -> dict[str, store.Column]:
-    """Layout of attack_latents.h5: one row per row of the attack file, in its order."""
+    """Layout of attack_latents.h5: one row per row of the attack file, in its order (its scalar
+    columns as attack.h5 defines them)."""
     c = store.Column
+    scalars = attack_layout(1, 1, 1)
     return {
-        "variant": c((), "i1", "attacked model: index into the file attribute variant_names"),
-        "index": c((), "i8", "row of the attacked image in galaxies.h5"),
-        "label": c((), "i1", "true class"),
-        "target": c((), "i1", "target class of the attack (-1: untargeted)"),
-        "success": c((), "?", "the attack succeeded (as attack.h5)"),
-        "queries": c((), "i8", "model queries the attack used (as attack.h5)"),
+        **{name: scalars[name] for name in _ATTACK_SCALARS},
         "z_attacked": c((latent_dim,), "f4", "latent of the attacked image under the attacked model"),
         "pred_attacked": c((), "i1", "class the attacked model predicts for the attacked image"),
     }

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..bench import launch
+from ..bench import launch, per_rank_count
 
 PRESET = "tiny"
 # One training thread: the bench model is then the same whatever the machine's core count.
@@ -288,12 +288,9 @@ def main(args) -> int:
                   f"{s['seconds']:6.1f} s")
     print(f"  (3) the stage end to end, {res['stage_images']} test images x 2 targets, population 40, "
           "10 generations, 1 thread per rank")
-    for key, value in res.items():
-        if key.startswith("stage_images_per_s_"):
-            k = key.split("_")[-2]
-            eff = res.get(f"scaling_efficiency_{k}_ranks")
-            extra = f"   efficiency {eff:.2f}" if eff is not None else ""
-            print(f"      {k} rank(s)                     {value:8.3f} images/s{extra}")
+    for k, value, eff in per_rank_count(res, "stage_images_per_s_"):
+        extra = f"   efficiency {eff:.2f}" if eff is not None else ""
+        print(f"      {k} rank(s)                     {value:8.3f} images/s{extra}")
     print(json.dumps(res))
     return 0
 
