@@ -157,14 +157,12 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return 0
 
-    from . import mpi, store
-    from .generate.sources import SourceError
-    from .generate.stage import StageError
+    from . import mpi
+    from .errors import UserError
 
     ctx = mpi.world()
     mpi.setup_logging(ctx, args.verbose)
-    user_errors = (config_mod.ConfigError, SourceError, StageError, store.StoreError)
-    with mpi.abort_on_error(ctx, user_errors=user_errors):
+    with mpi.abort_on_error(ctx, user_errors=(UserError,)):
         cfg = config_mod.load(args.config, args.overrides)
         if args.command == "generate":
             from .generate import run
@@ -183,8 +181,7 @@ def main(argv: list[str] | None = None) -> int:
 
             run(cfg, ctx)
         elif args.command in ("train", "run"):
-            from .train import PREEMPTED_EXIT, Preempted
-            from .train.distributed import BackendError
+            from .errors import PREEMPTED_EXIT, Preempted
 
             try:
                 if args.command == "train":
@@ -195,8 +192,6 @@ def main(argv: list[str] | None = None) -> int:
                     from .pipeline import run
 
                     run(cfg, ctx, force=args.force, until=args.until)
-            except BackendError as err:
-                raise StageError(str(err)) from None
             except Preempted as err:
                 mpi.log.warning("%s", err)
                 return PREEMPTED_EXIT

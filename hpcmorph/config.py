@@ -20,8 +20,7 @@ from typing import Any, Mapping
 import yaml
 
 
-class ConfigError(ValueError):
-    """A configuration that cannot be used, with the offending field named."""
+from .errors import ConfigError  # noqa: F401 - raised here, defined with the other user errors
 
 
 @dataclass(frozen=True)

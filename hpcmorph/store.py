@@ -29,11 +29,10 @@ import numpy as np
 
 from . import __version__
 from .config import Config
+from .errors import StoreError
 from .mpi import Context, log
 
 
-class StoreError(RuntimeError):
-    """A missing, incomplete or inconsistent HDF5 file, with the path named."""
 
 
 def h5py_has_mpi() -> bool:

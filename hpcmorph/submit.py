@@ -29,6 +29,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import UserError
+
 STAGES = ("generate", "train", "attack", "analyze", "report")
 SCHEDULERS = {"slurm": ("sbatch", ".sbatch"), "pbs": ("qsub", ".pbs")}
 # Ranks per node a stage's scripts assume (PBS scripts' HPCMORPH_RANKS_PER_NODE defaults); on Slurm
@@ -42,8 +44,8 @@ SERIAL = ("report",)
 GPU_STAGES = ("train", "analyze")
 
 
-class SubmitError(Exception):
-    """Exit 2 with this one-line message."""
+class SubmitError(UserError):
+    """A job chain that cannot be submitted as asked: exit 2 with this one-line message."""
 
 
 def available_stages() -> list[str]:

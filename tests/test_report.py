@@ -13,7 +13,7 @@ import pytest
 
 from conftest import ROOT, cli, env
 from hpcmorph import config
-from hpcmorph.generate.stage import StageError
+from hpcmorph.errors import StageError
 from hpcmorph.report import browser, stage, tables
 
 CHECK = ROOT / "scripts" / "check-report.sh"

@@ -38,7 +38,7 @@ from ..config import Config
 from ..generate import output_path as galaxies_path
 from ..generate.dataset import TEST
 from ..generate.morphology import CLASS_NAMES
-from ..generate.stage import StageError
+from ..errors import StageError
 from ..generate.survey import bands as survey_bands
 from ..mpi import Context, log
 from . import church, distances, exposure, isomap, latents

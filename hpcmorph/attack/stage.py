@@ -36,7 +36,7 @@ from ..config import Config
 from ..generate import output_path as galaxies_path
 from ..generate.dataset import TEST
 from ..generate.morphology import CLASS_NAMES
-from ..generate.stage import StageError
+from ..errors import StageError
 from ..mpi import Context, log
 from . import evolution, pixels
 

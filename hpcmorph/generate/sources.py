@@ -18,14 +18,13 @@ from pathlib import Path
 import galsim
 import numpy as np
 
+from ..errors import SourceError
 from . import galaxies, survey
 from .noise import observe
 
 NANOMAGGY_MAG = 22.5  # AB magnitude of 1 nanomaggy
 
 
-class SourceError(ValueError):
-    """An input file that cannot be used, with the path and the problem named."""
 
 
 @dataclass

@@ -20,6 +20,7 @@ import numpy as np
 
 from .. import store
 from ..config import Config
+from ..errors import StageError
 from ..mpi import Context, log
 from . import dataset, morphology, survey
 from .sources import SourceError, open_source
@@ -67,8 +68,6 @@ def digest(cfg: Config) -> str:
     return cfg.digest("run.seed", "generate")
 
 
-class StageError(RuntimeError):
-    """The stage cannot proceed as asked (e.g. an output from another config is in the way)."""
 
 
 def _draw_block(source, indices: range, label_band: int) -> dict[str, np.ndarray]:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config
-from ..generate.stage import StageError
+from ..errors import StageError
 from ..mpi import log
 
 ANALYSIS = Path("analysis") / "analysis.json"

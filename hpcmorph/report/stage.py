@@ -30,7 +30,7 @@ from typing import Any
 
 from .. import store
 from ..config import Config
-from ..generate.stage import StageError
+from ..errors import StageError
 from ..mpi import Context, log
 from . import browser, page, tables
 from .inputs import Inputs, config_text, gather, load_analysis, run_dir

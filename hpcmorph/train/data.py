@@ -19,6 +19,7 @@ from __future__ import annotations
 import h5py
 import numpy as np
 
+from ..errors import StageError
 from ..generate.dataset import TEST, TRAIN, VALIDATION
 
 Y10_STREAM, Y1_STREAM, SHARD_STREAM, SUBSAMPLE_STREAM, Y1_SHARD_STREAM = 0, 1, 2, 3, 4
@@ -42,7 +43,7 @@ def shard_rows(rows: np.ndarray, seed: int, rank: int, size: int, stream: int = 
     """This rank's equal share of ``rows`` (sorted: h5py reads increasing indices)."""
     per_rank = len(rows) // size
     if per_rank == 0:
-        raise ValueError(f"{len(rows)} training images cannot be shared by {size} ranks")
+        raise StageError(f"{len(rows)} training images cannot be shared by {size} ranks")
     order = np.random.default_rng([seed, stream]).permutation(len(rows))
     return np.sort(rows[order[rank * per_rank:(rank + 1) * per_rank]])
 

@@ -14,6 +14,8 @@ import os
 import numpy as np
 import torch
 
+from ..errors import BackendError
+
 # Launchers' variables for (rank, size, local rank), in the order tried by the DDP backend.
 _LAUNCHERS = (
     ("RANK", "WORLD_SIZE", "LOCAL_RANK"),                                              # torchrun
@@ -24,8 +26,6 @@ _LAUNCHERS = (
 )
 
 
-class BackendError(RuntimeError):
-    """The requested backend cannot start here (not installed, wrong launcher, ...)."""
 
 
 class Single:

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from .. import store
 from ..config import Config
+from ..errors import PREEMPTED_EXIT, BackendError, Preempted, StageError
 from ..generate import output_path as galaxies_path
 from ..generate.dataset import TEST, VALIDATION
 from ..generate.morphology import CLASS_NAMES
@@ -38,14 +39,11 @@ from .model import build_model
 from .normalize import AsinhStretch
 
 STAGE = "train"
-PREEMPTED_EXIT = 75  # EX_TEMPFAIL: checkpoint written, run the same command again
 # Settings that change a trained model (backend and threads do not: the weights are the same).
 _MODEL_KEYS = ("epochs", "patience", "batch_size", "lr", "betas", "weight_decay", "weight_decay_mmd", "mmd_lambda",
                "mmd_bandwidth", "dropout", "normalize_per_band", "max_train_images")
 
 
-class Preempted(RuntimeError):
-    """SIGTERM/SIGUSR1 arrived: a checkpoint was written; rerunning the command resumes."""
 
 
 def run_dir(cfg: Config, variant: str, seed: int) -> Path:
@@ -135,7 +133,7 @@ def train_one(cfg: Config, backend: distributed.Single, variant: str, seed: int)
         val_y10, val_labels = f["y10"][val_rows], f["label"][val_rows].astype(np.int64)
 
     if t.batch_size % backend.size:
-        raise ValueError(f"train.batch_size {t.batch_size} is not divisible by the {backend.size} ranks")
+        raise BackendError(f"train.batch_size {t.batch_size} is not divisible by the {backend.size} ranks")
     local_batch = t.batch_size // backend.size
     torch.manual_seed(seed)
     model = build_model(seed, dropout=t.dropout).to(device)
@@ -147,7 +145,7 @@ def train_one(cfg: Config, backend: distributed.Single, variant: str, seed: int)
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         if ckpt["digest"] != digest(cfg):
-            raise ValueError(f"{ckpt_path} was written by a different config; remove it to start over")
+            raise StageError(f"{ckpt_path} was written by a different config; remove it to start over")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         state = ckpt["state"]
