@@ -43,9 +43,9 @@ class Context:
     @property
     def local_rank(self) -> int:
         """Rank within the node: picks this rank's GPU."""
-        for var in _LOCAL_RANK_VARS:
-            if var in os.environ:
-                return int(os.environ[var])
+        found = launcher_local_rank()
+        if found is not None:
+            return found
         return self.comm.Split_type(_mpi().COMM_TYPE_SHARED).Get_rank() if self.size > 1 else 0
 
     def barrier(self) -> None:
@@ -77,6 +77,29 @@ class Context:
         if self.size > 1:
             self.comm.Abort(code)
         sys.exit(code)
+
+
+def launcher_local_rank() -> int | None:
+    """The node-local rank the launcher set (Open MPI, MPICH, Slurm, PALS, torchrun), or None."""
+    for var in _LOCAL_RANK_VARS:
+        if var in os.environ:
+            return int(os.environ[var])
+    return None
+
+
+def device_for(local_rank: int):
+    """This rank's torch device: one GPU per rank, picked by the node-local rank; the CPU where there
+    is none. On a GPU, cuDNN's kernels are fixed so that a block redone after a kill computes the
+    same numbers."""
+    import torch
+
+    if torch.cuda.is_available():
+        index = local_rank % torch.cuda.device_count()
+        torch.cuda.set_device(index)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+        return torch.device("cuda", index)
+    return torch.device("cpu")
 
 
 def _mpi():

@@ -15,14 +15,18 @@ the resolved config and the software that made it (:func:`provenance`).
 from __future__ import annotations
 
 import datetime as _dt
+import json
+import math
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import h5py
 import numpy as np
@@ -33,6 +37,104 @@ from .errors import StoreError
 from .mpi import Context, log
 
 
+
+
+@contextmanager
+def atomic(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """A temporary name beside ``path`` to write to: renamed to ``path`` when the block ends, removed if
+    it raises, so a file never appears half-written under its final name. ``suffix`` keeps a file type
+    for writers that go by the name (``".tmp.png"``)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + suffix) if suffix == ".tmp" else path.with_name(path.stem + suffix)
+    try:
+        yield tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
+
+
+def write_text(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (:func:`atomic`)."""
+    with atomic(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def strict(obj: Any) -> Any:
+    """``obj`` with every non-finite float replaced by None, so that it is strict JSON."""
+    if isinstance(obj, dict):
+        return {k: strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def write_json(path: Path, obj: Any) -> Path:
+    """Write ``obj`` as strict JSON (NaN and infinities become null), atomically."""
+    return write_text(path, json.dumps(strict(obj), indent=2, allow_nan=False))
+
+
+def read_json(path: Path, hint: str = "", kind: type = dict) -> Any:
+    """The JSON value in ``path`` (of type ``kind``), or a StoreError naming the file and what is wrong,
+    followed by ``hint`` (what to run to make it)."""
+    path = Path(path)
+    tail = f"; {hint}" if hint else ""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise StoreError(f"{path}: no such file{tail}") from None
+    except (OSError, ValueError) as err:
+        raise StoreError(f"{path}: not valid JSON ({err}){tail}") from None
+    if not isinstance(data, kind):
+        raise StoreError(f"{path}: expected a JSON {kind.__name__}, found {type(data).__name__}{tail}")
+    return data
+
+
+class Blocks:
+    """A stage's checkpoint folder: one small HDF5 file per finished block of work.
+
+    A block is written under a temporary name and renamed when complete, so after a kill the folder
+    holds only whole blocks and the same command redoes just the missing ones. The folder's name
+    carries the config digest, so blocks of another config are never mixed in.
+    """
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+
+    def path(self, b: int) -> Path:
+        return self.folder / f"block-{b:06d}.h5"
+
+    def create(self, ctx: Context) -> None:
+        if ctx.is_root:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        ctx.barrier()
+
+    def done(self, ctx: Context) -> set[int]:
+        """Blocks already on disk. Rank 0 looks and tells the others: a rank looking later could see
+        blocks written since."""
+        found = {int(p.stem.split("-")[1]) for p in self.folder.glob("block-*.h5")} if ctx.is_root else None
+        return ctx.bcast(found)
+
+    def todo(self, n_blocks: int, ctx: Context) -> tuple[list[int], int]:
+        """(this rank's share of the blocks not yet on disk, dealt round-robin; how many are done)."""
+        done = self.done(ctx)
+        return ctx.share(b for b in range(n_blocks) if b not in done), len(done)
+
+    def write(self, b: int, data: Mapping[str, np.ndarray], attrs: Mapping | None = None) -> None:
+        with atomic(self.path(b)) as tmp, h5py.File(tmp, "w") as f:
+            for key, value in (attrs or {}).items():
+                f.attrs[key] = value
+            for name, arr in data.items():
+                f.create_dataset(name, data=arr)
+
+    def open(self, b: int) -> h5py.File:
+        return h5py.File(self.path(b), "r")
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def h5py_has_mpi() -> bool:

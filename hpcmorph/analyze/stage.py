@@ -31,7 +31,7 @@ import torch
 
 from .. import store
 from ..attack.stage import columns as attack_layout
-from ..attack.stage import device_for, load_model, model_seed
+from ..attack.stage import load_model, model_seed
 from ..attack.stage import digest as attack_digest
 from ..attack.stage import output_path as attack_path
 from ..config import Config
@@ -40,7 +40,7 @@ from ..generate.dataset import TEST
 from ..generate.morphology import CLASS_NAMES
 from ..errors import StageError
 from ..generate.survey import bands as survey_bands
-from ..mpi import Context, log
+from ..mpi import Context, device_for, log
 from . import church, distances, exposure, isomap, latents
 
 STAGE = "analyze"
@@ -324,7 +324,7 @@ def run(cfg: Config, ctx: Context, force: bool = False) -> Path:
     io = store.resolve_io(cfg)
     if a.threads:
         torch.set_num_threads(a.threads)
-    device = device_for(ctx)
+    device = device_for(ctx.local_rank)
     variants = list(dict.fromkeys(cfg.attack.variants))
     models = {v: load_model(cfg, v, device) for v in variants}
     table1 = read_table1(cfg)

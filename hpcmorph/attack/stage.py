@@ -37,7 +37,7 @@ from ..generate import output_path as galaxies_path
 from ..generate.dataset import TEST
 from ..generate.morphology import CLASS_NAMES
 from ..errors import StageError
-from ..mpi import Context, log
+from ..mpi import Context, device_for, log
 from . import evolution, pixels
 
 STAGE = "attack"
@@ -102,18 +102,6 @@ def columns(pixels_k: int, bands: int, size: int, n_classes: int = 3) -> dict[st
         "attacked": c((bands, size, size), "f4", "the attacked image: the normalised Y10 image with the pixels "
                       "replaced, as the model saw it (on failure: the best candidate)", 1),
     }
-
-
-def device_for(ctx: Context) -> torch.device:
-    """One GPU per rank, picked by the node-local rank; the CPU where there is none."""
-    if torch.cuda.is_available():
-        index = ctx.local_rank % torch.cuda.device_count()
-        torch.cuda.set_device(index)
-        # Fixed kernels: a rerun of a block (after a kill) computes the same numbers.
-        torch.backends.cudnn.benchmark = False
-        torch.backends.cudnn.deterministic = True
-        return torch.device("cuda", index)
-    return torch.device("cpu")
 
 
 def load_model(cfg: Config, variant: str, device: torch.device):
@@ -354,7 +342,7 @@ def run(cfg: Config, ctx: Context, force: bool = False) -> Path:
     io = store.resolve_io(cfg)
     if a.threads:
         torch.set_num_threads(a.threads)
-    device = device_for(ctx)
+    device = device_for(ctx.local_rank)
     variants = list(dict.fromkeys(a.variants))
     models = {v: load_model(cfg, v, device) for v in variants}
     with store.open_checked(galaxies_path(cfg), "generate") as f:

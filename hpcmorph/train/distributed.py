@@ -15,14 +15,16 @@ import numpy as np
 import torch
 
 from ..errors import BackendError
+from ..mpi import launcher_local_rank
 
-# Launchers' variables for (rank, size, local rank), in the order tried by the DDP backend.
+# Launchers' variables for (rank, size), in the order tried by the DDP backend; the node-local rank
+# comes from mpi.launcher_local_rank.
 _LAUNCHERS = (
-    ("RANK", "WORLD_SIZE", "LOCAL_RANK"),                                              # torchrun
-    ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK"),   # Open MPI
-    ("PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID"),                                      # MPICH, Intel MPI
-    ("PMIX_RANK", "SLURM_NTASKS", "SLURM_LOCALID"),                                   # srun --mpi=pmix
-    ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"),                                # srun
+    ("RANK", "WORLD_SIZE"),                             # torchrun
+    ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"),   # Open MPI
+    ("PMI_RANK", "PMI_SIZE"),                           # MPICH, Intel MPI
+    ("PMIX_RANK", "SLURM_NTASKS"),                      # srun --mpi=pmix
+    ("SLURM_PROCID", "SLURM_NTASKS"),                   # srun
 )
 
 
@@ -95,10 +97,10 @@ class DDP(Single):
     def __init__(self):
         import torch.distributed as dist
 
-        for rank_var, size_var, local_var in _LAUNCHERS:
+        for rank_var, size_var in _LAUNCHERS:
             if rank_var in os.environ and size_var in os.environ:
                 self.rank, self.size = int(os.environ[rank_var]), int(os.environ[size_var])
-                self.local_rank = int(os.environ.get(local_var, 0))
+                self.local_rank = launcher_local_rank() or 0
                 break
         else:
             self.rank, self.size, self.local_rank = 0, 1, 0
@@ -135,7 +137,7 @@ class DDP(Single):
 
 
 def _launched_size() -> int:
-    for _, size_var, _ in _LAUNCHERS:
+    for _, size_var in _LAUNCHERS:
         if size_var in os.environ:
             return int(os.environ[size_var])
     return 1
@@ -162,12 +164,3 @@ def init(name: str) -> Single:
                                "choose horovod or ddp, or run one process")
         return Single()
     return {"horovod": Horovod, "ddp": DDP}[name]()
-
-
-def device_for(backend: Single) -> torch.device:
-    """One GPU per rank, picked by the local rank; the CPU where there is none."""
-    if torch.cuda.is_available():
-        index = backend.local_rank % torch.cuda.device_count()
-        torch.cuda.set_device(index)
-        return torch.device("cuda", index)
-    return torch.device("cpu")

@@ -32,7 +32,7 @@ from ..errors import PREEMPTED_EXIT, BackendError, Preempted, StageError
 from ..generate import output_path as galaxies_path
 from ..generate.dataset import TEST, VALIDATION
 from ..generate.morphology import CLASS_NAMES
-from ..mpi import log
+from ..mpi import device_for, log
 from . import data, distributed, metrics
 from .mmd import mmd2
 from .model import build_model
@@ -117,7 +117,7 @@ def _evaluate(model, images: np.ndarray, labels: np.ndarray, stretch, device, ba
 def train_one(cfg: Config, backend: distributed.Single, variant: str, seed: int) -> dict:
     t = cfg.train
     out = run_dir(cfg, variant, seed)
-    device = distributed.device_for(backend)
+    device = device_for(backend.local_rank)
     mmd = variant == "mmd"
 
     with store.open_checked(galaxies_path(cfg), "generate") as f:
@@ -304,7 +304,7 @@ def run(cfg: Config, ctx=None) -> Path:
         # Under torchrun or horovodrun --gloo there is no MPI world to tell the ranks apart for the
         # logger: the backend does.
         log.setLevel(logging.WARNING)
-    log.info("train: backend %s, %d rank(s), device %s", backend.name, backend.size, distributed.device_for(backend))
+    log.info("train: backend %s, %d rank(s), device %s", backend.name, backend.size, device_for(backend.local_rank))
     results = []
     try:
         for variant in cfg.train.variants:
