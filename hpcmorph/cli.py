@@ -13,7 +13,8 @@ import json
 import sys
 
 from . import __version__
-from .pipeline import STAGES
+from .errors import USER_ERROR_EXIT, UserError
+from .stages import NAMES, STAGES, stage
 
 EPILOG = """Configs: a preset name (laptop, paper, tiny) or a YAML file (which may start with
 `extends: laptop`). Override any field with --set section.key=value (YAML value syntax).
@@ -32,14 +33,13 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
 
 
-def _stage_parser(sub, name: str, help: str, description: str,
-                  force: str | None = "replace an output made from a different config") -> argparse.ArgumentParser:
-    """A subcommand that runs on a config: --config/--set/--verbose, and --force where ``force`` says."""
+def _stage_parser(sub, name: str, help: str, description: str) -> argparse.ArgumentParser:
+    """A subcommand that runs on a config: --config/--set/--verbose and --force."""
     p = sub.add_parser(name, help=help, description=description, epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     _config_args(p)
-    if force:
-        p.add_argument("--force", action="store_true", help=force)
+    p.add_argument("--force", action="store_true",
+                   help="redo the stage, replacing its output (also one made from a different config)")
     return p
 
 
@@ -51,46 +51,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"hpcmorph {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    _stage_parser(sub, "generate", "draw Y10/Y1 LSST mock galaxies into one HDF5 file (MPI-parallel)",
-                      "Stage 1: draw parent galaxies (GalSim synthetic, external cutouts or observed "
-                      "arrays), observe them as LSST Y10 and Y1 in g, r, i, label them from Gini-M20, augment "
-                      "mergers, split 70/10/20, and write <run.root>/<run.name>/galaxies.h5 plus figures. "
-                      "Ranks share the galaxies; a killed run resumes where it stopped.")
-
-    _stage_parser(sub, "train", "train ResNet18, plainly and with MMD domain adaptation (Horovod / DDP)",
-                      "Stage 2: train each variant (regular, mmd) and seed of the config on "
-                      "galaxies.h5, with early stopping, and evaluate on the Y10 and Y1 test sets (Table 1). "
-                      "Data-parallel under mpirun/srun/horovodrun/torchrun (train.backend). On SIGTERM or SIGUSR1 "
-                      "it checkpoints and exits 75; the same command resumes.",
-                      force=None)
-
-    _stage_parser(sub, "attack", "one-pixel attacks on the trained models by batched differential evolution (MPI-parallel)",
-                      "Stage 3: Su et al.'s one-pixel (or k-pixel) attack on each trained variant, on the "
-                      "same Y10 test images, targeted at each other class (or untargeted), by differential evolution "
-                      "batched over whole populations and several images; writes <run.root>/<run.name>/attack.h5, a "
-                      "summary and figures. Ranks share the images; a killed run resumes where it stopped.")
-
-    _stage_parser(sub, "analyze", "latents, Table 2 distances, church windows, isomaps, accuracy vs exposure (MPI-parallel)",
-                      "Stage 4: embed the Y10, Y1 and attacked test images in each model's 256-d latent "
-                      "space (batched, ranks share the images), and compute Table 1 over seeds, Table 2 (latent "
-                      "distances Y10->Y1 and Y10->attacked over the flipped images), church windows, isomaps, "
-                      "accuracy against exposure time and attack success against k. Writes "
-                      "<run.root>/<run.name>/analysis/.")
-
-    _stage_parser(sub, "report", "assemble tables and figures into a self-contained HTML report",
-                      "Stage 5: gather every stage's numbers and figures into "
-                      "<run.root>/<run.name>/report/: index.html (self-contained), Tables 1 and 2 as Markdown and "
-                      "LaTeX, CSV/JSON of every number, figures as PNG and PDF, and the config and versions.",
-                      force=None)
+    for s in STAGES:
+        _stage_parser(sub, s.name, s.summary, s.description)
 
     p = _stage_parser(sub, "run", "every stage in order (generate, train, attack, analyze, report), skipping done ones",
                       "Runs generate, train, attack (once per k in analyze.k_sweep), analyze and report "
                       "in order. A stage whose complete output exists for the same config (by a hash of the "
                       "settings it depends on) is skipped, so a rerun after a crash continues where it stopped. "
-                      "Works serially or under an MPI launcher (every rank runs every stage).",
-                      force="redo every stage, replacing its output (also one made from a different config)")
-    p.add_argument("--until", choices=STAGES, default="report",
-                   help="stop after this stage (default: report)")
+                      "Works serially or under an MPI launcher (every rank runs every stage). "
+                      "--force redoes every stage.")
+    p.add_argument("--until", choices=NAMES, default="report", help="stop after this stage (default: report)")
 
     p = sub.add_parser("submit", help="submit the stages as a Slurm or PBS job chain (afterok dependencies)")
     from .submit import add_arguments as _submit_args
@@ -134,68 +104,58 @@ def cmd_info(args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command == "info":
-        return cmd_info(args)
-    if args.command == "submit":
-        from .submit import run as submit_run
+def cmd_config(args) -> int:
+    from .config import load
 
-        return submit_run(args)
-    if args.command == "bench":
-        from .bench import main as bench_main
+    print(load(args.config, args.overrides).to_yaml(), end="")
+    return 0
 
-        return bench_main(args)
 
-    from . import config as config_mod
+def cmd_submit(args) -> int:
+    from .submit import run
 
-    if args.command == "config":
-        try:
-            print(config_mod.load(args.config, args.overrides).to_yaml(), end="")
-        except config_mod.ConfigError as err:
-            print(f"hpcmorph: error: {err}", file=sys.stderr)
-            return 2
-        return 0
+    return run(args)
 
+
+def cmd_bench(args) -> int:
+    from .bench import main
+
+    return main(args)
+
+
+def cmd_stage(args) -> int:
+    """A stage (or ``run``: every stage) on the config, on every rank of the job."""
     from . import mpi
-    from .errors import UserError
+    from .config import load
+    from .errors import PREEMPTED_EXIT, Preempted, UserError
 
     ctx = mpi.world()
     mpi.setup_logging(ctx, args.verbose)
     with mpi.abort_on_error(ctx, user_errors=(UserError,)):
-        cfg = config_mod.load(args.config, args.overrides)
-        if args.command == "generate":
-            from .generate import run
+        cfg = load(args.config, args.overrides)
+        try:
+            if args.command == "run":
+                from .pipeline import run
 
-            run(cfg, ctx, force=args.force)
-        elif args.command == "attack":
-            from .attack import run
-
-            run(cfg, ctx, force=args.force)
-        elif args.command == "analyze":
-            from .analyze import run
-
-            run(cfg, ctx, force=args.force)
-        elif args.command == "report":
-            from .report import run
-
-            run(cfg, ctx)
-        elif args.command in ("train", "run"):
-            from .errors import PREEMPTED_EXIT, Preempted
-
-            try:
-                if args.command == "train":
-                    from .train import run
-
-                    run(cfg)
-                else:
-                    from .pipeline import run
-
-                    run(cfg, ctx, force=args.force, until=args.until)
-            except Preempted as err:
-                mpi.log.warning("%s", err)
-                return PREEMPTED_EXIT
+                run(cfg, ctx, force=args.force, until=args.until)
+            else:
+                stage(args.command).run(cfg, ctx, force=args.force)
+        except Preempted as err:
+            mpi.log.warning("%s", err)
+            return PREEMPTED_EXIT
     return 0
+
+
+COMMANDS = {"info": cmd_info, "config": cmd_config, "submit": cmd_submit, "bench": cmd_bench}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS.get(args.command, cmd_stage)(args)
+    except UserError as err:  # the commands that run without MPI (config, submit, bench's own checks)
+        print(f"hpcmorph: error: {err}", file=sys.stderr)
+        return USER_ERROR_EXIT
 
 
 if __name__ == "__main__":

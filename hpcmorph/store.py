@@ -137,6 +137,18 @@ class Blocks:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
+def remove_leftovers(output: Path, figures: Path | None = None, prefix: str = "") -> None:
+    """Remove what killed runs of the stage writing ``output`` left: its checkpoint folders
+    (``<output>.parts-*``), its temporary file, and temporary figure files starting with ``prefix``."""
+    output = Path(output)
+    for parts in output.parent.glob(f"{output.name}.parts-*"):
+        shutil.rmtree(parts, ignore_errors=True)
+    output.with_name(output.name + ".tmp").unlink(missing_ok=True)
+    if figures is not None and figures.is_dir():
+        for tmp in figures.glob(f"{prefix}*.tmp"):
+            tmp.unlink(missing_ok=True)
+
+
 def h5py_has_mpi() -> bool:
     return bool(h5py.get_config().mpi)
 
@@ -330,18 +342,58 @@ def open_checked(path: Path, stage: str) -> h5py.File:
 
 
 def is_current(path: Path, digest: str, force: bool = False) -> bool:
-    """Whether ``path`` is a complete output of this config (digest): then a stage has nothing to do.
+    """Whether ``path`` is an output of this config (digest): then its main work need not be redone.
 
     An output from another config is never replaced silently: that is an error unless ``force``.
     """
     existing = output_digest(path)
     if existing == digest and not force:
-        log.info("%s is up to date (config digest %s); nothing to do", path, digest)
         return True
     if existing is not None and existing != digest and not force:
         raise StoreError(f"{path} exists from a different config (digest {existing}, this one {digest}); "
                          "choose another run.name or pass --force to replace it")
     return False
+
+
+def marker(path: Path) -> Path:
+    """The completion marker of a stage output: ``<output>.complete``."""
+    return Path(path).with_name(Path(path).name + ".complete")
+
+
+def is_complete(path: Path, digest: str) -> bool:
+    """Whether the whole stage that writes ``path`` finished for this config: its marker names the
+    digest and every file the stage wrote after the output (figures, summaries) is there."""
+    try:
+        found = read_json(marker(path))
+    except StoreError:
+        return False
+    return found.get("digest") == digest and all(Path(f).exists() for f in found.get("files", []))
+
+
+def produce(path: Path, digest: str, ctx: Context, force: bool, make: Callable[[], None],
+            finish: Callable[[], list[Path]]) -> Path:
+    """The common shape of a stage that writes one output: ``make()`` it unless it is current, then
+    ``finish()`` (rank 0: figures, summaries, removing checkpoints; returns the files it wrote), then
+    mark the whole stage complete. A kill anywhere before the marker makes the next run redo only
+    what is missing: the output if it is not there, else the finishing steps."""
+    path = Path(path)
+    current = is_current(path, digest, force)
+    if current and ctx.bcast(is_complete(path, digest) if ctx.is_root else None):
+        log.info("%s is up to date (config digest %s); nothing to do", path, digest)
+        return path
+    if current:
+        log.info("%s is current; finishing what a stopped run left undone (figures, summaries)", path)
+    else:
+        if ctx.is_root:
+            marker(path).unlink(missing_ok=True)
+        ctx.barrier()
+        make()
+    files = None
+    if ctx.is_root:
+        files = [str(f) for f in finish()]
+        write_json(marker(path), {"digest": digest, "files": files, "finished": now()})
+    ctx.barrier()
+    return path
 
 
 def output_digest(path: Path) -> str | None:

@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UserError
+from .stages import NAMES as STAGES
 
-STAGES = ("generate", "train", "attack", "analyze", "report")
 SCHEDULERS = {"slurm": ("sbatch", ".sbatch"), "pbs": ("qsub", ".pbs")}
 # Ranks per node a stage's scripts assume (PBS scripts' HPCMORPH_RANKS_PER_NODE defaults); on Slurm
 # used only with --nodes, to size --ntasks.

@@ -15,7 +15,7 @@ import torch
 from conftest import assert_same_data, cli, datasets
 from hpcmorph import config
 from hpcmorph.analyze import church, distances, exposure, isomap, stage
-from hpcmorph.attack.stage import load_model
+from hpcmorph.attack.stage import load_model  # the attacked model: train.saved at attack.model_seed
 from hpcmorph.generate.survey import bands
 
 

@@ -8,7 +8,8 @@ import subprocess
 import pytest
 
 from conftest import ROOT, SMALL_RUN, cli, env, sets
-from hpcmorph import config, pipeline
+from hpcmorph import attack, config
+from hpcmorph.stages import NAMES
 from test_report import needs_chromium
 
 SMALL = ["--config", "tiny", *sets(SMALL_RUN)]
@@ -16,10 +17,10 @@ SMALL = ["--config", "tiny", *sets(SMALL_RUN)]
 
 def test_attack_configs_put_attack_pixels_first_and_run_each_k_once():
     cfg = config.load("tiny", ["analyze.k_sweep=[3, 1, 2, 3]"])
-    assert [c.attack.pixels for c in pipeline.attack_configs(cfg)] == [1, 3, 2]
-    assert pipeline.attack_configs(cfg)[0] is cfg
+    assert [c.attack.pixels for c in attack.configs(cfg)] == [1, 3, 2]
+    assert attack.configs(cfg)[0] is cfg
     cfg = config.load("tiny", ["attack.pixels=2", "analyze.k_sweep=[1]"])
-    assert [c.attack.pixels for c in pipeline.attack_configs(cfg)] == [2, 1]
+    assert [c.attack.pixels for c in attack.configs(cfg)] == [2, 1]
 
 
 def test_updated_config_is_validated_like_set():
@@ -51,7 +52,7 @@ def test_run_chains_every_stage_and_a_rerun_redoes_nothing(tmp_path):
     for name in ("attack.h5", "attack-k2.h5", "analysis/analysis.json", "report/index.html"):
         assert (run / name).exists(), f"{name} missing after hpcmorph run\n{res.stderr[-3000:]}"
     timings = json.loads((run / "timings.json").read_text())
-    assert [t["stage"] for t in timings] == ["generate", "train", *pipeline.STAGES]
+    assert [t["stage"] for t in timings] == ["generate", "train", *NAMES]
     assert [t["ranks"] for t in timings] == [1, 1, 2, 2, 2, 2, 2]
 
     res = cli(["run", *SMALL], tmp_path)

@@ -31,7 +31,8 @@ import torch
 
 from .. import store
 from ..attack.stage import columns as attack_layout
-from ..attack.stage import load_model, model_seed
+from ..attack.stage import config_for_k
+from ..attack.stage import model_seed
 from ..attack.stage import digest as attack_digest
 from ..attack.stage import output_path as attack_path
 from ..config import Config
@@ -41,6 +42,7 @@ from ..generate.morphology import CLASS_NAMES
 from ..errors import StageError
 from ..generate.survey import bands as survey_bands
 from ..mpi import Context, device_for, log
+from ..train import saved
 from . import church, distances, exposure, isomap, latents
 
 STAGE = "analyze"
@@ -57,14 +59,9 @@ def output_dir(cfg: Config) -> Path:
     return Path(cfg.run.root) / cfg.run.name / OUTPUT_DIR
 
 
-def attack_config(cfg: Config, k: int) -> Config:
-    """The config of the k-pixel attack (its output: ``attack.stage.output_path`` of it)."""
-    return cfg if k == cfg.attack.pixels else cfg.updated({"attack.pixels": k})
-
-
 def _attack_state(cfg: Config, k: int) -> tuple[Path, bool]:
     """(path of the k-pixel attack, whether it is a complete output of this config)."""
-    ck = attack_config(cfg, k)
+    ck = config_for_k(cfg, k)
     path = attack_path(ck)
     return path, path.exists() and store.output_digest(path) == attack_digest(ck)
 
@@ -82,7 +79,7 @@ def digest(cfg: Config) -> str:
     attacks = {}
     for k in _attack_ks(cfg):
         _, current = _attack_state(cfg, k)
-        attacks[str(k)] = attack_digest(attack_config(cfg, k)) if current else "missing"
+        attacks[str(k)] = attack_digest(config_for_k(cfg, k)) if current else "missing"
     parts = {"config": cfg.digest("run.seed", "generate", *keys), "train": train_digest(cfg),
              "model_seed": model_seed(cfg), "attack": attacks}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
@@ -326,7 +323,7 @@ def run(cfg: Config, ctx: Context, force: bool = False) -> Path:
         torch.set_num_threads(a.threads)
     device = device_for(ctx.local_rank)
     variants = list(dict.fromkeys(cfg.attack.variants))
-    models = {v: load_model(cfg, v, device) for v in variants}
+    models = {v: saved.load_model(cfg, v, model_seed(cfg), device) for v in variants}
     table1 = read_table1(cfg)
     attacks, attack_summary = _read_attack(attack_file, variants)
     with store.open_checked(galaxies_path(cfg), "generate") as f:

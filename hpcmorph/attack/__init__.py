@@ -4,6 +4,6 @@ Entry point: :func:`run(config, ctx) <hpcmorph.attack.stage.run>`; output layout
 :func:`~hpcmorph.attack.stage.columns`.
 """
 
-from .stage import columns, output_path, run
+from .stage import columns, config_for_k, configs, output_path, run
 
-__all__ = ["columns", "output_path", "run"]
+__all__ = ["columns", "config_for_k", "configs", "output_path", "run"]

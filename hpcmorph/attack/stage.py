@@ -11,7 +11,8 @@
    file in ``<output>.parts-<digest>-b<images_per_batch>/`` (written, then renamed). Ranks take
    the blocks not yet on disk round-robin.
 4. All ranks write the output together (``store.write_table``); rank 0 writes the summary and the
-   figures.
+   figures, removes the checkpoint folder, and ``<output>.complete`` marks the whole stage done
+   (``store.produce``).
 
 Every attack's random numbers come from ``SeedSequence([run.seed, stream, galaxy row, target + 1])``,
 never from the rank or the batch, and an attack's result does not depend on the other attacks in its
@@ -22,8 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import time
 from pathlib import Path
 
@@ -36,8 +35,8 @@ from ..config import Config
 from ..generate import output_path as galaxies_path
 from ..generate.dataset import TEST
 from ..generate.morphology import CLASS_NAMES
-from ..errors import StageError
 from ..mpi import Context, device_for, log
+from ..train import saved
 from . import evolution, pixels
 
 STAGE = "attack"
@@ -58,6 +57,17 @@ def output_path(cfg: Config) -> Path:
     return Path(cfg.run.root) / cfg.run.name / f"{output_stem(cfg)}.h5"
 
 
+def config_for_k(cfg: Config, k: int) -> Config:
+    """The config of the k-pixel attack (``cfg`` itself when k = attack.pixels)."""
+    return cfg if k == cfg.attack.pixels else cfg.updated({"attack.pixels": k})
+
+
+def configs(cfg: Config) -> list[Config]:
+    """One config per attack a whole run makes: k = attack.pixels first, then the other k of
+    analyze.k_sweep."""
+    return [config_for_k(cfg, k) for k in dict.fromkeys([cfg.attack.pixels, *cfg.analyze.k_sweep])]
+
+
 def model_seed(cfg: Config) -> int:
     seed = cfg.attack.model_seed
     return cfg.train.seeds[0] if seed is None else seed
@@ -71,10 +81,6 @@ def digest(cfg: Config) -> str:
     parts = {"config": cfg.digest("run.seed", "generate", *keys), "train": train_digest(cfg),
              "model_seed": model_seed(cfg)}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def model_path(cfg: Config, variant: str) -> Path:
-    return Path(cfg.run.root) / cfg.run.name / variant / f"seed{model_seed(cfg)}" / "model.pt"
 
 
 def columns(pixels_k: int, bands: int, size: int, n_classes: int = 3) -> dict[str, store.Column]:
@@ -105,29 +111,8 @@ def columns(pixels_k: int, bands: int, size: int, n_classes: int = 3) -> dict[st
 
 
 def load_model(cfg: Config, variant: str, device: torch.device):
-    """(model in eval mode on ``device``, AsinhStretch) of the trained ``variant``; StageError if unusable."""
-    from ..train.model import build_model
-    from ..train.normalize import AsinhStretch
-    from ..train.stage import digest as train_digest
-
-    path = model_path(cfg, variant)
-    if not path.exists():
-        raise StageError(f"{path}: no such file; run `hpcmorph train` first (attack.variants includes "
-                         f"'{variant}', seed {model_seed(cfg)})")
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        state = saved["model"]
-        in_channels = state["features.conv1.weight"].shape[1]
-        model = build_model(0, dropout=float(saved["dropout"]), latent_dim=int(saved["latent_dim"]),
-                            n_classes=len(saved["class_names"]), in_channels=in_channels)
-        model.load_state_dict(state)
-        stretch = AsinhStretch.from_dict(saved["normalization"])
-    except Exception as err:  # noqa: BLE001 - any unreadable checkpoint is the same user error
-        raise StageError(f"{path}: not a usable trained model ({type(err).__name__}: {err})") from None
-    if saved.get("digest") != train_digest(cfg):
-        raise StageError(f"{path} was trained with different settings (train digest {saved.get('digest')}, this "
-                         f"config {train_digest(cfg)}); run `hpcmorph train` with this config first")
-    return model.to(device).eval(), stretch
+    """(model in eval mode on ``device``, AsinhStretch) of the attacked ``variant`` (at attack's model seed)."""
+    return saved.load_model(cfg, variant, model_seed(cfg), device)
 
 
 def pixel_range(a, stretch) -> list[float]:
@@ -203,13 +188,11 @@ def choose_images(cfg: Config, ctx: Context, models: dict, device) -> dict:
 
 
 def _save_choice(path: Path, choice: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
+    with store.atomic(path) as tmp, h5py.File(tmp, "w") as f:
         f["rows"], f["labels"] = choice["rows"], choice["labels"]
         for v, p in choice["probs"].items():
             f[f"probs/{v}"] = p
         f.attrs["json"] = json.dumps({k: choice[k] for k in ("examined", "skipped", "misclassified", "test_images")})
-    os.replace(tmp, path)
 
 
 def _load_choice(path: Path) -> dict:
@@ -272,18 +255,6 @@ def attack_images(model, stretch, images: np.ndarray, rows, labels, prob_before:
             "_forward_seconds": np.array(objective.forward_seconds), "_queries": np.array(objective.queries)}
 
 
-def _write_block(path: Path, data: dict[str, np.ndarray]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
-        for name, arr in data.items():
-            f.create_dataset(name, data=arr)
-    os.replace(tmp, path)
-
-
-def _block_path(parts: Path, b: int) -> Path:
-    return parts / f"block-{b:06d}.h5"
-
-
 # ----------------------------------------------------------------------------------------- summary
 
 def summarize(cols: dict[str, np.ndarray], variants: list[str], mode: str) -> dict:
@@ -334,10 +305,14 @@ def format_summary(summary: dict) -> str:
 
 def run(cfg: Config, ctx: Context, force: bool = False) -> Path:
     """Attack the trained models as ``cfg.attack`` says; returns the output path."""
-    a = cfg.attack
     out, key = output_path(cfg), digest(cfg)
-    if store.is_current(out, key, force):
-        return out
+    return store.produce(out, key, ctx, force, make=lambda: make(cfg, ctx, out, key),
+                         finish=lambda: finish(cfg, out, key))
+
+
+def make(cfg: Config, ctx: Context, out: Path, key: str) -> None:
+    """Load the models, choose the images, attack them block by block (resumably), write the output."""
+    a = cfg.attack
     started = store.now()
     io = store.resolve_io(cfg)
     if a.threads:
@@ -345,91 +320,28 @@ def run(cfg: Config, ctx: Context, force: bool = False) -> Path:
     device = device_for(ctx.local_rank)
     variants = list(dict.fromkeys(a.variants))
     models = {v: load_model(cfg, v, device) for v in variants}
-    with store.open_checked(galaxies_path(cfg), "generate") as f:
-        n_bands, size = f["y10"].shape[1], f["y10"].shape[-1]
     for v, (_, stretch) in models.items():
         lo, hi = data_range(stretch)
         log.info("attack: %s model: normalised pixels span [%.3f, %.3f]; candidates take values in %s",
                  v, min(lo), max(hi), pixel_range(a, stretch))
-
-    parts = out.with_name(f"{out.name}.parts-{key}-b{a.images_per_batch}")
-    if ctx.is_root:
-        parts.mkdir(parents=True, exist_ok=True)
-    ctx.barrier()
-    choice_file = parts / "images.h5"
-    # Rank 0 decides for all: a rank looking later could see the file rank 0 has just written.
-    if ctx.bcast(choice_file.exists() if ctx.is_root else None):
-        choice = ctx.bcast(_load_choice(choice_file) if ctx.is_root else None)
-    else:
-        choice = choose_images(cfg, ctx, models, device)
-        if ctx.is_root:
-            _save_choice(choice_file, choice)
-    rows, labels = choice["rows"], choice["labels"]
-    if len(rows) < a.n_images and ctx.is_root:
-        log.warning("attack: only %d of the %d test images qualify (attack.n_images=%d)", len(rows),
-                    choice["test_images"], a.n_images)
-    log.info("attack: %d images (%d examined, %d skipped as misclassified: %s), %s, k=%d, population %d, "
-             "%d generations, %d ranks, device %s", len(rows), choice["examined"], choice["skipped"],
-             choice["misclassified"], a.mode, a.pixels, a.population, a.generations, ctx.size, device)
-
-    per = a.images_per_batch
-    n_targets = len(targets_of(0, a.mode))
-    blocks = [(v, s, min(len(rows), s + per)) for v in range(len(variants)) for s in range(0, len(rows), per)]
-    block_rows = np.cumsum([0] + [(hi - lo) * n_targets for _, lo, hi in blocks])
-    done = ctx.bcast({int(p.stem.split("-")[1]) for p in parts.glob("block-*.h5")} if ctx.is_root else None)
-    todo = [b for b in range(len(blocks)) if b not in done]
-    mine = ctx.share(todo)
-    log.info("attack: %d blocks of up to %d images, %d already on disk", len(blocks), per, len(done))
-
-    t0 = time.perf_counter()
-    queries, forward_s = 0, 0.0
-    with h5py.File(galaxies_path(cfg), "r") as f, \
-            ctx.progress(total=len(mine), desc="attack (rank 0 share)", unit="block", enabled=cfg.run.progress) as bar:
-        for b in mine:
-            v, lo, hi = blocks[b]
-            model, stretch = models[variants[v]]
-            data = attack_images(model, stretch, f["y10"][rows[lo:hi]], rows[lo:hi], labels[lo:hi],
-                                 choice["probs"][variants[v]][lo:hi], cfg, device)
-            queries += int(data.pop("_queries"))
-            forward_s += float(data.pop("_forward_seconds"))
-            data["variant"] = np.full(len(data["index"]), v, np.int8)
-            _write_block(_block_path(parts, b), data)
-            bar.update(1)
-    elapsed = time.perf_counter() - t0
-    ctx.barrier()
-    total_q = ctx.comm.allreduce(queries)
-    log.info("attack: %d model queries in %.1f s on %d ranks (%.0f queries/s; this rank: %.0f%% of its time in "
-             "the model)", total_q, elapsed, ctx.size, total_q / max(elapsed, 1e-9),
-             100 * forward_s / max(elapsed, 1e-9))
-
-    summary = None
-    if ctx.is_root:
-        scal = {name: [] for name in ("variant", "index", "label", "target", "success", "queries")}
-        for b in range(len(blocks)):
-            with h5py.File(_block_path(parts, b), "r") as bf:
-                for name in scal:
-                    scal[name].append(bf[name][...])
-        kinds = columns(a.pixels, 1, 1)
-        scal = {k: np.concatenate(v) if v else np.zeros(0, kinds[k].dtype) for k, v in scal.items()}
-        summary = {"mode": a.mode, "pixels": a.pixels, "population": a.population, "generations": a.generations,
-                   "threshold": a.threshold, "model_seed": model_seed(cfg), "images": int(len(rows)),
-                   "examined": int(choice["examined"]), "skipped_misclassified": int(choice["skipped"]),
-                   "misclassified_by_model": {k: int(v) for k, v in choice["misclassified"].items()},
-                   "variants": summarize(scal, variants, a.mode)}
-    summary = ctx.bcast(summary)
-
+    blocks = store.Blocks(out.with_name(f"{out.name}.parts-{key}-b{a.images_per_batch}"))
+    blocks.create(ctx)
+    choice = images(cfg, ctx, models, device, blocks.folder / "images.h5")
+    plan = attack_blocks(cfg, ctx, models, variants, choice, blocks, device)
+    summary = summarize_blocks(cfg, ctx, variants, choice, blocks, plan)
+    with store.open_checked(galaxies_path(cfg), "generate") as f:
+        n_bands, size = f["y10"].shape[1], f["y10"].shape[-1]
     cols = columns(a.pixels, n_bands, size)
+    block_rows = np.cumsum([0] + [(hi - lo) * len(targets_of(0, a.mode)) for _, lo, hi in plan])
 
     def pieces(lo: int, hi: int):
-        for b in range(len(blocks)):
+        for b in range(len(plan)):
             a0, a1 = int(block_rows[b]), int(block_rows[b + 1])
             s, e = max(lo, a0), min(hi, a1)
-            if s >= e:
-                continue
-            with h5py.File(_block_path(parts, b), "r") as bf:
-                yield s, e, {name: bf[name][s - a0:e - a0] for name in cols}
+            if s < e:
+                with blocks.open(b) as bf:
+                    yield s, e, {name: bf[name][s - a0:e - a0] for name in cols}
 
-    ranges = {v: data_range(models[v][1]) for v in variants}
     attrs = {
         **store.provenance(cfg, ctx, STAGE, key, started),
         "mode": a.mode, "pixels": a.pixels, "population": a.population, "generations": a.generations,
@@ -437,23 +349,101 @@ def run(cfg: Config, ctx: Context, force: bool = False) -> Path:
         "pixel_range": "data range (data_range_<variant>)" if a.pixel_range is None else
         np.asarray(a.pixel_range, np.float64), "model_seed": model_seed(cfg),
         "class_names": ",".join(CLASS_NAMES), "variant_names": ",".join(variants),
-        "n_images": len(rows), "examined": choice["examined"], "skipped_misclassified": choice["skipped"],
-        **{f"data_range_{v}": np.array(r, np.float64) for v, r in ranges.items()},
+        "n_images": len(choice["rows"]), "examined": choice["examined"], "skipped_misclassified": choice["skipped"],
+        **{f"data_range_{v}": np.array(data_range(models[v][1]), np.float64) for v in variants},
         "summary": json.dumps(summary),
     }
     store.write_table(out, cols, int(block_rows[-1]), pieces, attrs, ctx, io)
-    if ctx.is_root:
-        text = json.dumps({**summary, "digest": key}, indent=2)
-        summary_path = out.with_name(f"{output_stem(cfg)}_summary.json")
-        tmp = summary_path.with_name(summary_path.name + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, summary_path)
-        log.info("attack summary (%s, k=%d):\n%s", a.mode, a.pixels, format_summary(summary))
-        if a.figures:
-            from .figures import write_figures
 
-            write_figures(out)
-        if not a.keep_parts:
-            shutil.rmtree(parts, ignore_errors=True)
+
+def images(cfg: Config, ctx: Context, models: dict, device, path: Path) -> dict:
+    """The attacked images: chosen once (:func:`choose_images`) and saved in the checkpoint folder, so
+    that a resumed run attacks the same ones."""
+    a = cfg.attack
+    # Rank 0 decides for all: a rank looking later could see the file rank 0 has just written.
+    if ctx.bcast(path.exists() if ctx.is_root else None):
+        choice = ctx.bcast(_load_choice(path) if ctx.is_root else None)
+    else:
+        choice = choose_images(cfg, ctx, models, device)
+        if ctx.is_root:
+            _save_choice(path, choice)
+    if len(choice["rows"]) < a.n_images and ctx.is_root:
+        log.warning("attack: only %d of the %d test images qualify (attack.n_images=%d)", len(choice["rows"]),
+                    choice["test_images"], a.n_images)
+    log.info("attack: %d images (%d examined, %d skipped as misclassified: %s), %s, k=%d, population %d, "
+             "%d generations, %d ranks", len(choice["rows"]), choice["examined"], choice["skipped"],
+             choice["misclassified"], a.mode, a.pixels, a.population, a.generations, ctx.size)
+    return choice
+
+
+def attack_blocks(cfg: Config, ctx: Context, models: dict, variants: list[str], choice: dict,
+                  blocks: store.Blocks, device) -> list[tuple[int, int, int]]:
+    """Attack the blocks not yet on disk (``attack.images_per_batch`` images of one variant each, dealt
+    round-robin); returns every block as (variant index, first image, end image)."""
+    a = cfg.attack
+    rows, labels = choice["rows"], choice["labels"]
+    per = a.images_per_batch
+    plan = [(v, s, min(len(rows), s + per)) for v in range(len(variants)) for s in range(0, len(rows), per)]
+    mine, n_done = blocks.todo(len(plan), ctx)
+    log.info("attack: %d blocks of up to %d images, %d already on disk, device %s", len(plan), per, n_done, device)
+    t0 = time.perf_counter()
+    queries, forward_s = 0, 0.0
+    with h5py.File(galaxies_path(cfg), "r") as f, \
+            ctx.progress(total=len(mine), desc="attack (rank 0 share)", unit="block", enabled=cfg.run.progress) as bar:
+        for b in mine:
+            v, lo, hi = plan[b]
+            model, stretch = models[variants[v]]
+            data = attack_images(model, stretch, f["y10"][rows[lo:hi]], rows[lo:hi], labels[lo:hi],
+                                 choice["probs"][variants[v]][lo:hi], cfg, device)
+            queries += int(data.pop("_queries"))
+            forward_s += float(data.pop("_forward_seconds"))
+            data["variant"] = np.full(len(data["index"]), v, np.int8)
+            blocks.write(b, data)
+            bar.update(1)
+    elapsed = time.perf_counter() - t0
     ctx.barrier()
-    return out
+    total_q = ctx.comm.allreduce(queries)
+    log.info("attack: %d model queries in %.1f s on %d ranks (%.0f queries/s; this rank: %.0f%% of its time in "
+             "the model)", total_q, elapsed, ctx.size, total_q / max(elapsed, 1e-9),
+             100 * forward_s / max(elapsed, 1e-9))
+    return plan
+
+
+def summarize_blocks(cfg: Config, ctx: Context, variants: list[str], choice: dict, blocks: store.Blocks,
+                     plan: list) -> dict:
+    """The attack summary (:func:`summarize` of every block's scalar columns), on every rank."""
+    a = cfg.attack
+    summary = None
+    if ctx.is_root:
+        scal = {name: [] for name in ("variant", "index", "label", "target", "success", "queries")}
+        for b in range(len(plan)):
+            with blocks.open(b) as bf:
+                for name in scal:
+                    scal[name].append(bf[name][...])
+        kinds = columns(a.pixels, 1, 1)
+        scal = {k: np.concatenate(v) if v else np.zeros(0, kinds[k].dtype) for k, v in scal.items()}
+        summary = {"mode": a.mode, "pixels": a.pixels, "population": a.population, "generations": a.generations,
+                   "threshold": a.threshold, "model_seed": model_seed(cfg), "images": int(len(choice["rows"])),
+                   "examined": int(choice["examined"]), "skipped_misclassified": int(choice["skipped"]),
+                   "misclassified_by_model": {k: int(v) for k, v in choice["misclassified"].items()},
+                   "variants": summarize(scal, variants, a.mode)}
+    return ctx.bcast(summary)
+
+
+def summary_path(cfg: Config) -> Path:
+    return output_path(cfg).with_name(f"{output_stem(cfg)}_summary.json")
+
+
+def finish(cfg: Config, out: Path, key: str) -> list[Path]:
+    """Rank 0, after the output: the summary JSON and the figures; then the checkpoint blocks go."""
+    with store.open_checked(out, STAGE) as f:
+        summary = json.loads(f.attrs["summary"])
+    written = [store.write_json(summary_path(cfg), {**summary, "digest": key})]
+    log.info("attack summary (%s, k=%d):\n%s", cfg.attack.mode, cfg.attack.pixels, format_summary(summary))
+    if cfg.attack.figures:
+        from .figures import write_figures
+
+        written += write_figures(out)
+    if not cfg.attack.keep_parts:
+        store.remove_leftovers(out, out.parent / "figures", output_stem(cfg) + "_")
+    return written

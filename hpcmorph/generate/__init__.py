@@ -4,6 +4,6 @@ Entry point: :func:`run(config, ctx) <hpcmorph.generate.stage.run>`; output layo
 :func:`~hpcmorph.generate.stage.columns`.
 """
 
-from .stage import OUTPUT_NAME, StageError, columns, output_path, run
+from .stage import OUTPUT_NAME, columns, output_path, run
 
-__all__ = ["OUTPUT_NAME", "StageError", "columns", "output_path", "run"]
+__all__ = ["OUTPUT_NAME", "columns", "output_path", "run"]

@@ -7,11 +7,12 @@
 2. Rank 0 reads the blocks' labels and broadcasts them; every rank computes the same merger
    augmentation plan and split, then all ranks write their rows of the output together
    (``store.write_table``).
+3. Rank 0 draws the figures and removes the blocks; ``galaxies.h5.complete`` marks the whole stage
+   done (``store.produce``): a run killed after the output but before the marker only redoes step 3.
 """
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
@@ -20,7 +21,6 @@ import numpy as np
 
 from .. import store
 from ..config import Config
-from ..errors import StageError
 from ..mpi import Context, log
 from . import dataset, morphology, survey
 from .sources import SourceError, open_source
@@ -91,19 +91,6 @@ def _draw_block(source, indices: range, label_band: int) -> dict[str, np.ndarray
     return out
 
 
-def _write_block(path: Path, data: dict[str, np.ndarray], first: int) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
-        f.attrs["first"] = first
-        for name, arr in data.items():
-            f.create_dataset(name, data=arr)
-    tmp.replace(path)
-
-
-def _block_path(parts: Path, b: int) -> Path:
-    return parts / f"block-{b:06d}.h5"
-
-
 def _labels(meta: dict[str, np.ndarray], source_name: str) -> np.ndarray:
     if source_name == "observed":
         return meta["given_label"].astype(np.int8)
@@ -113,60 +100,91 @@ def _labels(meta: dict[str, np.ndarray], source_name: str) -> np.ndarray:
 
 def run(cfg: Config, ctx: Context, force: bool = False) -> Path:
     """Generate the dataset described by ``cfg.generate``; returns the output path."""
-    g = cfg.generate
     out, key = output_path(cfg), digest(cfg)
-    if store.is_current(out, key, force):
-        return out
+    return store.produce(out, key, ctx, force, make=lambda: make(cfg, ctx, out, key),
+                         finish=lambda: finish(cfg, out))
+
+
+def make(cfg: Config, ctx: Context, out: Path, key: str) -> None:
+    """Draw every parent (resumably, in blocks), then write the rows of ``galaxies.h5`` together."""
     started = store.now()
     io = store.resolve_io(cfg)
     source = open_source(cfg)
+    blocks = store.Blocks(out.with_name(f"{out.name}.parts-{key}"))
+    draw_parents(cfg, ctx, source, blocks, io)
+    meta = read_parents(cfg, ctx, blocks, len(source))
+    labels = _labels(meta, cfg.generate.source)
+    rows = plan_rows(cfg, meta, labels)
+    attrs = {
+        **store.provenance(cfg, ctx, STAGE, key, started),
+        **survey.survey_attrs(cfg.generate.bands, cfg.generate.pixel_scale, cfg.generate.y1_fraction),
+        "bands": ",".join(cfg.generate.bands), "source": cfg.generate.source, "units": source.units,
+        "class_names": ",".join(morphology.CLASS_NAMES), "split_names": ",".join(dataset.SPLIT_NAMES),
+        "augmentation_names": ",".join(dataset.AUGMENTATIONS), "n_parents": len(source),
+        "label_band": cfg.generate.label_band, **_agreement(meta["intended"], labels),
+    }
+    write_rows(cfg, ctx, out, blocks, rows, attrs, io)
+
+
+def draw_parents(cfg: Config, ctx: Context, source, blocks: store.Blocks, io: str) -> None:
+    """Draw the parents not yet on disk, ``generate.block_size`` at a time, blocks dealt round-robin."""
+    g = cfg.generate
     n = len(source)
-    size = g.image_size
-    label_band = g.bands.index(g.label_band)
-
-    parts = out.with_name(f"{out.name}.parts-{key}")
     n_blocks = -(-n // g.block_size)
-    if ctx.is_root:
-        parts.mkdir(parents=True, exist_ok=True)
-    done = ctx.bcast({int(p.stem.split("-")[1]) for p in parts.glob("block-*.h5")} if ctx.is_root else None)
-    todo = [b for b in range(n_blocks) if b not in done]
-    mine = ctx.share(todo)
-
-    def indices(b: int) -> range:
-        return range(b * g.block_size, min(n, (b + 1) * g.block_size))
-
-    n_mine = sum(len(indices(b)) for b in mine)
+    blocks.create(ctx)
+    mine, n_done = blocks.todo(n_blocks, ctx)
+    n_mine = sum(len(_block_rows(g, n, b)) for b in mine)
     log.info("generate: %d galaxies (%s), %d blocks of %d, %d already on disk, %d ranks, io=%s",
-             n, g.source, n_blocks, g.block_size, len(done), ctx.size, io)
+             n, g.source, n_blocks, g.block_size, n_done, ctx.size, io)
+    label_band = g.bands.index(g.label_band)
     t0 = time.perf_counter()
     with ctx.progress(total=n_mine, desc="generate (rank 0 share)", unit="gal", enabled=cfg.run.progress) as bar:
         for b in mine:
-            idx = indices(b)
-            _write_block(_block_path(parts, b), _draw_block(source, idx, label_band), idx.start)
+            idx = _block_rows(g, n, b)
+            blocks.write(b, _draw_block(source, idx, label_band), {"first": idx.start})
             bar.update(len(idx))
     elapsed = time.perf_counter() - t0
     ctx.barrier()
+    log.info("generate: drew %d galaxies in %.1f s on %d ranks", ctx.comm.allreduce(n_mine), elapsed, ctx.size)
 
+
+def _block_rows(g, n: int, b: int) -> range:
+    return range(b * g.block_size, min(n, (b + 1) * g.block_size))
+
+
+def read_parents(cfg: Config, ctx: Context, blocks: store.Blocks, n: int) -> dict[str, np.ndarray]:
+    """The per-parent scalars of every block (rank 0 reads, every rank gets them)."""
     meta = None
     if ctx.is_root:
         meta = {name: [] for name in _SCALARS}
-        for b in range(n_blocks):
-            with h5py.File(_block_path(parts, b), "r") as f:
+        for b in range(-(-n // cfg.generate.block_size)):
+            with blocks.open(b) as f:
                 for name in _SCALARS:
                     meta[name].append(f[name][...])
         meta = {name: np.concatenate(v) for name, v in meta.items()}
-    meta = ctx.bcast(meta)
-    labels = _labels(meta, g.source)
-    parent, aug = dataset.augmentation_plan(labels, g.augment_mergers)
-    split_of_parent = dataset.split_parents(labels, g.split, cfg.run.seed)
+    return ctx.bcast(meta)
+
+
+def plan_rows(cfg: Config, meta: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, np.ndarray]:
+    """Every output row's parent, augmentation, label, split and scalars from the parents' ``labels``
+    (the same on every rank)."""
+    parent, aug = dataset.augmentation_plan(labels, cfg.generate.augment_mergers)
+    split_of_parent = dataset.split_parents(labels, cfg.generate.split, cfg.run.seed)
     split_of_parent[labels < 0] = -1
-    rows = {
+    return {
         "parent": parent, "augmentation": aug.astype(np.int8), "label": labels[parent],
         "split": split_of_parent[parent],
         "merger_statistic": morphology.merger_statistic(meta["gini"], meta["m20"])[parent],
         "bulge_statistic": morphology.bulge_statistic(meta["gini"], meta["m20"])[parent],
         **{name: meta[name][parent] for name in _SCALARS},
     }
+
+
+def write_rows(cfg: Config, ctx: Context, out: Path, blocks: store.Blocks, rows: dict[str, np.ndarray],
+               attrs: dict, io: str) -> None:
+    """Every rank writes its rows: images copied (augmented) from the blocks, scalars from ``rows``."""
+    g = cfg.generate
+    parent, aug = rows["parent"], rows["augmentation"]
 
     def pieces(lo: int, hi: int, step: int = 64):
         handles: dict[int, h5py.File] = {}
@@ -175,11 +193,11 @@ def run(cfg: Config, ctx: Context, force: bool = False) -> Path:
                 stop = min(hi, start + step)
                 data = {name: rows[name][start:stop] for name in rows}
                 for name in ("clean", "y10", "y1"):
-                    data[name] = np.empty((stop - start, len(g.bands), size, size), np.float32)
+                    data[name] = np.empty((stop - start, len(g.bands), g.image_size, g.image_size), np.float32)
                 for j, r in enumerate(range(start, stop)):
                     b, off = divmod(int(parent[r]), g.block_size)
                     if b not in handles:
-                        handles[b] = h5py.File(_block_path(parts, b), "r")
+                        handles[b] = blocks.open(b)
                     for name in ("clean", "y10", "y1"):
                         data[name][j] = dataset.augment(handles[b][name][off], int(aug[r]))
                 yield start, stop, data
@@ -187,25 +205,20 @@ def run(cfg: Config, ctx: Context, force: bool = False) -> Path:
             for f in handles.values():
                 f.close()
 
-    attrs = {
-        **store.provenance(cfg, ctx, STAGE, key, started),
-        **survey.survey_attrs(g.bands, g.pixel_scale, g.y1_fraction),
-        "bands": ",".join(g.bands), "source": g.source, "units": source.units,
-        "class_names": ",".join(morphology.CLASS_NAMES), "split_names": ",".join(dataset.SPLIT_NAMES),
-        "augmentation_names": ",".join(dataset.AUGMENTATIONS), "n_parents": n, "label_band": g.label_band,
-        **_agreement(meta["intended"], labels),
-    }
-    store.write_table(out, columns(len(g.bands), size), len(parent), pieces, attrs, ctx, io)
-    log.info("generate: drew %d galaxies in %.1f s on %d ranks", ctx.comm.allreduce(n_mine), elapsed, ctx.size)
-    if ctx.is_root:
-        if g.figures:
-            from .figures import write_figures
+    store.write_table(out, columns(len(g.bands), g.image_size), len(parent), pieces, attrs, ctx, io)
 
-            write_figures(out)
-        if not g.keep_parts:
-            shutil.rmtree(parts, ignore_errors=True)
-    ctx.barrier()
-    return out
+
+def finish(cfg: Config, out: Path) -> list[Path]:
+    """Rank 0, after the output: figures, then the checkpoint blocks are removed."""
+    figures = out.parent / "figures"
+    written = []
+    if cfg.generate.figures:
+        from .figures import write_figures
+
+        written = write_figures(out)
+    if not cfg.generate.keep_parts:
+        store.remove_leftovers(out, figures, "generate_")
+    return written
 
 
 def _agreement(intended: np.ndarray, labels: np.ndarray) -> dict:

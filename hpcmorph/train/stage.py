@@ -1,8 +1,15 @@
 """Stage 2 driver: train each (variant, seed), reading top to bottom like a Horovod example.
 
-init the backend -> read this rank's shard -> fit the normalisation on the training split ->
-build the model -> wrap the optimizer (broadcast, average gradients) -> train with early stopping
--> evaluate the best model on the Y10 and Y1 test sets.
+:func:`train_one` is the recipe: read this rank's shard (fitting the normalisation on the training
+split) -> build the model and optimizer -> resume from a checkpoint -> wrap the optimizer (broadcast
+rank 0's weights, average gradients) -> train epochs with early stopping -> test the best model on
+the Y10 and Y1 test sets -> write the outputs. Each step is one short function below it.
+
+SIGTERM and SIGUSR1 (what Slurm sends ahead of the wall-time kill) are honoured from the start of
+:func:`run` to its end: inside an epoch the ranks stop at the next step and checkpoint; between
+epochs or runs they stop at the next boundary; after the last run they report that nothing is left
+to do. Each ends the command with exit 75 (:class:`~hpcmorph.errors.Preempted`), and the same
+command resumes; a finished (variant, seed) is never trained again.
 
 Outputs, per run, in ``<run.root>/<run.name>/<variant>/seed<k>/``: ``model.pt`` (best weights,
 normalisation, config), ``history.csv``, ``curves.png``, ``metrics.json``; while training,
@@ -17,9 +24,9 @@ import hashlib
 import io
 import json
 import logging
-import os
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +35,7 @@ import torch.nn.functional as F
 
 from .. import store
 from ..config import Config
-from ..errors import PREEMPTED_EXIT, BackendError, Preempted, StageError
+from ..errors import PREEMPTED_EXIT, BackendError, Preempted, StageError  # noqa: F401 - PREEMPTED_EXIT re-exported
 from ..generate import output_path as galaxies_path
 from ..generate.dataset import TEST, VALIDATION
 from ..generate.morphology import CLASS_NAMES
@@ -54,25 +61,35 @@ def digest(cfg: Config) -> str:
     return cfg.digest("run.seed", "generate", *(f"train.{k}" for k in _MODEL_KEYS))
 
 
-class _StopFlag:
-    """Set by SIGTERM or SIGUSR1 (what Slurm sends ahead of the wall-time kill)."""
+class StopFlag:
+    """Set by SIGTERM or SIGUSR1 while installed (a context manager): the run stops at the next
+    step or boundary instead of dying with its work unsaved."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
     def __init__(self):
         self.raised = False
-        self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGUSR1)}
+        self._old: dict = {}
+
+    def __enter__(self) -> "StopFlag":
+        self._old = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
 
     def _handle(self, signum, frame):
         self.raised = True
 
-    def restore(self):
-        for s, h in self._old.items():
-            signal.signal(s, h)
+    def any_rank(self, backend) -> bool:
+        """Whether any rank was signalled (a collective: every rank calls it at the same point)."""
+        return backend.allreduce_sum([self.raised])[0] > 0
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with store.atomic(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -114,144 +131,202 @@ def _evaluate(model, images: np.ndarray, labels: np.ndarray, stretch, device, ba
     return loss, norm, confusion
 
 
-def train_one(cfg: Config, backend: distributed.Single, variant: str, seed: int) -> dict:
-    t = cfg.train
-    out = run_dir(cfg, variant, seed)
-    device = device_for(backend.local_rank)
-    mmd = variant == "mmd"
+@dataclass
+class Shard:
+    """This rank's share of one (variant, seed) run's data, images in e-/s per pixel."""
 
+    n_train: int            # labelled training images over all ranks
+    weight: torch.Tensor    # class weights of the weighted cross-entropy, on the device
+    stretch: AsinhStretch   # the normalisation, fitted on the training split
+    y10: np.ndarray         # this rank's labelled Y10 training images and their labels
+    labels: np.ndarray
+    y1: np.ndarray | None   # this rank's unlabelled Y1 pool (mmd only)
+    val_y10: np.ndarray     # this rank's validation images and labels
+    val_labels: np.ndarray
+
+
+def train_one(cfg: Config, backend: distributed.Single, variant: str, seed: int, stop: StopFlag,
+              force: bool = False) -> dict:
+    """Train one (variant, seed) to its best validation epoch and test it; returns its results."""
+    if not force and (done := _finished(cfg, variant, seed)) is not None:
+        log.info("%s seed %d is up to date; skipping", variant, seed)
+        return done
+    out, device = run_dir(cfg, variant, seed), device_for(backend.local_rank)
+    shard = read_shard(cfg, backend, variant, seed, device)
+    model, optimizer = build(cfg, variant, seed, device)
+    state = resume(cfg, out, model, optimizer, force, f"{variant} seed {seed}")
+    model, optimizer = backend.wrap(model, optimizer)
+    save = _checkpointer(cfg, backend, out, model, optimizer, state)
+    while not state.get("finished"):
+        stats = train_epoch(cfg, backend, variant, seed, model, optimizer, shard, state, stop, save, device)
+        end_epoch(cfg, backend, variant, seed, model, shard, state, stats, out, device)
+        save()
+        if stop.any_rank(backend) and not state["finished"]:
+            raise Preempted(f"{variant} seed {seed}: stopped after epoch {state['epoch']}; checkpoint "
+                            f"{out / 'checkpoint.pt'} written; run the same command again to resume")
+    results = test(cfg, backend, variant, seed, model, shard, state, device)
+    if backend.rank == 0:
+        _write_outputs(cfg, out, _unwrap(model), shard.stretch, state["history"], results)
+    backend.barrier()
+    return results
+
+
+def read_shard(cfg: Config, backend: distributed.Single, variant: str, seed: int, device) -> Shard:
+    """Read this rank's training, Y1 and validation images; fit the normalisation on the training split."""
+    t = cfg.train
     with store.open_checked(galaxies_path(cfg), "generate") as f:
         rows = data.training_rows(f, seed, t.max_train_images)
         weight = torch.tensor(data.class_weights(f["label"][rows]), dtype=torch.float32, device=device)
         stretch = AsinhStretch.fit(f["y10"], rows=rows, per_band=t.normalize_per_band, seed=seed)
         mine = data.shard_rows(rows, seed, backend.rank, backend.size)
-        y10, labels = f["y10"][mine], f["label"][mine].astype(np.int64)
-        if mmd:
+        y1 = None
+        if variant == "mmd":
             pool = data.shard_rows(data.training_rows(f, seed), seed, backend.rank, backend.size, data.Y1_SHARD_STREAM)
             y1 = f["y1"][pool]  # images only: the labels of these rows are never read
         val_rows = data.split_rows(f)[VALIDATION][backend.rank::backend.size]
-        val_y10, val_labels = f["y10"][val_rows], f["label"][val_rows].astype(np.int64)
+        return Shard(len(rows), weight, stretch, f["y10"][mine], f["label"][mine].astype(np.int64), y1,
+                     f["y10"][val_rows], f["label"][val_rows].astype(np.int64))
 
-    if t.batch_size % backend.size:
-        raise BackendError(f"train.batch_size {t.batch_size} is not divisible by the {backend.size} ranks")
-    local_batch = t.batch_size // backend.size
+
+def build(cfg: Config, variant: str, seed: int, device) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    """The model (initialised from ``seed``) and its Adam optimizer."""
+    t = cfg.train
     torch.manual_seed(seed)
     model = build_model(seed, dropout=t.dropout).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=t.lr, betas=tuple(t.betas),
-                                 weight_decay=t.weight_decay_mmd if mmd else t.weight_decay)
+                                 weight_decay=t.weight_decay_mmd if variant == "mmd" else t.weight_decay)
+    return model, optimizer
 
-    state = {"epoch": 0, "step": 0, "best_loss": float("inf"), "best_epoch": -1, "bad_epochs": 0, "history": []}
-    ckpt_path = out / "checkpoint.pt"
-    if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        if ckpt["digest"] != digest(cfg):
-            raise StageError(f"{ckpt_path} was written by a different config; remove it to start over")
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        state = ckpt["state"]
-        log.info("%s seed %d: resuming at epoch %d step %d", variant, seed, state["epoch"], state["step"])
-    model, optimizer = backend.wrap(model, optimizer)
 
-    def checkpoint() -> None:
+def resume(cfg: Config, out: Path, model, optimizer, force: bool, name: str) -> dict:
+    """The training state: fresh, or loaded (with the weights and optimizer) from ``checkpoint.pt``."""
+    state = {"epoch": 0, "step": 0, "best_loss": float("inf"), "best_epoch": -1, "bad_epochs": 0, "history": [],
+             "finished": False}
+    path = out / "checkpoint.pt"
+    if not path.exists() or force:
+        return state
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if ckpt.get("digest") != digest(cfg):
+        raise StageError(f"{path} was written by a different config (train digest {ckpt.get('digest')}, this "
+                         f"config {digest(cfg)}); remove it or pass --force to start over")
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    log.info("%s: resuming at epoch %d step %d", name, ckpt["state"]["epoch"], ckpt["state"]["step"])
+    return {**state, **ckpt["state"]}
+
+
+def _checkpointer(cfg: Config, backend, out: Path, model, optimizer, state: dict):
+    """A function that writes ``checkpoint.pt`` (rank 0) with everything needed to resume."""
+    def save() -> None:
         if backend.rank == 0:
             out.mkdir(parents=True, exist_ok=True)
             _atomic_torch_save({"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                                "state": state, "digest": digest(cfg)}, ckpt_path)
+                                "state": state, "digest": digest(cfg)}, out / "checkpoint.pt")
         backend.barrier()
+    return save
 
-    stop = _StopFlag()
-    try:
-        n_steps = len(data.batches(len(labels), local_batch, seed, 0, data.Y10_STREAM))
-        epochs = range(state["epoch"], t.epochs)
-        for epoch in epochs:
-            model.train()
-            y10_batches = data.batches(len(labels), local_batch, seed, epoch, data.Y10_STREAM)
-            y1_batches = data.batches(len(y1), local_batch, seed, epoch, data.Y1_STREAM) if mmd else None
-            sums = np.zeros(3)  # loss, mmd, images
-            t0 = time.perf_counter()
-            bar = _progress(backend, n_steps, state["step"], f"{variant} seed {seed} epoch {epoch + 1}/{t.epochs}",
-                            cfg.run.progress)
-            for step in range(state["step"], n_steps):
-                if backend.allreduce_sum([stop.raised])[0] > 0:
-                    state["step"] = step
-                    checkpoint()
-                    raise Preempted(f"{variant} seed {seed}: stopped at epoch {epoch} step {step}; checkpoint "
-                                    f"{ckpt_path} written; run the same command again to resume")
-                torch.manual_seed(_step_seed(seed, backend.rank, epoch, step))
-                idx = y10_batches[step]
-                x = stretch(torch.from_numpy(y10[idx])).to(device)
-                y = torch.from_numpy(labels[idx]).to(device)
-                if mmd:
-                    # The Y1 pool is at least as large as the Y10 shard, so it has a batch for every step.
-                    x1 = stretch(torch.from_numpy(y1[y1_batches[step % len(y1_batches)]])).to(device)
-                    # One forward pass over both exposures, as the authors: BatchNorm sees both.
-                    latent, logits = model(torch.cat([x, x1]))
-                    logits, z10, z1 = logits[:len(idx)], latent[:len(idx)], latent[len(idx):]
-                    ce = F.cross_entropy(logits, y, weight=weight)
-                    discrepancy = mmd2(z10, z1, bandwidth=t.mmd_bandwidth)
-                    loss = ce + t.mmd_lambda * discrepancy
-                else:
-                    _, logits = model(x)
-                    loss = F.cross_entropy(logits, y, weight=weight)
-                    discrepancy = torch.zeros(())
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"{variant} seed {seed}: loss is {float(loss)} at epoch {epoch} step {step}")
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                sums += (float(loss.detach()) * len(idx), float(discrepancy.detach()) * len(idx), len(idx))
-                bar.update(1)
-            bar.close()
-            train_seconds = time.perf_counter() - t0
-            state["step"] = 0
-            totals = backend.allreduce_sum(sums)
-            v_loss, v_norm, v_conf = _evaluate(model, val_y10, val_labels, stretch, device, t.eval_batch_size, weight)
-            v = backend.allreduce_sum([v_loss, v_norm, *v_conf.ravel()])
-            val_loss, val_acc = v[0] / max(v[1], 1e-12), np.trace(v[2:].reshape(3, 3)) / max(v[2:].sum(), 1)
-            state["history"].append({"epoch": epoch + 1, "train_loss": totals[0] / totals[2],
-                                     "train_mmd": totals[1] / totals[2], "val_loss": val_loss, "val_accuracy": val_acc,
-                                     "train_seconds": train_seconds, "images": int(totals[2])})
-            log.info("%s seed %d epoch %d: train loss %.4f, val loss %.4f, val acc %.3f", variant, seed, epoch + 1,
-                     totals[0] / totals[2], val_loss, val_acc)
-            if val_loss < state["best_loss"]:
-                state.update(best_loss=val_loss, best_epoch=epoch + 1, bad_epochs=0)
-                if backend.rank == 0:
-                    out.mkdir(parents=True, exist_ok=True)
-                    _atomic_torch_save(_unwrap(model).state_dict(), out / "best.pt")
-            else:
-                state["bad_epochs"] += 1
-            state["epoch"] = epoch + 1
-            checkpoint()
-            if state["bad_epochs"] >= t.patience:
-                log.info("%s seed %d: early stop after epoch %d (best epoch %d)", variant, seed, epoch + 1,
-                         state["best_epoch"])
-                break
-    finally:
-        stop.restore()
 
+def train_epoch(cfg: Config, backend, variant: str, seed: int, model, optimizer, shard: Shard, state: dict,
+                stop: StopFlag, save, device) -> dict:
+    """One epoch of steps from ``state["step"]``; returns its training statistics. A signal checkpoints
+    at the next step and raises Preempted."""
+    t, epoch, mmd = cfg.train, state["epoch"], shard.y1 is not None
+    local_batch = t.batch_size // backend.size
+    y10_batches = data.batches(len(shard.labels), local_batch, seed, epoch, data.Y10_STREAM)
+    y1_batches = data.batches(len(shard.y1), local_batch, seed, epoch, data.Y1_STREAM) if mmd else None
+    model.train()
+    sums = np.zeros(3)  # loss, mmd, images
+    t0 = time.perf_counter()
+    bar = _progress(backend, len(y10_batches), state["step"], f"{variant} seed {seed} epoch {epoch + 1}/{t.epochs}",
+                    cfg.run.progress)
+    for step in range(state["step"], len(y10_batches)):
+        if stop.any_rank(backend):
+            state["step"] = step
+            save()
+            raise Preempted(f"{variant} seed {seed}: stopped at epoch {epoch} step {step}; checkpoint "
+                            f"{run_dir(cfg, variant, seed) / 'checkpoint.pt'} written; run the same command "
+                            "again to resume")
+        torch.manual_seed(_step_seed(seed, backend.rank, epoch, step))
+        idx = y10_batches[step]
+        x = shard.stretch(torch.from_numpy(shard.y10[idx])).to(device)
+        y = torch.from_numpy(shard.labels[idx]).to(device)
+        if mmd:
+            # The Y1 pool is at least as large as the Y10 shard, so it has a batch for every step.
+            x1 = shard.stretch(torch.from_numpy(shard.y1[y1_batches[step % len(y1_batches)]])).to(device)
+            # One forward pass over both exposures, as the authors: BatchNorm sees both.
+            latent, logits = model(torch.cat([x, x1]))
+            logits, z10, z1 = logits[:len(idx)], latent[:len(idx)], latent[len(idx):]
+            ce = F.cross_entropy(logits, y, weight=shard.weight)
+            discrepancy = mmd2(z10, z1, bandwidth=t.mmd_bandwidth)
+            loss = ce + t.mmd_lambda * discrepancy
+        else:
+            _, logits = model(x)
+            loss = F.cross_entropy(logits, y, weight=shard.weight)
+            discrepancy = torch.zeros(())
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{variant} seed {seed}: loss is {float(loss)} at epoch {epoch} step {step}")
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        sums += (float(loss.detach()) * len(idx), float(discrepancy.detach()) * len(idx), len(idx))
+        bar.update(1)
+    bar.close()
+    seconds = time.perf_counter() - t0
+    totals = backend.allreduce_sum(sums)
+    state["step"] = 0
+    return {"train_loss": totals[0] / totals[2], "train_mmd": totals[1] / totals[2], "train_seconds": seconds,
+            "images": int(totals[2])}
+
+
+def end_epoch(cfg: Config, backend, variant: str, seed: int, model, shard: Shard, state: dict, stats: dict,
+              out: Path, device) -> None:
+    """Validate, record the epoch, keep the best weights (``best.pt``), and decide whether training is
+    finished (early stopping after ``train.patience`` epochs without a better validation loss)."""
+    t, epoch = cfg.train, state["epoch"]
+    v_loss, v_norm, v_conf = _evaluate(model, shard.val_y10, shard.val_labels, shard.stretch, device,
+                                       t.eval_batch_size, shard.weight)
+    v = backend.allreduce_sum([v_loss, v_norm, *v_conf.ravel()])
+    val_loss, val_acc = v[0] / max(v[1], 1e-12), np.trace(v[2:].reshape(3, 3)) / max(v[2:].sum(), 1)
+    state["history"].append({"epoch": epoch + 1, "train_loss": stats["train_loss"], "train_mmd": stats["train_mmd"],
+                             "val_loss": val_loss, "val_accuracy": val_acc, "train_seconds": stats["train_seconds"],
+                             "images": stats["images"]})
+    log.info("%s seed %d epoch %d: train loss %.4f, val loss %.4f, val acc %.3f", variant, seed, epoch + 1,
+             stats["train_loss"], val_loss, val_acc)
+    if val_loss < state["best_loss"]:
+        state.update(best_loss=val_loss, best_epoch=epoch + 1, bad_epochs=0)
+        if backend.rank == 0:
+            out.mkdir(parents=True, exist_ok=True)
+            _atomic_torch_save(_unwrap(model).state_dict(), out / "best.pt")
+    else:
+        state["bad_epochs"] += 1
+    state["epoch"] = epoch + 1
+    if state["bad_epochs"] >= t.patience:
+        log.info("%s seed %d: early stop after epoch %d (best epoch %d)", variant, seed, epoch + 1, state["best_epoch"])
+    state["finished"] = state["bad_epochs"] >= t.patience or state["epoch"] >= t.epochs
+
+
+def test(cfg: Config, backend, variant: str, seed: int, model, shard: Shard, state: dict, device) -> dict:
+    """Load the best weights and evaluate them on the Y10 and Y1 test sets (Table 1's numbers)."""
     # Data parallelism must leave every rank with the same weights: check rather than trust.
     mine_fp = _fingerprint(_unwrap(model))
     identical = backend.allreduce_sum([mine_fp != backend.broadcast_object(mine_fp)])[0] == 0
     if not identical:
         log.warning("%s seed %d: ranks ended training with different weights", variant, seed)
     backend.barrier()
-    best = torch.load(out / "best.pt", map_location=device, weights_only=True)
+    best = torch.load(run_dir(cfg, variant, seed) / "best.pt", map_location=device, weights_only=True)
     _unwrap(model).load_state_dict(best)
     results = {"variant": variant, "seed": seed, "best_epoch": state["best_epoch"], "epochs_run": state["epoch"],
-               "best_val_loss": state["best_loss"], "train_images": len(rows), "ranks": backend.size,
+               "best_val_loss": state["best_loss"], "train_images": shard.n_train, "ranks": backend.size,
                "backend": backend.name, "weights_identical_across_ranks": bool(identical),
-               "train_images_per_s": _throughput(state["history"]),
-               "weights_sha256": mine_fp}
+               "train_images_per_s": _throughput(state["history"]), "weights_sha256": mine_fp}
     with store.open_checked(galaxies_path(cfg), "generate") as f:
         test_rows = data.split_rows(f)[TEST][backend.rank::backend.size]
         labels = f["label"][test_rows].astype(np.int64)
         for domain in ("y10", "y1"):
-            _, _, conf = _evaluate(model, f[domain][test_rows], labels, stretch, device, t.eval_batch_size, weight)
+            _, _, conf = _evaluate(model, f[domain][test_rows], labels, shard.stretch, device, cfg.train.eval_batch_size,
+                                   shard.weight)
             conf = backend.allreduce_sum(conf.ravel()).reshape(3, 3).astype(np.int64)
             results[domain] = metrics.from_confusion(conf)
-    if backend.rank == 0:
-        _write_outputs(cfg, out, _unwrap(model), stretch, state["history"], results)
-    backend.barrier()
     return results
 
 
@@ -273,30 +348,25 @@ def _write_outputs(cfg: Config, out: Path, model, stretch, history: list[dict], 
     writer = csv.DictWriter(buf, fieldnames=list(history[0]))
     writer.writeheader()
     writer.writerows(history)
-    _atomic_text(out / "history.csv", buf.getvalue())
+    store.write_text(out / "history.csv", buf.getvalue())
     training_curves(history, out / "curves.png", title=f"{results['variant']} seed {results['seed']}")
-    _atomic_text(out / "metrics.json", json.dumps({**results, "digest": digest(cfg)}, indent=2))
+    # metrics.json last: it marks the run as finished.
+    store.write_json(out / "metrics.json", {**results, "digest": digest(cfg)})
     (out / "checkpoint.pt").unlink(missing_ok=True)
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _finished(cfg: Config, variant: str, seed: int) -> dict | None:
-    path = run_dir(cfg, variant, seed) / "metrics.json"
+    """The results of a finished run of this config (metrics.json), or None."""
     try:
-        found = json.loads(path.read_text())
-    except (OSError, ValueError):
+        found = store.read_json(run_dir(cfg, variant, seed) / "metrics.json")
+    except store.StoreError:
         return None
     # The results as train_one returns them (metrics.json adds the digest).
     return {k: v for k, v in found.items() if k != "digest"} if found.get("digest") == digest(cfg) else None
 
 
-def run(cfg: Config, ctx=None) -> Path:
-    """Train every variant and seed of ``cfg.train``; returns the summary path."""
+def init_backend(cfg: Config) -> distributed.Single:
+    """Start the data-parallel backend; check that its ranks divide the batch."""
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     backend = distributed.init(cfg.train.backend)
@@ -304,26 +374,51 @@ def run(cfg: Config, ctx=None) -> Path:
         # Under torchrun or horovodrun --gloo there is no MPI world to tell the ranks apart for the
         # logger: the backend does.
         log.setLevel(logging.WARNING)
-    log.info("train: backend %s, %d rank(s), device %s", backend.name, backend.size, device_for(backend.local_rank))
-    results = []
-    try:
-        for variant in cfg.train.variants:
-            for seed in cfg.train.seeds:
-                done = _finished(cfg, variant, seed)
-                if done is not None:
-                    log.info("%s seed %d is up to date; skipping", variant, seed)
-                    results.append(done)
-                    continue
-                results.append(train_one(cfg, backend, variant, seed))
-        summary = Path(cfg.run.root) / cfg.run.name / "train_summary.json"
-        if backend.rank == 0:
-            table = metrics.summarize(results)
-            text = json.dumps({"runs": results, "table1": table, "digest": digest(cfg)}, indent=2)
-            # Rewritten only when it changes: a rerun with nothing to train leaves every output as it was.
-            if not summary.exists() or summary.read_text() != text:
-                _atomic_text(summary, text)
-            log.info("Table 1 (mean +- std over seeds):\n%s", metrics.format_table(table))
-        backend.barrier()
-    finally:
+    if cfg.train.batch_size % backend.size:
         backend.shutdown()
+        raise BackendError(f"train.batch_size {cfg.train.batch_size} is not divisible by the {backend.size} ranks; "
+                           "choose a batch size that is a multiple of the rank count")
+    log.info("train: backend %s, %d rank(s), device %s", backend.name, backend.size, device_for(backend.local_rank))
+    return backend
+
+
+def write_summary(cfg: Config, backend, results: list[dict]) -> Path:
+    """``train_summary.json``: every run's results and Table 1 over seeds (rank 0)."""
+    path = Path(cfg.run.root) / cfg.run.name / "train_summary.json"
+    if backend.rank == 0:
+        table = metrics.summarize(results)
+        text = json.dumps(store.strict({"runs": results, "table1": table, "digest": digest(cfg)}), indent=2,
+                          allow_nan=False)
+        # Rewritten only when it changes: a rerun with nothing to train leaves every output as it was.
+        if not path.exists() or path.read_text() != text:
+            store.write_text(path, text)
+        log.info("Table 1 (mean +- std over seeds):\n%s", metrics.format_table(table))
+    backend.barrier()
+    return path
+
+
+def run(cfg: Config, ctx=None, force: bool = False) -> Path:
+    """Train every variant and seed of ``cfg.train``; returns ``train_summary.json``.
+
+    ``ctx`` is accepted for the common stage signature: the ranks are the backend's own (Horovod,
+    DDP), which also runs under launchers without MPI (torchrun). ``force`` retrains every run.
+    """
+    with StopFlag() as stop:
+        backend = init_backend(cfg)
+        try:
+            results = []
+            for variant in cfg.train.variants:
+                for seed in cfg.train.seeds:
+                    if results and stop.any_rank(backend):
+                        done = results[-1]
+                        raise Preempted(f"stopped after {done['variant']} seed {done['seed']} had finished; run the "
+                                        f"same command again to go on with {variant} seed {seed}")
+                    results.append(train_one(cfg, backend, variant, seed, stop, force))
+            summary = write_summary(cfg, backend, results)
+            signalled = stop.any_rank(backend)
+        finally:
+            backend.shutdown()
+    if signalled:
+        raise Preempted(f"signalled after the last run had finished; nothing is left to do ({summary} written): "
+                        "the same command exits 0")
     return summary

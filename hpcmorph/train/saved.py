@@ -1,0 +1,45 @@
+"""A trained model as later stages load it: ``<run.root>/<run.name>/<variant>/seed<s>/model.pt``.
+
+The file holds the best weights, the fitted normalisation (:class:`AsinhStretch`), the model's
+shape (dropout, latent size, classes) and the train digest of the config that made it, so a
+model is never used with settings it was not trained with.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..config import Config
+from ..errors import StageError
+from .model import build_model
+from .normalize import AsinhStretch
+from .stage import digest, run_dir
+
+
+def model_path(cfg: Config, variant: str, seed: int) -> Path:
+    return run_dir(cfg, variant, seed) / "model.pt"
+
+
+def load_model(cfg: Config, variant: str, seed: int, device: torch.device) -> tuple[torch.nn.Module, AsinhStretch]:
+    """(model in eval mode on ``device``, its normalisation) of the trained ``variant`` and ``seed``;
+    a StageError naming the file when it is missing, unreadable or from other train settings."""
+    path = model_path(cfg, variant, seed)
+    if not path.exists():
+        raise StageError(f"{path}: no such file; run `hpcmorph train` with this config first "
+                         f"(model '{variant}', seed {seed})")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        state = saved["model"]
+        in_channels = state["features.conv1.weight"].shape[1]
+        model = build_model(0, dropout=float(saved["dropout"]), latent_dim=int(saved["latent_dim"]),
+                            n_classes=len(saved["class_names"]), in_channels=in_channels)
+        model.load_state_dict(state)
+        stretch = AsinhStretch.from_dict(saved["normalization"])
+    except Exception as err:  # noqa: BLE001 - any unreadable checkpoint is the same user error
+        raise StageError(f"{path}: not a usable trained model ({type(err).__name__}: {err})") from None
+    if saved.get("digest") != digest(cfg):
+        raise StageError(f"{path} was trained with different settings (train digest {saved.get('digest')}, this "
+                         f"config {digest(cfg)}); run `hpcmorph train` with this config first")
+    return model.to(device).eval(), stretch
