@@ -39,6 +39,15 @@ SMALL_RUN = ["generate.n_galaxies=40", "train.epochs=2", "train.batch_size=8", "
              "attack.threshold=0.29", "analyze.k_sweep=[1,2]", "analyze.isomap_images=20"]
 
 
+def serial():
+    """This test process as a one-rank job (MPI's COMM_SELF): for calling a stage's ``run`` in-process."""
+    from mpi4py import MPI
+
+    from hpcmorph import mpi
+
+    return mpi.Context(MPI.COMM_SELF)
+
+
 def sets(overrides: list[str]) -> list[str]:
     """``--set`` flags for ``key=value`` overrides."""
     return [a for kv in overrides for a in ("--set", kv)]

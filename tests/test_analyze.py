@@ -14,7 +14,7 @@ import torch
 
 from conftest import assert_same_data, cli, datasets
 from hpcmorph import config
-from hpcmorph.analyze import church, distances, exposure, isomap, stage
+from hpcmorph.analyze import church, distances, exposure, isomap, numbers, stage
 from hpcmorph.attack.stage import load_model  # the attacked model: train.saved at attack.model_seed
 from hpcmorph.generate.survey import bands
 
@@ -137,19 +137,19 @@ def test_table2_takes_the_cheapest_successful_attack_and_population_std():
 def test_triplet_choice():
     att = _attacks()
     # Image 5 is flipped for both models; 7 for the first only.
-    assert stage.default_triplet(att, 2, y1_wrong=set()) == 5
-    assert stage.default_triplet(att, 2, y1_wrong={7}) == 5  # 7 is not flipped for every model
+    assert numbers.default_triplet(att, 2, y1_wrong=set()) == 5
+    assert numbers.default_triplet(att, 2, y1_wrong={7}) == 5  # 7 is not flipped for every model
     att["success"][6] = False  # now no image is flipped for both: the first flipped for any
-    assert stage.default_triplet(att, 2, y1_wrong=set()) == 5
+    assert numbers.default_triplet(att, 2, y1_wrong=set()) == 5
     att["success"][:] = False
-    assert stage.default_triplet(att, 2, y1_wrong=set()) == 5  # the first attacked
+    assert numbers.default_triplet(att, 2, y1_wrong=set()) == 5  # the first attacked
     att = _attacks()
-    assert stage.triplet_attack(att, 0, 5) == 1 and stage.triplet_attack(att, 0, 7) == 2
+    assert numbers.triplet_attack(att, 0, 5) == 1 and numbers.triplet_attack(att, 0, 7) == 2
     # Not flipped: the attack that came closest (highest target probability), ties to the lower target.
     att["prob_after"][4] = [0.1, 0.1, 0.8]
     att["prob_after"][5] = [0.1, 0.4, 0.5]
-    assert stage.triplet_attack(att, 0, 9) == 5
-    assert stage.triplet_attack(att, 1, 9) is None
+    assert numbers.triplet_attack(att, 0, 9) == 5
+    assert numbers.triplet_attack(att, 1, 9) is None
 
 
 # ---------------------------------------------------------------------------------------- isomap

@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from conftest import ROOT, cli, env
+from conftest import ROOT, cli, env, serial
 from hpcmorph import config
 from hpcmorph.errors import StageError
 from hpcmorph.report import browser, stage, tables
@@ -156,7 +156,7 @@ def make_run(root, figure, name="fake", provenance_config="run:\n  name: fake  #
 
 def test_report_writes_every_file_and_a_rerun_does_nothing(tmp_path, figure_template, caplog):
     cfg = make_run(tmp_path, figure_template)
-    out = stage.run(cfg)
+    out = stage.run(cfg, serial())
     assert out == tmp_path / "fake" / "report"
     for name in ("index.html", "numbers.json", "table1.md", "table1.tex", "table1.csv", "table2.md", "table2.tex",
                  "table2.csv", "attack.csv", "exposure.csv", "success_vs_k.csv", "timings.csv"):
@@ -180,7 +180,7 @@ def test_report_writes_every_file_and_a_rerun_does_nothing(tmp_path, figure_temp
 
     before = (out / "index.html").stat().st_mtime_ns
     with caplog.at_level("INFO", logger="hpcmorph"):
-        stage.run(cfg)
+        stage.run(cfg, serial())
     assert "report: up to date" in caplog.text and (out / "index.html").stat().st_mtime_ns == before
 
 
@@ -190,7 +190,7 @@ def test_an_analysis_alone_is_enough(tmp_path):
     path = tmp_path / "tiny" / "analysis" / "analysis.json"
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps({"digest": "d", "table1": {}, "table2": {}, "exposure": None, "figures": {}}))
-    out = stage.run(cfg)
+    out = stage.run(cfg, serial())
     page = (out / "index.html").read_text()
     assert "The analysis has no exposure curve." in page and "No timings.json" in page
     assert sorted(p.name for p in out.iterdir()) == ["attack.csv", "figures", "index.html", "numbers.json",
@@ -202,7 +202,7 @@ def test_an_analysis_alone_is_enough(tmp_path):
 def test_config_and_title_are_escaped(tmp_path, figure_template):
     cfg = make_run(tmp_path, figure_template)
     cfg = cfg.updated({"report.title": "Run <b>&</b> co"})
-    page = (stage.run(cfg) / "index.html").read_text()
+    page = (stage.run(cfg, serial()) / "index.html").read_text()
     assert "<title>Run &lt;b&gt;&amp;&lt;/b&gt; co</title>" in page
     assert "# &lt;script&gt;alert(1)&lt;/script&gt;" in page and "<script>alert(1)" not in page
     assert page.count("<script>") == 1  # only the load script
@@ -210,7 +210,7 @@ def test_config_and_title_are_escaped(tmp_path, figure_template):
 
 def test_a_failure_mid_write_leaves_the_previous_report(tmp_path, figure_template, monkeypatch):
     cfg = make_run(tmp_path, figure_template)
-    out = stage.run(cfg)
+    out = stage.run(cfg, serial())
     old = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
 
     def broken(*args, **kwargs):
@@ -218,7 +218,7 @@ def test_a_failure_mid_write_leaves_the_previous_report(tmp_path, figure_templat
 
     monkeypatch.setattr(stage.page, "document", broken)  # after the tables and figures are written
     with pytest.raises(RuntimeError, match="disk full"):
-        stage.run(cfg.updated({"report.title": "another"}))
+        stage.run(cfg.updated({"report.title": "another"}), serial())
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == old
     assert sorted(p.name for p in out.parent.iterdir() if p.name.startswith("report")) == ["report"]
 
@@ -234,10 +234,10 @@ def test_missing_or_broken_analysis_is_a_clear_error(tmp_path):
     path.parent.mkdir(parents=True)
     path.write_text("{not json")
     with pytest.raises(StageError, match="analysis.json: not valid JSON"):
-        stage.run(cfg)
+        stage.run(cfg, serial())
     path.write_text(json.dumps({"digest": "x"}))
     with pytest.raises(StageError, match="missing table1, table2"):
-        stage.run(cfg)
+        stage.run(cfg, serial())
 
 
 # ----------------------------------------------------------------------------------------- browser
@@ -256,7 +256,7 @@ def test_dom_verification():
 def test_browser_check_and_screenshot(tmp_path, figure_template):
     needs_chromium()
     cfg = make_run(tmp_path, figure_template).updated({"report.screenshot": True})
-    out = stage.run(cfg)
+    out = stage.run(cfg, serial())
     assert (out / "screenshot.png").stat().st_size > 10_000
 
     shot = tmp_path / "check.png"

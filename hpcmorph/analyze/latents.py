@@ -8,12 +8,20 @@ take chunks round-robin and exchange the results, so the output is the same on a
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
+import h5py
 import numpy as np
 import torch
 
+from .. import store
+from ..attack.stage import columns as attack_layout
+from ..config import Config
+from ..generate import output_path as galaxies_path
 from ..mpi import Context
+from . import exposure
+from .inputs import ATTACK_SCALARS
 
 
 def chunks(n: int, size: int) -> list[tuple[int, int]]:
@@ -56,3 +64,107 @@ def sharded(ctx: Context, n_chunks: int, work: Callable[[int], dict[str, np.ndar
 def concat(parts: list[dict], empty: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Join per-chunk results along rows; ``empty`` gives each column's (0, ...) array when there are none."""
     return {k: np.concatenate([p[k] for p in parts]) if parts else v for k, v in empty.items()}
+
+
+# ---------------------------------------------------------------- the stage's latents and their files
+
+def columns(n_variants: int, latent_dim: int, n_fractions: int) -> dict[str, store.Column]:
+    """Layout of latents.h5: one row per Y10/Y1 test image pair (documented in the README)."""
+    c = store.Column
+    return {
+        "index": c((), "i8", "row of the galaxy in galaxies.h5 (a test image)"),
+        "label": c((), "i1", "true class (0 spiral, 1 elliptical, 2 merger)"),
+        "z_y10": c((n_variants, latent_dim), "f4", "latent (bottleneck output) of the normalised Y10 image, per "
+                   "model (axis 1: the file attribute variant_names)"),
+        "z_y1": c((n_variants, latent_dim), "f4", "latent of the normalised Y1 image, per model"),
+        "pred_y10": c((n_variants,), "i1", "class each model predicts for the Y10 image"),
+        "pred_y1": c((n_variants,), "i1", "class each model predicts for the Y1 image"),
+        "pred_exposure": c((n_variants, n_fractions), "i1", "class each model predicts for the noiseless image "
+                           "observed again at each exposure fraction (attribute exposure_fractions); -1 when "
+                           "the data has no noiseless images"),
+    }
+
+
+def attack_columns(latent_dim: int) -> dict[str, store.Column]:
+    """Layout of attack_latents.h5: one row per row of the attack file, in its order (its scalar
+    columns as attack.h5 defines them)."""
+    c = store.Column
+    scalars = attack_layout(1, 1, 1)
+    return {
+        **{name: scalars[name] for name in ATTACK_SCALARS},
+        "z_attacked": c((latent_dim,), "f4", "latent of the attacked image under the attacked model"),
+        "pred_attacked": c((), "i1", "class the attacked model predicts for the attacked image"),
+    }
+
+
+def compute_latents(cfg: Config, ctx: Context, models: dict, device, test: np.ndarray, attack_file: Path,
+                    fractions: list[float], bands, pixel_scale: float) -> tuple[dict, dict]:
+    """Latents of the test images and of the attacked images, every rank getting all of them.
+
+    Returns (test columns of latents.h5 without index/label, {"z_attacked", "pred_attacked"}).
+    """
+    a = cfg.analyze
+    variants = list(models)
+    dim = next(iter(models.values()))[0].latent_dim
+    n_v, n_f = len(variants), len(a.exposure_fractions)
+    test_chunks = chunks(len(test), a.batch_size)
+    with h5py.File(attack_file, "r") as fa:
+        att_variant = fa["variant"][...]
+    att_chunks = chunks(len(att_variant), a.batch_size)
+
+    with h5py.File(galaxies_path(cfg), "r") as f, h5py.File(attack_file, "r") as fa:
+        def test_chunk(c: int) -> dict[str, np.ndarray]:
+            lo, hi = test_chunks[c]
+            rows = test[lo:hi]  # increasing: what h5py's fancy reads need
+            y10, y1 = f["y10"][rows], f["y1"][rows]
+            out = {"z_y10": np.empty((hi - lo, n_v, dim), np.float32), "z_y1": np.empty((hi - lo, n_v, dim), np.float32),
+                   "pred_y10": np.empty((hi - lo, n_v), np.int8), "pred_y1": np.empty((hi - lo, n_v), np.int8),
+                   "pred_exposure": np.full((hi - lo, n_v, n_f), -1, np.int8)}
+            for v, (model, stretch) in enumerate(models.values()):
+                out["z_y10"][:, v], out["pred_y10"][:, v] = embed(model, y10, device, stretch)
+                out["z_y1"][:, v], out["pred_y1"][:, v] = embed(model, y1, device, stretch)
+            if fractions:
+                clean = f["clean"][rows]
+                for j, frac in enumerate(fractions):
+                    # One observation per galaxy and exposure, shown to every model (a paired comparison).
+                    seen = np.stack([exposure.reobserve(clean[i], bands, pixel_scale, frac,
+                                                        exposure.seeds(cfg.run.seed, row, j, len(bands)))
+                                     for i, row in enumerate(rows)])
+                    for v, (model, stretch) in enumerate(models.values()):
+                        out["pred_exposure"][:, v, j] = embed(model, seen, device, stretch)[1]
+            return out
+
+        def attack_chunk(c: int) -> dict[str, np.ndarray]:
+            lo, hi = att_chunks[c]
+            images, which = fa["attacked"][lo:hi], att_variant[lo:hi]
+            out = {"z_attacked": np.empty((hi - lo, dim), np.float32), "pred_attacked": np.empty(hi - lo, np.int8)}
+            for v, (model, _) in enumerate(models.values()):
+                sel = which == v
+                if sel.any():
+                    # The attacked images are the model's input as the attack built it: no stretch.
+                    out["z_attacked"][sel], out["pred_attacked"][sel] = embed(model, images[sel], device)
+            return out
+
+        mine = len(ctx.share(range(len(test_chunks)))) + len(ctx.share(range(len(att_chunks))))
+        with ctx.progress(total=mine, desc="analyze latents (rank 0 share)", unit="chunk",
+                          enabled=cfg.run.progress) as bar:
+            test_parts = sharded(ctx, len(test_chunks), test_chunk, bar)
+            att_parts = sharded(ctx, len(att_chunks), attack_chunk, bar)
+    empty = {"z_y10": np.zeros((0, n_v, dim), np.float32), "z_y1": np.zeros((0, n_v, dim), np.float32),
+             "pred_y10": np.zeros((0, n_v), np.int8), "pred_y1": np.zeros((0, n_v), np.int8),
+             "pred_exposure": np.zeros((0, n_v, n_f), np.int8)}
+    return (concat(test_parts, empty),
+            concat(att_parts, {"z_attacked": np.zeros((0, dim), np.float32),
+                                       "pred_attacked": np.zeros(0, np.int8)}))
+
+
+def write(path: Path, cols: dict[str, store.Column], data: dict[str, np.ndarray], attrs: dict, ctx: Context,
+           io: str) -> None:
+    n = len(next(iter(data.values())))
+
+    def pieces(lo: int, hi: int):
+        if hi > lo:  # an empty piece would skip a collective write (store._write_nothing handles "none")
+            yield lo, hi, {name: data[name][lo:hi] for name in cols}
+
+    store.write_table(path, cols, n, pieces, attrs, ctx, io)
+

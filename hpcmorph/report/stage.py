@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import shutil
 from pathlib import Path
@@ -51,8 +50,8 @@ def digest(cfg: Config, analysis: dict) -> str:
 
 def current_digest(out: Path) -> str | None:
     try:
-        return json.loads((out / "numbers.json").read_text()).get("digest")
-    except (OSError, ValueError, AttributeError):
+        return store.read_json(out / "numbers.json").get("digest")
+    except store.StoreError:
         return None
 
 
@@ -61,17 +60,6 @@ def title(cfg: Config) -> str:
 
 
 # ------------------------------------------------------------------------------------------ writing
-
-def strict(value: Any) -> Any:
-    """``value`` with NaN and infinities as None, so numbers.json is strict JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): strict(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [strict(v) for v in value]
-    return value
-
 
 def _write(path: Path, text: str) -> None:
     # Inside the temporary folder: the folder swap, not each file, is what makes the report atomic.
@@ -223,7 +211,7 @@ def render(cfg: Config, inp: Inputs, tabs: dict[str, tables.Table], copied: dict
 
 def numbers(cfg: Config, inp: Inputs, tabs: dict[str, tables.Table], copied: dict, key: str) -> dict:
     a = inp.analysis
-    return strict({
+    return store.strict({
         "run": cfg.run.name, "title": title(cfg), "digest": key, "analysis_digest": a.get("digest"),
         "table1": {"ours": a.get("table1"), "paper": tables.PAPER_TABLE1},
         "table2": {**(a.get("table2") or {}), "paper": (a.get("table2") or {}).get("paper", tables.PAPER_TABLE2)},
@@ -282,19 +270,19 @@ def screenshot(tmp: Path, out: Path) -> None:
 
 # ---------------------------------------------------------------------------------------------- run
 
-def run(cfg: Config, ctx: Context | None = None) -> Path:
-    """Write the report of ``cfg``'s run; returns the report folder."""
+def run(cfg: Config, ctx: Context, force: bool = False) -> Path:
+    """Write the report of ``cfg``'s run (rank 0); returns the report folder. ``force`` rebuilds a
+    report that is up to date."""
     out = output_dir(cfg)
     # Every rank reads analysis.json: a missing one is then the same user error on every rank.
     analysis = load_analysis(cfg)
     key = digest(cfg, analysis)
-    if ctx is None or ctx.is_root:
-        if current_digest(out) == key:
+    if ctx.is_root:
+        if current_digest(out) == key and not force:
             log.info("report: up to date (%s, digest %s)", out, key)
         else:
             _write_report(cfg, analysis, out, key)
-    if ctx is not None:
-        ctx.barrier()
+    ctx.barrier()
     return out
 
 

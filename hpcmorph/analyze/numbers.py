@@ -1,0 +1,129 @@
+"""The numbers of ``analysis.json``: Table 2, the Figure 2 triplet with its church windows and
+isomaps, accuracy against exposure, and attack success against k. Rank 0 only, from the latents."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+
+from ..config import Config
+from ..generate.morphology import CLASS_NAMES
+from ..mpi import log
+from . import church, distances, exposure, isomap
+from .inputs import attack_command, attack_state
+
+
+def triplet_attack(attacks: dict[str, np.ndarray], v: int, image: int) -> int | None:
+    """Row of model ``v``'s attack on ``image`` shown with the triplet: the successful attack with the
+    fewest queries (ties: lowest target), else the one that came closest (highest target probability)."""
+    rows = np.flatnonzero((attacks["variant"] == v) & (attacks["index"] == image))
+    if len(rows) == 0:
+        return None
+    good = rows[attacks["success"][rows]]
+    if len(good):
+        return int(good[np.lexsort((attacks["target"][good], attacks["queries"][good]))][0])
+    target = attacks["target"][rows]
+    p = attacks["prob_after"][rows, np.maximum(target, 0)]
+    return int(rows[np.lexsort((target, -p))][0])
+
+
+def default_triplet(attacks: dict[str, np.ndarray], n_variants: int, y1_wrong: set[int]) -> int | None:
+    """The first image (by galaxy row) flipped for every model, preferring one whose Y1 image the
+    first model (regular) gets wrong; else the first flipped for any model; else the first attacked."""
+    images = np.unique(attacks["index"])
+    flipped = [set(attacks["index"][(attacks["variant"] == v) & attacks["success"]].tolist()) for v in range(n_variants)]
+    for_all = [int(i) for i in images if all(i in s for s in flipped)]
+    preferred = [i for i in for_all if i in y1_wrong]
+    for choice in (preferred, for_all, [int(i) for i in images if any(i in s for s in flipped)], images.tolist()):
+        if choice:
+            return int(choice[0])
+    return None
+
+
+def analyse(cfg: Config, models: dict, variants: list[str], lat: dict, attacks: dict, att: dict,
+            fractions: list[float], y1_fraction: float) -> dict:
+    """The numbers of analysis.json (table2, exposure, success_vs_k, triplet) and "_panels", what the
+    figures draw. Rank 0 only."""
+    a = cfg.analyze
+    test, labels = lat["index"], lat["label"]
+    where = {int(r): i for i, r in enumerate(test)}
+    table2, per_image = distances.table2(attacks, att["z_attacked"], test, lat["z_y10"], lat["z_y1"], variants)
+    table2["paper"] = distances.PAPER
+
+    # The triplet of Figure 2.
+    first = 0 if "regular" not in variants else variants.index("regular")
+    y1_wrong = {int(r) for r, p, t in zip(test, lat["pred_y1"][:, first], labels) if p != t}
+    image = a.triplet if a.triplet is not None else default_triplet(attacks, len(variants), y1_wrong)
+    church_panels, iso_panels, triplet = {}, {}, None
+    sample = isomap.sample(test, a.isomap_images, cfg.run.seed, include=image)
+    pos = np.array([where[int(r)] for r in sample], np.int64)
+    if image is not None:
+        t = where[int(image)]
+        triplet = {"index": int(image), "label": int(labels[t]), "label_name": CLASS_NAMES[int(labels[t])],
+                   "variants": {}}
+    for v, name in enumerate(variants):
+        row = None if image is None else triplet_attack(attacks, v, int(image))
+        extra = None
+        if row is not None:
+            t = where[int(image)]
+            z0, z1, za = lat["z_y10"][t, v], lat["z_y1"][t, v], att["z_attacked"][row]
+            head = models[name][0].head
+            win = church.window(head.weight.detach().cpu().numpy(), head.bias.detach().cpu().numpy(), z0, z1, za,
+                                a.church_extent, a.church_step, a.church_orthogonal)
+            target = int(attacks["target"][row])
+            church_panels[name] = {"window": win, "label": int(labels[t]), "target": target,
+                                   "flipped": bool(attacks["success"][row])}
+            pred_y1 = int(lat["pred_y1"][t, v])
+            triplet["variants"][name] = {
+                "target": target, "target_name": CLASS_NAMES[target] if target >= 0 else "any",
+                "pred_y1": pred_y1, "pred_y1_name": CLASS_NAMES[pred_y1],
+                "pred_attacked": int(att["pred_attacked"][row]), "flipped": bool(attacks["success"][row]),
+                "attack_row": int(row), "queries": int(attacks["queries"][row]),
+                "distance_y1": float(distances.distance(z1, z0)), "distance_attacked": float(distances.distance(za, z0)),
+                "markers": {k: list(xy) for k, xy in win["markers"].items()}}
+            extra = za[None]
+        iso = isomap.fit(lat["z_y10"][pos, v], lat["z_y1"][pos, v], a.isomap_neighbors, extra)
+        tpos = None if image is None else int(np.searchsorted(sample, image))
+        iso_panels[name] = {"isomap": iso, "labels": labels[pos].astype(int), "triplet_pos": tpos}
+
+    # Accuracy against exposure.
+    exposure_result = None
+    if fractions:
+        acc = {name: [float(np.mean(lat["pred_exposure"][:, v, j] == labels)) if len(labels) else None
+                      for j in range(len(fractions))] for v, name in enumerate(variants)}
+        exposure_result = {"fractions": fractions, "years": [exposure.YEARS * f for f in fractions], "accuracy": acc,
+                           "y1_years": exposure.YEARS * y1_fraction,
+                           "test_accuracy_y1_y10": {name: [_acc(lat["pred_y1"][:, v], labels),
+                                                           _acc(lat["pred_y10"][:, v], labels)]
+                                                    for v, name in enumerate(variants)}}
+
+    return {"table2": table2, "exposure": exposure_result, "success_vs_k": success_vs_k(cfg, variants),
+            "triplet": triplet,
+            "_panels": {"church": church_panels, "isomap": iso_panels, "distances": per_image}}
+
+
+def _acc(pred: np.ndarray, labels: np.ndarray) -> float | None:
+    return float(np.mean(pred == labels)) if len(labels) else None
+
+
+def success_vs_k(cfg: Config, variants: list[str]) -> dict:
+    """Fraction of the attacked images flipped, per model, for each k of analyze.k_sweep with a current
+    attack output; the others are listed as missing (a warning, not an error)."""
+    out = {"k": [], "flipped_fraction": {v: [] for v in variants}, "missing_k": []}
+    for k in sorted(set(cfg.analyze.k_sweep)):
+        path, current = attack_state(cfg, k)
+        if not current:
+            log.warning("analyze: no current attack output for k=%d (%s %s); run `%s` to add it to the success "
+                        "curve", k, path, "is from other settings" if path.exists() else "is missing", attack_command(k))
+            out["missing_k"].append(k)
+            continue
+        with h5py.File(path, "r") as f:
+            summary = json.loads(f.attrs["summary"])["variants"]
+        out["k"].append(k)
+        for v in variants:
+            s = summary.get(v)
+            out["flipped_fraction"][v].append(s["flipped"] / s["attacked"] if s and s["attacked"] else None)
+    return out
+
