@@ -164,9 +164,10 @@ SCHEMA: dict[str, Any] = {
         "threshold": Field(0.5, float, "A targeted attack succeeds when the target's probability exceeds this.",
                            low=0.0, high=1.0),
         "images_per_batch": Field(8, int, "Images attacked together (all their targets) in one batched DE run; "
-                                  "also the checkpoint block. Does not change any result.", low=1),
+                                  "also the checkpoint block. Part of the output's digest: on some CPUs the last bits of a "
+                                  "forward pass depend on which images share it.", low=1),
         "forward_batch": Field(1024, int, "Most candidate images per forward pass (memory bound; raise on GPUs). "
-                               "Does not change any result.", low=2),
+                               "Part of the output's digest, like images_per_batch.", low=2),
         "threads": Field(0, int, "torch CPU threads per rank (0 = torch's default).", low=0),
         "figures": Field(True, bool, "Write the query histogram, success-by-class and example figures."),
         "keep_parts": Field(False, bool, "Keep the per-block checkpoint files after the output is complete."),

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from conftest import assert_same_data, cli, command, env, kill_session
-from hpcmorph import config
+from hpcmorph import config, store
 from hpcmorph.attack import evolution, pixels, stage
 from hpcmorph.train.model import build_model
 
@@ -210,9 +210,11 @@ def test_config_section_defaults_and_validation():
         config.load("tiny", ["attack.mode=both"])
     with pytest.raises(config.ConfigError, match=r"'attack.pixel_range' must be \[min, max\]"):
         config.load("tiny", ["attack.pixel_range=[1, 0]"])
-    # Batching settings do not enter the digest (they change no result); the budget does.
+    # Batching settings enter the digest (they can change the last bits of a forward pass), threads and
+    # figures do not; the budget does.
     base = stage.digest(config.load("tiny"))
-    assert stage.digest(config.load("tiny", ["attack.images_per_batch=3"])) == base
+    assert stage.digest(config.load("tiny", ["attack.images_per_batch=3"])) != base
+    assert stage.digest(config.load("tiny", ["attack.threads=1", "attack.figures=false"])) == base
     assert stage.digest(config.load("tiny", ["attack.population=40"])) != base
     assert stage.output_path(config.load("tiny", ["attack.pixels=2"])).name == "attack-k2.h5"
 
@@ -325,8 +327,8 @@ def test_same_file_on_any_number_of_ranks(serial, trained, tmp_path, ranks):
 
 @pytest.mark.mpi
 def test_resume_after_a_kill_gives_the_same_file(serial, trained, tmp_path):
-    # One image per block (a setting that changes no result): many small checkpoints to kill between.
-    args = [*ATTACK, "--set", "attack.images_per_batch=1"]
+    # Blocks of two images, as the serial run (batching can change a forward pass's last bits).
+    args = ATTACK
     cwd = _workdir(tmp_path, trained)
     run = cwd / "runs" / "tiny"
     proc = subprocess.Popen(command(args, ranks=2), cwd=cwd, env=env(), start_new_session=True,
@@ -337,7 +339,7 @@ def test_resume_after_a_kill_gives_the_same_file(serial, trained, tmp_path):
     kill_session(proc.pid)
     proc.wait(timeout=30)
     done_before = len(list(run.glob("attack.h5.parts-*/block-*.h5")))
-    n_blocks = 2 * len(np.unique(h5py.File(serial[0], "r")["index"][...]))
+    n_blocks = 2 * -(-len(np.unique(h5py.File(serial[0], "r")["index"][...])) // 2)
     assert 2 <= done_before < n_blocks, "the kill should land mid-run"
     assert not (run / "attack.h5").exists()
 
@@ -351,6 +353,10 @@ def test_rerun_is_a_no_op_and_another_config_is_refused(serial, trained, tmp_pat
     shutil.copy(serial[0], cwd / "runs" / "tiny" / "attack.h5")
     out = cwd / "runs" / "tiny" / "attack.h5"
     mtime = out.stat().st_mtime_ns
+    # The output alone, without its completion marker: only the finishing steps run (summary, figures).
+    res = cli(ATTACK, cwd)
+    assert "finishing what a stopped run left undone" in res.stderr and out.stat().st_mtime_ns == mtime
+    assert (cwd / "runs" / "tiny" / "attack_summary.json").exists() and store.marker(out).exists()
     res = cli(ATTACK, cwd)
     assert "up to date" in res.stderr and out.stat().st_mtime_ns == mtime
     res = cli([*ATTACK, "--set", "attack.population=8"], cwd, check=False)
@@ -363,6 +369,6 @@ def test_missing_model_is_a_clear_error(trained, tmp_path):
     shutil.rmtree(cwd / "runs" / "tiny" / "mmd")
     res = cli(ATTACK, cwd, check=False)
     assert res.returncode == 2, res.stderr[-2000:]
-    assert "mmd/seed0/model.pt: no such file; run `hpcmorph train` first" in res.stderr
+    assert "mmd/seed0/model.pt: no such file; run `hpcmorph train`" in res.stderr
     assert "Traceback" not in res.stderr
     assert not (cwd / "runs" / "tiny" / "attack.h5").exists()

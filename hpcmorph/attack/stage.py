@@ -8,7 +8,7 @@
    checkpoint folder, so a resumed run attacks the same images.
 3. Attacks are (variant, image, target) triples; blocks of ``attack.images_per_batch`` images of one
    variant (all their targets) are one batched DE run (``evolution.evolve``) and one checkpoint
-   file in ``<output>.parts-<digest>-b<images_per_batch>/`` (written, then renamed). Ranks take
+   file in ``<output>.parts-<digest>/`` (written, then renamed). Ranks take
    the blocks not yet on disk round-robin.
 4. All ranks write the output together (``store.write_table``); rank 0 writes the summary and the
    figures, removes the checkpoint folder, and ``<output>.complete`` marks the whole stage done
@@ -43,8 +43,10 @@ STAGE = "attack"
 VARIANTS = ("regular", "mmd")
 SELECT_STREAM, ATTACK_STREAM = 10, 11
 SELECT_CHUNK = 32  # test images per classification pass while choosing images (fixed: see _classify)
-# Attack settings that do not change any result (batching is checked not to), left out of the digest.
-_NEUTRAL = ("images_per_batch", "forward_batch", "threads", "figures", "keep_parts")
+# Attack settings that change no number, left out of the digest. The batching settings
+# (images_per_batch, forward_batch) are not among them: they decide which candidates share a forward
+# pass, and on some CPUs the last bits of a network's output depend on the batch it is computed in.
+_NEUTRAL = ("threads", "figures", "keep_parts")
 
 
 def output_stem(cfg: Config) -> str:
@@ -324,7 +326,7 @@ def make(cfg: Config, ctx: Context, out: Path, key: str) -> None:
         lo, hi = data_range(stretch)
         log.info("attack: %s model: normalised pixels span [%.3f, %.3f]; candidates take values in %s",
                  v, min(lo), max(hi), pixel_range(a, stretch))
-    blocks = store.Blocks(out.with_name(f"{out.name}.parts-{key}-b{a.images_per_batch}"))
+    blocks = store.Blocks(out.with_name(f"{out.name}.parts-{key}"))
     blocks.create(ctx)
     choice = images(cfg, ctx, models, device, blocks.folder / "images.h5")
     plan = attack_blocks(cfg, ctx, models, variants, choice, blocks, device)
