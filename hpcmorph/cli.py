@@ -14,6 +14,7 @@ import sys
 
 from . import __version__
 from .errors import USER_ERROR_EXIT, UserError
+from .bench import STAGES as BENCH_STAGES
 from .stages import NAMES, STAGES, stage
 
 EPILOG = """Configs: a preset name (laptop, paper, tiny) or a YAML file (which may start with
@@ -74,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="benchmarks: a stage's throughput beside a bare baseline",
                        description="Prints the stage's figure beside a bare baseline measured in the same run.")
-    p.add_argument("stage", choices=["generate", "train", "attack", "analyze"], help="which stage to benchmark")
+    p.add_argument("stage", choices=BENCH_STAGES, help="which stage to benchmark")
     p.add_argument("--galaxies", type=int, default=128, help="galaxies per measurement (default 128)")
     p.add_argument("--ranks", type=int, nargs="+", default=[1, 2], help="rank counts for the scaling run")
     return parser

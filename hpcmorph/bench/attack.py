@@ -1,7 +1,6 @@
 """``hpcmorph bench attack``: the attack stage's figures beside baselines measured in the same run.
 
-On a freshly generated and trained tiny model (48 x 48 px, regular variant, 30 epochs: about 40 s
-to make; shorter training leaves a model whose probabilities one pixel barely moves):
+On the benchmarks' freshly generated and trained tiny model (:func:`common.tiny_model`):
 
 1. model throughput inside the attack (candidate images classified per second over the whole DE
    loop: draws, mutation, building the images, the forward passes) beside bare batched inference
@@ -27,50 +26,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..bench import launch, per_rank_count
+from .common import TINY_PRESET, per_rank_count, tiny_model, tiny_settings, worker
 
-PRESET = "tiny"
-# One training thread: the bench model is then the same whatever the machine's core count.
-SETTINGS = ["run.name=bench", "run.progress=false", "generate.n_galaxies=96", "generate.figures=false",
-            "train.variants=[regular]", "train.epochs=30", "train.patience=30", "train.batch_size=16",
-            "train.lr=0.002", "train.threads=1", "attack.variants=[regular]", "attack.figures=false"]
 THROUGHPUT = {"images": 4, "population": 128, "generations": 1}    # 4 x 2 targets x 128 = 1024 per pass
 COMPARE = {"images": 6, "population": 40, "generations": 10,        # scipy: popsize 8 x 5 genes = 40
            "toy_attacks": 64}
-# Every test image, right or wrong (more images than the model gets right): 8 blocks of one image.
-STAGE = ["attack.n_images=8", "attack.only_correct=false", "attack.population=40", "attack.generations=10",
-         "attack.images_per_batch=1"]
-
-
-def _run(cmd: list[str], root: Path, ranks: int, threads: int) -> str:
-    return launch(cmd, ranks, threads, cwd=root)
-
-
-def _sets(root: Path, extra=()) -> list[str]:
-    return sum((["--set", s] for s in [*SETTINGS, f"run.root={root}", *extra]), [])
-
-
-def _prepare(root: Path, threads: int):
-    """Generate and train the bench model; return (cfg, model, stretch, correctly classified test
-    images (N, C, H, W) raw, their labels)."""
-    import h5py
-    import torch
-
-    from .. import config
-    from ..generate import output_path
-    from . import stage
-
-    for cmd in ("generate", "train"):
-        _run([sys.executable, "-m", "hpcmorph", cmd, "--config", PRESET, *_sets(root)], root, 1, threads)
-    cfg = config.load(PRESET, [*SETTINGS, f"run.root={root}"])
-    model, stretch = stage.load_model(cfg, "regular", torch.device("cpu"))
-    with h5py.File(output_path(cfg), "r") as f:
-        rows = np.flatnonzero(f["split"][...] == 2)
-        images, labels = f["y10"][rows], f["label"][rows].astype(np.int64)
-    with torch.inference_mode():
-        pred = model(stretch(torch.from_numpy(images)))[1].argmax(1).numpy()
-    keep = pred == labels
-    return cfg, model, stretch, images[keep], labels[keep]
+# (3): every test image, right or wrong (more images than the model gets right), in blocks of one image.
+STAGE = {"n_images": 8, "only_correct": False, "population": 40, "generations": 10, "images_per_batch": 1}
 
 
 def _tasks(labels: np.ndarray, n: int):
@@ -83,7 +45,7 @@ def throughput(model, stretch, images, labels) -> dict:
     """Candidates per second inside the DE loop vs bare inference of batches of the same size."""
     import torch
 
-    from . import evolution, pixels
+    from ..attack import evolution, pixels
 
     n = THROUGHPUT["images"]
     images = np.concatenate([images] * (1 + n // max(len(images), 1)))[:n]
@@ -148,7 +110,7 @@ def _compare(logits_fn, base, true, target, seeds, settings) -> dict:
     import torch
     from scipy.optimize import differential_evolution
 
-    from . import evolution, pixels
+    from ..attack import evolution, pixels
 
     c, h, w = base.shape[1:]
     lo, hi, pos = pixels.bounds(1, c, h, w, (0.0, 1.0))
@@ -198,7 +160,7 @@ def compare_scipy(model, stretch, images, labels) -> dict:
     the toy ``Needle`` (many attacks in a second, so the success rates carry some weight)."""
     import torch
 
-    from . import evolution
+    from ..attack import evolution
 
     p, g = COMPARE["population"], COMPARE["generations"]
     settings = evolution.Settings(p, g, mutation=0.5, crossover=1.0, threshold=0.5)
@@ -218,11 +180,11 @@ def compare_scipy(model, stretch, images, labels) -> dict:
 def _worker(argv: list[str]) -> None:
     """Under mpirun: run the attack stage in-process and print its wall time from rank 0."""
     from .. import config, mpi
-    from . import run
+    from ..attack import output_path, run
 
     root = argv[0]
     ctx = mpi.world()
-    cfg = config.load(PRESET, [*SETTINGS, f"run.root={root}", *STAGE, "attack.keep_parts=false"])
+    cfg = config.load(TINY_PRESET, tiny_settings(Path(root), [f"attack.{k}={v}" for k, v in STAGE.items()]))
     # force: every rank count attacks afresh (the previous count's output would be up to date).
     ctx.barrier()
     t0 = time.perf_counter()
@@ -231,7 +193,7 @@ def _worker(argv: list[str]) -> None:
     if ctx.is_root:
         import h5py
 
-        with h5py.File(Path(root) / "bench" / "attack.h5", "r") as f:
+        with h5py.File(output_path(cfg), "r") as f:
             n = len(np.unique(f["index"][...]))
         print(json.dumps({"seconds": time.perf_counter() - t0, "ranks": ctx.size, "images": n}))
 
@@ -245,7 +207,7 @@ def bench_attack(ranks: list[int]) -> dict:
     with tempfile.TemporaryDirectory(prefix="hpcmorph-bench-") as tmp:
         root = Path(tmp)
         t0 = time.perf_counter()
-        cfg, model, stretch, images, labels = _prepare(root, threads)
+        cfg, model, stretch, images, labels = tiny_model(root, threads)
         out["prepare_seconds"] = time.perf_counter() - t0
         out["correct_test_images"] = len(labels)
         out["image_size"] = int(images.shape[-1])
@@ -254,8 +216,7 @@ def bench_attack(ranks: list[int]) -> dict:
         stage_times = {}
         for k in sorted(set([1, *ranks])):
             # One thread per rank: the 1-rank run then uses one core, and the efficiency is per core.
-            line = _run([sys.executable, "-m", "hpcmorph.attack.bench", "_worker", str(root)], root, k, 1)
-            res = json.loads(line.strip().splitlines()[-1])
+            res = worker(__name__, [str(root)], k, 1, cwd=root)
             stage_times[k] = res["seconds"]
             out[f"stage_images_per_s_{k}_ranks"] = res["images"] / res["seconds"]
             out["stage_images"] = res["images"]
@@ -286,8 +247,8 @@ def main(args) -> int:
             print(f"        {label:28s} success {s['success_rate']:5.0%}, median queries to flip "
                   f"{s['median_queries_to_flip']:6.0f}, queries per flip {s['queries_per_flip']:7.0f}, "
                   f"{s['seconds']:6.1f} s")
-    print(f"  (3) the stage end to end, {res['stage_images']} test images x 2 targets, population 40, "
-          "10 generations, 1 thread per rank")
+    print(f"  (3) the stage end to end, {res['stage_images']} test images x 2 targets, population "
+          f"{STAGE['population']}, {STAGE['generations']} generations, 1 thread per rank")
     for k, value, eff in per_rank_count(res, "stage_images_per_s_"):
         extra = f"   efficiency {eff:.2f}" if eff is not None else ""
         print(f"      {k} rank(s)                     {value:8.3f} images/s{extra}")
@@ -295,6 +256,5 @@ def main(args) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "_worker":
-        _worker(sys.argv[2:])
+if __name__ == "__main__" and sys.argv[1:2] == ["_worker"]:
+    _worker(sys.argv[2:])

@@ -1,7 +1,7 @@
 """``hpcmorph bench analyze``: the analyze stage's figures beside baselines measured in the same run.
 
-On the attack benchmark's freshly generated and trained tiny model (``attack.bench._prepare``: 48 x
-48 px, regular variant, 30 epochs) and a small attack on it (its inputs for analyze):
+On the benchmarks' freshly generated and trained tiny model (:func:`common.tiny_model`) and a small
+attack on it (its inputs for analyze); (1) and (2) run in a one-rank worker process, as the stage does:
 
 1. latent-embedding throughput in the stage's code path (``latents.sharded`` over fixed chunks of
    ``analyze.batch_size`` images, each through ``latents.embed``: asinh stretch of the raw images,
@@ -32,15 +32,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ..attack.bench import PRESET, SETTINGS, _prepare, _sets
-from ..bench import launch, per_rank_count
+from .common import TINY_PRESET, per_rank_count, sets, stage, tiny_model, tiny_settings, worker
 
 # A small attack: analyze only needs an attack output to read (its success does not matter here).
 ATTACK = ["attack.n_images=8", "attack.only_correct=false", "attack.population=20", "attack.generations=2",
           "attack.images_per_batch=8"]
-# The stage run of (3): chunks of 4 images, so the 25 test images of the tiny run make several
-# chunks for the ranks to share (chunking changes no number: analyze.batch_size is neutral).
-ANALYZE = ["analyze.figures=false", "analyze.batch_size=4"]
+# The stage run of (3): small chunks, so the 25 test images of the tiny run make several chunks for
+# the ranks to share (chunking changes no number: analyze.batch_size is neutral).
+STAGE_BATCH = 4
+ANALYZE = ["analyze.figures=false", f"analyze.batch_size={STAGE_BATCH}"]
 # (1): the test images tiled to 512, in the stage's default chunks of 256; 2 passes of each side.
 EMBED = {"images": 512, "batch": 256, "repeats": 2}
 CHURCH_ROW_STEP = 10                       # (2): the loops classify every 10th row of the grid
@@ -50,31 +50,15 @@ _LAZY_IMPORTS = ("hpcmorph.train.stage", "hpcmorph.train.model", "sklearn.manifo
 
 
 def _settings(root: Path) -> list[str]:
-    return [*SETTINGS, f"run.root={root}", *ATTACK, *ANALYZE]
+    return tiny_settings(root, [*ATTACK, *ANALYZE])
 
 
-class _Serial:
-    """A one-rank communicator: the stage's ``mpi.Context`` in this process without initialising MPI
-    (this process launches mpirun afterwards)."""
-
-    def Get_rank(self) -> int:  # noqa: N802 - mpi4py's names
-        return 0
-
-    def Get_size(self) -> int:  # noqa: N802
-        return 1
-
-    def allgather(self, obj) -> list:
-        return [obj]
-
-
-def embedding(model, stretch, images: np.ndarray, batch: int) -> dict:
+def embedding(ctx, model, stretch, images: np.ndarray, batch: int) -> dict:
     """Images per second through the stage's chunked embedding vs bare batched inference."""
     import torch
 
-    from ..mpi import Context
-    from . import latents
+    from ..analyze import latents
 
-    ctx = Context(_Serial())
     device = torch.device("cpu")
     n = len(images)
     bounds = latents.chunks(n, batch)
@@ -122,9 +106,9 @@ def church_window(cfg, model, stretch) -> dict:
     import h5py
     import torch
 
+    from ..analyze import church, latents
     from ..attack.stage import output_path as attack_path
     from ..generate import output_path
-    from . import church, latents
 
     a, device = cfg.analyze, torch.device("cpu")
     with h5py.File(attack_path(cfg), "r") as f:
@@ -178,14 +162,34 @@ def church_window(cfg, model, stretch) -> dict:
             **{f"speedup_vs_{k}_loop": v["seconds_scaled"] / grid for k, v in loops.items()}}
 
 
-def _worker(argv: list[str]) -> None:
-    """Under mpirun: run the analyze stage in-process and print its wall time from rank 0."""
-    from .. import config, mpi
-    from . import run
+def _measure(root: Path) -> dict:
+    """(1) and (2), in a one-rank MPI job of their own (the stage's code path takes a communicator)."""
+    import h5py
+    import torch
 
-    root = Path(argv[0])
+    from .. import config, mpi
+    from ..generate import output_path
+    from ..train.saved import load_model
+
     ctx = mpi.world()
-    cfg = config.load(PRESET, _settings(root))
+    cfg = config.load(TINY_PRESET, _settings(root))
+    model, stretch = load_model(cfg, "regular", cfg.train.seeds[0], torch.device("cpu"))
+    with h5py.File(output_path(cfg), "r") as f:
+        images = f["y10"][np.flatnonzero(f["split"][...] == 2)]
+    n = EMBED["images"]
+    tiled = np.ascontiguousarray(np.concatenate([images] * (1 + n // len(images)))[:n], np.float32)
+    return {"embedding": embedding(ctx, model, stretch, tiled, EMBED["batch"]),
+            "church": church_window(cfg, model, stretch)}
+
+
+def _stage_once(root: Path) -> dict:
+    """Under mpirun: the analyze stage in-process, its wall time from rank 0."""
+    from .. import config, mpi
+    from ..analyze import run
+    from ..analyze.stage import ATTACK_LATENTS, LATENTS, output_dir
+
+    ctx = mpi.world()
+    cfg = config.load(TINY_PRESET, _settings(root))
     for name in _LAZY_IMPORTS:  # out of the timing, as interpreter start-up is
         importlib.import_module(name)
     # force: every run analyses afresh (the previous run's output would be up to date).
@@ -193,46 +197,39 @@ def _worker(argv: list[str]) -> None:
     t0 = time.perf_counter()
     run(cfg, ctx, force=True)
     ctx.barrier()
-    if ctx.is_root:
-        import h5py
+    if not ctx.is_root:
+        return {}
+    import h5py
 
-        from .stage import ATTACK_LATENTS, LATENTS, output_dir
+    with h5py.File(output_dir(cfg) / LATENTS, "r") as f, h5py.File(output_dir(cfg) / ATTACK_LATENTS, "r") as g:
+        n, m = len(f["index"]), len(g["index"])
+    return {"seconds": time.perf_counter() - t0, "ranks": ctx.size, "test_images": n, "attack_rows": m}
 
-        with h5py.File(output_dir(cfg) / LATENTS, "r") as f, h5py.File(output_dir(cfg) / ATTACK_LATENTS, "r") as g:
-            n, m = len(f["index"]), len(g["index"])
-        print(json.dumps({"seconds": time.perf_counter() - t0, "ranks": ctx.size, "test_images": n,
-                          "attack_rows": m}))
+
+def _worker(argv: list[str]) -> None:
+    res = {"measure": _measure, "stage": _stage_once}[argv[0]](Path(argv[1]))
+    if res:
+        print(json.dumps(res))
 
 
 def bench_analyze(ranks: list[int]) -> dict:
-    import h5py
     import torch
-
-    from ..generate import output_path
 
     threads = torch.get_num_threads()
     out: dict = {"threads": threads, "cores": os.cpu_count() or 1}
     with tempfile.TemporaryDirectory(prefix="hpcmorph-bench-") as tmp:
         root = Path(tmp)
         t0 = time.perf_counter()
-        cfg, model, stretch, _, _ = _prepare(root, threads)
-        launch([sys.executable, "-m", "hpcmorph", "attack", "--config", PRESET, *_sets(root, ATTACK)], 1, threads,
-               cwd=root)
+        cfg, _, _, _, _ = tiny_model(root, threads)
+        stage(["attack", "--config", TINY_PRESET, *sets(_settings(root))], 1, threads, root)
         out["prepare_seconds"] = time.perf_counter() - t0
         out["image_size"] = cfg.generate.image_size
-        with h5py.File(output_path(cfg), "r") as f:
-            test = np.flatnonzero(f["split"][...] == 2)
-            images = f["y10"][test]
-        n = EMBED["images"]
-        tiled = np.ascontiguousarray(np.concatenate([images] * (1 + n // len(images)))[:n], np.float32)
-        out["embedding"] = embedding(model, stretch, tiled, EMBED["batch"])
-        out["church"] = church_window(cfg, model, stretch)
+        out.update(worker(__name__, ["measure", str(root)], 1, threads, cwd=root))
         counts = sorted(set([1, *ranks]))
         times: dict[int, list[float]] = {k: [] for k in counts}
         for _ in range(STAGE_RUNS):
             for k in counts:
-                line = launch([sys.executable, "-m", "hpcmorph.analyze.bench", "_worker", str(root)], k, 1, cwd=root)
-                res = json.loads(line.strip().splitlines()[-1])
+                res = worker(__name__, ["stage", str(root)], k, 1, cwd=root)
                 times[k].append(res["seconds"])
                 out["stage_test_images"], out["stage_attack_rows"] = res["test_images"], res["attack_rows"]
         for k in counts:
@@ -265,7 +262,7 @@ def show(res: dict) -> None:
               f"every {CHURCH_ROW_STEP}th row, scaled; {lp['agreement']:.2%} same classes)   "
               f"speedup {c['speedup_vs_' + name + '_loop']:.1f}x")
     print(f"  (3) `hpcmorph analyze` end to end, {res['stage_test_images']} test images, {res['stage_attack_rows']} "
-          "attack rows, chunks of 4, figures off, 1 thread per rank, best of "
+          f"attack rows, chunks of {STAGE_BATCH}, figures off, 1 thread per rank, best of "
           f"{STAGE_RUNS}")
     for k, value, eff in per_rank_count(res, "stage_seconds_"):
         extra = f"   efficiency {eff:.2f}" if eff is not None else ""
@@ -273,6 +270,5 @@ def show(res: dict) -> None:
     print(json.dumps(res))
 
 
-if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "_worker":
-        _worker(sys.argv[2:])
+if __name__ == "__main__" and sys.argv[1:2] == ["_worker"]:
+    _worker(sys.argv[2:])
