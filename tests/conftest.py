@@ -1,4 +1,5 @@
-"""Shared helpers: run the real CLI, plainly or under a real ``mpirun``, with a timeout."""
+"""Shared helpers and fixtures: run the real CLI, plainly or under a real ``mpirun``, with a timeout;
+one tiny generated and trained run per session that the stage tests copy."""
 
 from __future__ import annotations
 
@@ -108,3 +109,45 @@ def kill_session(sid: int) -> None:
             except ProcessLookupError:
                 pass
         time.sleep(0.05)
+
+
+# The tiny run the attack, analyze and train tests start from: 40 galaxies, both models barely
+# trained (2 epochs), one thread. Made once per session; each test works on a copy.
+TINY_GEN = ["--config", "tiny", "--set", "generate.n_galaxies=40"]
+TINY_TRAIN = [*TINY_GEN, "--set", "train.epochs=2", "--set", "train.batch_size=8", "--set", "train.lr=0.001",
+              "--set", "train.threads=1"]
+
+
+@pytest.fixture(scope="session")
+def tiny_galaxies(tmp_path_factory) -> Path:
+    """``runs/tiny`` holding ``galaxies.h5`` of the tiny run."""
+    cwd = tmp_path_factory.mktemp("tiny-galaxies")
+    cli(["generate", *TINY_GEN], cwd)
+    return cwd / "runs" / "tiny"
+
+
+@pytest.fixture(scope="session")
+def tiny_trained(tiny_galaxies, tmp_path_factory) -> Path:
+    """``runs/tiny`` holding the tiny run's data and both trained models."""
+    cwd = workdir(tmp_path_factory.mktemp("tiny-trained"), tiny_galaxies, "")
+    cli(["train", *TINY_TRAIN], cwd)
+    return cwd / "runs" / "tiny"
+
+
+def workdir(tmp_path: Path, run: Path, name: str = "w") -> Path:
+    """A fresh working directory whose ``runs/tiny`` is a copy of the run folder ``run``."""
+    cwd = tmp_path / name
+    shutil.copytree(run, cwd / "runs" / "tiny", ignore=shutil.ignore_patterns("*.lock"))
+    return cwd
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """In-process forward passes on one thread: with two threads on a busy two-core machine every
+    layer waits for a descheduled OpenMP worker (0.8 s per tiny forward pass instead of 10 ms)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -12,20 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import assert_same_data, cli, datasets
+from conftest import TINY_TRAIN, assert_same_data, cli, datasets, workdir
 from hpcmorph import config
 from hpcmorph.analyze import church, distances, exposure, isomap, numbers, stage
 from hpcmorph.attack.stage import load_model  # the attacked model: train.saved at attack.model_seed
 from hpcmorph.generate.survey import bands
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """In-process work on one thread (see test_attack.py: a busy two-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------------------------- church window
@@ -201,9 +195,7 @@ def test_reobservation_is_reproducible_and_longer_exposures_are_less_noisy():
 
 # ---------------------------------------------------------------------------------- end to end
 
-GEN = ["--config", "tiny", "--set", "generate.n_galaxies=40"]
-TRAIN = [*GEN, "--set", "train.epochs=2", "--set", "train.batch_size=8", "--set", "train.lr=0.001",
-         "--set", "train.threads=1"]
+TRAIN = TINY_TRAIN
 # As test_attack.py, with a threshold under the barely trained models' spiral probability and near
 # their elliptical one: both models get images flipped at once, and some attacks search to the end.
 ATTACK_SETTINGS = [*TRAIN, "--set", "attack.population=12", "--set", "attack.generations=6",
@@ -215,18 +207,13 @@ TOP_KEYS = ["run", "digest", "provenance", "table1", "table2", "exposure", "succ
 
 
 @pytest.fixture(scope="module")
-def attacked(tmp_path_factory):
-    cwd = tmp_path_factory.mktemp("attacked")
-    cli(["generate", *GEN], cwd)
-    cli(["train", *TRAIN], cwd)
+def attacked(tiny_trained, tmp_path_factory):
+    cwd = workdir(tmp_path_factory.mktemp("attacked"), tiny_trained, "")
     cli(["attack", *ATTACK_SETTINGS], cwd)
     return cwd / "runs" / "tiny"
 
 
-def _workdir(tmp_path, attacked, name="w"):
-    cwd = tmp_path / name
-    shutil.copytree(attacked, cwd / "runs" / "tiny")
-    return cwd
+_workdir = workdir
 
 
 @pytest.fixture(scope="module")
@@ -242,6 +229,7 @@ def _numbers(out) -> dict:
     return found
 
 
+@pytest.mark.slow
 def test_outputs_agree_with_the_inputs_and_each_other(serial, attacked):
     out, res = serial
     found = json.loads((out / "analysis.json").read_text())
@@ -326,6 +314,7 @@ def test_outputs_agree_with_the_inputs_and_each_other(serial, attacked):
     assert not list(out.glob("*.tmp*"))
 
 
+@pytest.mark.slow
 @pytest.mark.mpi
 def test_two_ranks_give_the_same_outputs(serial, attacked, tmp_path):
     cwd = _workdir(tmp_path, attacked)
@@ -338,6 +327,7 @@ def test_two_ranks_give_the_same_outputs(serial, attacked, tmp_path):
         assert f.attrs["ranks"] == 2
 
 
+@pytest.mark.slow
 def test_rerun_is_a_no_op_and_other_settings_are_refused_unless_forced(serial, attacked, tmp_path):
     cwd = _workdir(tmp_path, attacked)
     shutil.copytree(serial[0], cwd / "runs" / "tiny" / "analysis")
@@ -369,6 +359,7 @@ def test_rerun_is_a_no_op_and_other_settings_are_refused_unless_forced(serial, a
     assert stage.digest(cfg) == found["digest"], "a k=2 file from other settings is no attack of this config"
 
 
+@pytest.mark.slow
 def test_missing_attack_is_a_clear_error(attacked, tmp_path):
     cwd = _workdir(tmp_path, attacked)
     (cwd / "runs" / "tiny" / "attack.h5").unlink()

@@ -33,6 +33,7 @@ def test_both_flavours_exist():
     assert {p.name for p in DEFS} == {"hpcmorph.def", "hpcmorph-cpu.def"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", DEFS, ids=lambda p: p.name)
 def test_header_and_sections(path):
     header, sections = parse(path)

@@ -22,6 +22,7 @@ def serial_run(tmp_path_factory):
     return cwd / "runs" / "tiny" / "galaxies.h5"
 
 
+@pytest.mark.slow
 def test_layout_labels_and_provenance(serial_run):
     with h5py.File(serial_run, "r") as f:
         n = f["y10"].shape[0]
@@ -52,6 +53,7 @@ def test_layout_labels_and_provenance(serial_run):
     assert not list(serial_run.parent.glob("galaxies.h5.parts-*")), "checkpoint blocks not cleaned up"
 
 
+@pytest.mark.slow
 def test_figures_exist_and_show_something(serial_run):
     figures = serial_run.parent / "figures"
     for name in ("generate_figure1.png", "generate_gm20.png"):
@@ -62,6 +64,7 @@ def test_figures_exist_and_show_something(serial_run):
     assert rows[0] == "split,spiral,elliptical,merger,total" and rows[-1].startswith("all,")
 
 
+@pytest.mark.slow
 @pytest.mark.mpi
 @pytest.mark.parametrize("ranks", [2, 4])
 def test_same_file_on_any_number_of_ranks(serial_run, tmp_path, ranks):
@@ -72,12 +75,14 @@ def test_same_file_on_any_number_of_ranks(serial_run, tmp_path, ranks):
         assert f.attrs["ranks"] == ranks
 
 
+@pytest.mark.slow
 @pytest.mark.mpi
 def test_serial_h5py_path_gives_the_same_file(serial_run, tmp_path):
     cli(["generate", *TINY, "--set", "run.io=shards"], tmp_path, ranks=2)
     assert_same_data(serial_run, tmp_path / "runs" / "tiny" / "galaxies.h5")
 
 
+@pytest.mark.slow
 @pytest.mark.mpi
 def test_resume_after_a_kill_gives_the_same_file(serial_run, tmp_path):
     # Slow the blocks down (one galaxy each) so the kill lands mid-run, after some blocks exist.
@@ -100,6 +105,7 @@ def test_resume_after_a_kill_gives_the_same_file(serial_run, tmp_path):
     assert_same_data(serial_run, out)
 
 
+@pytest.mark.slow
 def test_rerun_is_a_no_op_and_another_config_is_refused(serial_run, tmp_path):
     cli(["generate", *TINY], tmp_path)
     out = tmp_path / "runs" / "tiny" / "galaxies.h5"
@@ -114,6 +120,7 @@ def test_rerun_is_a_no_op_and_another_config_is_refused(serial_run, tmp_path):
         assert f.attrs["n_parents"] == 8
 
 
+@pytest.mark.slow
 def test_config_error_exits_2_naming_the_field(tmp_path):
     res = cli(["generate", *TINY, "--set", "generate.image_sise=64"], tmp_path, check=False)
     assert res.returncode == 2
@@ -132,6 +139,7 @@ def _cube(n=6, size=40):
     return cube
 
 
+@pytest.mark.slow
 def test_cutouts_from_hdf5_and_fits_are_observed(tmp_path):
     from astropy.io import fits
 
@@ -153,6 +161,7 @@ def test_cutouts_from_hdf5_and_fits_are_observed(tmp_path):
         assert np.all(f["intended"][...] == -1)
 
 
+@pytest.mark.slow
 def test_bad_cutout_files_are_clear_errors(tmp_path):
     base = [*TINY, "--set", "generate.source=cutouts"]
     res = cli(["generate", *base, "--set", "generate.cutouts.path=nope.h5"], tmp_path, check=False)
@@ -169,6 +178,7 @@ def test_bad_cutout_files_are_clear_errors(tmp_path):
     assert not list((tmp_path / "runs").rglob("galaxies.h5"))
 
 
+@pytest.mark.slow
 def test_observed_arrays_in_the_authors_layout(tmp_path):
     rng = np.random.default_rng(0)
     y10 = rng.normal(0, 1, (10, 3, 48, 48)).astype(np.float32)

@@ -42,6 +42,7 @@ def test_every_stage_has_a_script_for_both_schedulers():
     assert {p.stem for p in PBS_SCRIPTS} == set(STAGES)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", SLURM_SCRIPTS + PBS_SCRIPTS, ids=lambda p: p.name)
 def test_scripts_parse(path):
     res = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True, timeout=30)
@@ -120,6 +121,7 @@ def run_attack_script(path: Path, tmp_path: Path, sets: str, **extra: str) -> tu
     return res, log.read_text().splitlines() if log.exists() else []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", [SLURM_DIR / "attack.sbatch", PBS_DIR / "attack.pbs"], ids=lambda p: p.name)
 def test_attack_script_attacks_once_per_k(path, tmp_path):
     # attack.pixels first, then the rest of analyze.k_sweep, as hpcmorph.pipeline.attack_configs says.
@@ -141,6 +143,7 @@ def test_attack_script_attacks_once_per_k(path, tmp_path):
     assert launched == []
 
 
+@pytest.mark.slow
 def test_attack_script_stops_at_the_first_failed_attack(tmp_path):
     for path in (SLURM_DIR / "attack.sbatch", PBS_DIR / "attack.pbs"):
         fail = tmp_path / path.name
@@ -194,6 +197,7 @@ def run_pbs(stage: str, cwd: Path, tmp_path: Path, sets: list[str], timeout: flo
     return res
 
 
+@pytest.mark.slow
 @pytest.mark.mpi
 def test_pbs_generate_and_train_bodies_run_on_two_ranks(tmp_path):
     cwd = tmp_path / "work"
@@ -242,6 +246,7 @@ def test_pbs_attack_analyze_and_report_bodies_run(tmp_path):
     assert (run / "report" / "index.html").exists(), res.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_pbs_script_refuses_to_run_outside_a_job(tmp_path):
     e = {k: v for k, v in os.environ.items() if not k.startswith("PBS_")}
     res = subprocess.run(["bash", str(PBS_DIR / "generate.pbs")], cwd=tmp_path, env=e, capture_output=True,
@@ -258,6 +263,7 @@ def submit(args: list[str], cwd: Path, extra_env: dict[str, str] | None = None, 
                           capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_submit_dry_run_pbs(tmp_path):
     res = submit(["--scheduler", "pbs", "--config", "tiny", "--set", "train.epochs=1", "--set",
                   "generate.split=[0.7,0.2,0.1]", "--account", "proj", "--queue", "prod", "--nodes", "4",
@@ -279,6 +285,7 @@ def test_submit_dry_run_pbs(tmp_path):
     assert [c.split()[-1] for c in cmds] == [str(PBS_DIR / f"{s}.pbs") for s in STAGES]
 
 
+@pytest.mark.slow
 def test_submit_dry_run_slurm(tmp_path):
     res = submit(["--scheduler", "slurm", "--config", "tiny", "--venv", sys.prefix, "--gpus-per-task", "0",
                   "--dry-run"], tmp_path)
@@ -307,6 +314,7 @@ def test_submit_dry_run_slurm(tmp_path):
     assert "--nodes" not in report and "--ntasks" not in report
 
 
+@pytest.mark.slow
 def test_submit_errors(tmp_path):
     no_sched = {"PATH": str(Path(sys.executable).parent) + os.pathsep + "/nonexistent"}
     res = submit(["--scheduler", "pbs", "--config", "tiny"], tmp_path, no_sched)

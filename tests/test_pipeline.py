@@ -37,6 +37,7 @@ def _outputs(run):
             if p.is_file() and p.name != "timings.json"}
 
 
+@pytest.mark.slow
 def test_run_chains_every_stage_and_a_rerun_redoes_nothing(tmp_path):
     run = tmp_path / "runs" / "tiny"
     cli(["run", *SMALL, "--until", "train"], tmp_path)

@@ -223,6 +223,7 @@ def test_a_failure_mid_write_leaves_the_previous_report(tmp_path, figure_templat
     assert sorted(p.name for p in out.parent.iterdir() if p.name.startswith("report")) == ["report"]
 
 
+@pytest.mark.slow
 def test_missing_or_broken_analysis_is_a_clear_error(tmp_path):
     res = cli(["report", "--config", "tiny", "--set", f"run.root={tmp_path}"], tmp_path, check=False, timeout=120)
     assert res.returncode == 2, res.stderr
@@ -253,6 +254,7 @@ def test_dom_verification():
             browser.verify_dom(dom)
 
 
+@pytest.mark.slow
 def test_browser_check_and_screenshot(tmp_path, figure_template):
     needs_chromium()
     cfg = make_run(tmp_path, figure_template).updated({"report.screenshot": True})

@@ -124,6 +124,7 @@ def assert_completed(slurm: Slurm, info: dict[str, str], cwd: Path) -> None:
         f"job {jobid}: {info['JobState']} exit {info['ExitCode']}\n{job_log(cwd, jobid)}\n{slurm.logs()}"
 
 
+@pytest.mark.slow
 def test_start_again_and_status_find_the_running_cluster(slurm):
     before = (slurm.root / "run" / "slurmctld.pid").read_text()
     res = subprocess.run(["bash", str(SCRIPT), "start", str(slurm.root)], capture_output=True, text=True, timeout=60)
@@ -136,6 +137,7 @@ def test_start_again_and_status_find_the_running_cluster(slurm):
     assert res.stdout.split()[:2] == ["localhost", str(len(os.sched_getaffinity(0)))], res.stdout
 
 
+@pytest.mark.slow
 def test_generate_job_on_two_ranks_matches_a_plain_run(slurm, tmp_path):
     jobid = sbatch(slurm, tmp_path, ["--ntasks=2"], HPCMORPH_CONFIG="tiny")
     # The single-rank reference runs while the job does.
@@ -152,6 +154,7 @@ def test_generate_job_on_two_ranks_matches_a_plain_run(slurm, tmp_path):
     assert_same_data(ref / "runs" / "tiny" / "galaxies.h5", out)
 
 
+@pytest.mark.slow
 def test_job_requeued_mid_run_resumes_to_the_same_file(slurm, tmp_path):
     # One galaxy per block: a few seconds of blocks on 2 ranks, so the signal lands mid-run.
     sets = ["generate.block_size=1", "generate.n_galaxies=240"]
@@ -184,6 +187,7 @@ def test_job_requeued_mid_run_resumes_to_the_same_file(slurm, tmp_path):
     assert not list(parts.glob("galaxies.h5.parts-*")), "checkpoint blocks not cleaned up"
 
 
+@pytest.mark.slow
 def test_job_at_its_wall_time_requeues_itself_and_finishes_the_same_file(slurm, tmp_path):
     """A real wall time, no signal sent by hand: a one-minute limit, Slurm's own USR1 45 s before it
     (slurmctld checks limits every 30 s, so it lands up to 45 s in), the script requeues the job,
@@ -208,6 +212,7 @@ def test_job_at_its_wall_time_requeues_itself_and_finishes_the_same_file(slurm, 
     assert_same_data(ref / "runs" / "tiny" / "galaxies.h5", tmp_path / "runs" / "tiny" / "galaxies.h5")
 
 
+@pytest.mark.slow
 def test_srun_pmix_launcher_gives_two_ranks(slurm, tmp_path):
     jobid = sbatch(slurm, tmp_path, ["--ntasks=2"], HPCMORPH_CONFIG="tiny",
                    HPCMORPH_SET="generate.n_galaxies=8", HPCMORPH_LAUNCHER="srun --mpi=pmix")

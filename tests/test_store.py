@@ -48,6 +48,7 @@ def _run(tmp_path, ranks, io, n_rows, fail=False):
     return out, res
 
 
+@pytest.mark.slow
 @pytest.mark.mpi
 @pytest.mark.parametrize("io", ["mpio", "shards"])
 @pytest.mark.parametrize("ranks, n_rows", [(1, 7), (2, 7), (4, 3), (4, 10)])
@@ -65,6 +66,7 @@ def test_every_row_lands_once_in_order(tmp_path, io, ranks, n_rows):
     assert not list(tmp_path.glob("*.tmp*")), "temporary files left behind"
 
 
+@pytest.mark.slow
 @pytest.mark.mpi
 @pytest.mark.parametrize("io", ["mpio", "shards"])
 def test_a_failing_rank_aborts_all_and_leaves_no_final_file(tmp_path, io):

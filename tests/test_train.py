@@ -12,19 +12,15 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import cli, command, env
+from conftest import TINY_GEN, TINY_TRAIN, cli, command, env
 from hpcmorph.train import data
 
-GEN = ["--config", "tiny", "--set", "generate.n_galaxies=40"]
-TRAIN = [*GEN, "--set", "train.epochs=2", "--set", "train.batch_size=8", "--set", "train.lr=0.001",
-         "--set", "train.threads=1"]
+GEN, TRAIN = TINY_GEN, TINY_TRAIN
 
 
 @pytest.fixture(scope="module")
-def galaxies(tmp_path_factory):
-    cwd = tmp_path_factory.mktemp("gen")
-    cli(["generate", *GEN], cwd)
-    return cwd / "runs" / "tiny" / "galaxies.h5"
+def galaxies(tiny_galaxies):
+    return tiny_galaxies / "galaxies.h5"
 
 
 def _workdir(tmp_path, galaxies, name="w"):
@@ -39,6 +35,7 @@ def _metrics(cwd, variant="regular", seed=0):
     return json.loads((cwd / "runs" / "tiny" / variant / f"seed{seed}" / "metrics.json").read_text())
 
 
+@pytest.mark.slow
 def test_both_variants_end_to_end(tmp_path, galaxies):
     cwd = _workdir(tmp_path, galaxies)
     cli(["train", *TRAIN], cwd)
@@ -68,6 +65,7 @@ def test_both_variants_end_to_end(tmp_path, galaxies):
     assert res.stderr.count("up to date; skipping") == 2
 
 
+@pytest.mark.slow
 @pytest.mark.mpi
 def test_horovod_and_ddp_give_the_same_weights_on_every_rank(tmp_path, galaxies):
     pytest.importorskip("horovod.torch")
@@ -82,6 +80,7 @@ def test_horovod_and_ddp_give_the_same_weights_on_every_rank(tmp_path, galaxies)
     assert fingerprints[0] == fingerprints[1]
 
 
+@pytest.mark.slow
 def test_preemption_checkpoints_and_resumes_to_the_same_weights(tmp_path, galaxies):
     args = ["train", *TRAIN, "--set", "train.variants=[regular]", "--set", "train.epochs=3",
             "--set", "train.batch_size=2"]
@@ -115,6 +114,7 @@ def _permute_labels(path, rows, seed=0):
         f["label"][...] = labels
 
 
+@pytest.mark.slow
 def test_y1_labels_are_never_read(tmp_path, galaxies):
     # Few labels, many unlabelled Y1 images: labelled Y10 rows are a subsample of the training set;
     # the Y1 pool is every training row. Shuffling the labels of the rows that only enter as
@@ -139,6 +139,7 @@ def test_y1_labels_are_never_read(tmp_path, galaxies):
     assert runs["labelled_shuffled"] != runs["as_is"]
 
 
+@pytest.mark.slow
 @pytest.mark.mpi
 def test_backend_none_on_two_ranks_is_a_clear_error(tmp_path, galaxies):
     cwd = _workdir(tmp_path, galaxies)
@@ -146,6 +147,7 @@ def test_backend_none_on_two_ranks_is_a_clear_error(tmp_path, galaxies):
     assert res.returncode == 2 and "train.backend is 'none' but the job has 2 ranks" in res.stderr
 
 
+@pytest.mark.slow
 def test_missing_generate_output_is_a_clear_error(tmp_path):
     res = cli(["train", *TRAIN], tmp_path, check=False)
     assert res.returncode == 2 and "no such file; run `hpcmorph generate` first" in res.stderr

@@ -1,0 +1,106 @@
+"""The package's shape: data flows one way through the stages, and no module imports itself in a circle."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from conftest import ROOT
+from hpcmorph.stages import NAMES
+
+PACKAGE = ROOT / "hpcmorph"
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports() -> dict[str, set[str]]:
+    """Every hpcmorph module and the hpcmorph modules it imports, anywhere in its body (lazy imports too)."""
+    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join(up + ([base] if base else []))
+                for alias in node.names:
+                    full = f"{base}.{alias.name}"
+                    found.add(full if full in modules else base)
+            elif isinstance(node, ast.Import):
+                found.update(a.name for a in node.names)
+        graph[name] = {m for m in found if m in modules and m != name}
+    return graph
+
+
+def _stage_of(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in NAMES else None
+
+
+def test_no_stage_imports_a_later_stage():
+    late = [(m, d) for m, deps in imports().items() for d in deps
+            if _stage_of(m) and _stage_of(d) and NAMES.index(_stage_of(d)) > NAMES.index(_stage_of(m))]
+    assert not late, f"stages importing later stages: {late}"
+
+
+def test_stages_hold_no_benchmark_code_and_import_no_benchmark():
+    graph = imports()
+    for module, deps in graph.items():
+        if _stage_of(module):
+            assert not module.endswith(".bench"), f"{module}: benchmarks live in hpcmorph.bench"
+            assert not any(d.startswith("hpcmorph.bench") for d in deps), f"{module} imports a benchmark"
+
+
+def test_no_import_cycles():
+    graph = imports()
+    state: dict[str, int] = {}
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for dep in sorted(graph[node]):
+            if state.get(dep) == 1:
+                return path[path.index(dep):] + [dep]
+            if dep not in state and (cycle := visit(dep)):
+                return cycle
+        state[node] = 2
+        path.pop()
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            raise AssertionError("import cycle: " + " -> ".join(cycle))
+
+
+def test_the_checker_sees_a_planted_cycle_and_a_backward_import(tmp_path, monkeypatch):
+    """The walk above must be able to fail: a copy of the package with one bad import each way."""
+    import shutil
+
+    import test_structure as me
+
+    copy = tmp_path / "hpcmorph"
+    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    (copy / "generate" / "figures.py").write_text((copy / "generate" / "figures.py").read_text()
+                                                 + "\nfrom ..report import stage  # planted\n")
+    (copy / "store.py").write_text((copy / "store.py").read_text() + "\nfrom . import pipeline  # planted\n")
+    monkeypatch.setattr(me, "ROOT", tmp_path)
+    monkeypatch.setattr(me, "PACKAGE", copy)
+    try:
+        me.test_no_stage_imports_a_later_stage()
+    except AssertionError as err:
+        assert "hpcmorph.generate.figures" in str(err)
+    else:
+        raise AssertionError("a backward import went unnoticed")
+    try:
+        me.test_no_import_cycles()
+    except AssertionError as err:
+        assert "import cycle" in str(err)
+    else:
+        raise AssertionError("an import cycle went unnoticed")
