@@ -362,12 +362,14 @@ def marker(path: Path) -> Path:
 
 def is_complete(path: Path, digest: str) -> bool:
     """Whether the whole stage that writes ``path`` finished for this config: its marker names the
-    digest and every file the stage wrote after the output (figures, summaries) is there."""
+    digest and every file the stage wrote after the output (figures, summaries; named relative to
+    the output's folder) is there."""
     try:
         found = read_json(marker(path))
     except StoreError:
         return False
-    return found.get("digest") == digest and all(Path(f).exists() for f in found.get("files", []))
+    here = Path(path).parent
+    return found.get("digest") == digest and all((here / f).exists() for f in found.get("files", []))
 
 
 def produce(path: Path, digest: str, ctx: Context, force: bool, make: Callable[[], None],
@@ -388,9 +390,9 @@ def produce(path: Path, digest: str, ctx: Context, force: bool, make: Callable[[
             marker(path).unlink(missing_ok=True)
         ctx.barrier()
         make()
-    files = None
     if ctx.is_root:
-        files = [str(f) for f in finish()]
+        # Named relative to the output's folder: a run folder stays complete when moved.
+        files = [os.path.relpath(Path(f).resolve(), path.parent.resolve()) for f in finish()]
         write_json(marker(path), {"digest": digest, "files": files, "finished": now()})
     ctx.barrier()
     return path

@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 from conftest import ROOT
-from hpcmorph.stages import NAMES
+from hpcmorph.stages import NAMES, STAGES
 
 PACKAGE = ROOT / "hpcmorph"
 
@@ -104,3 +104,58 @@ def test_the_checker_sees_a_planted_cycle_and_a_backward_import(tmp_path, monkey
         assert "import cycle" in str(err)
     else:
         raise AssertionError("an import cycle went unnoticed")
+
+
+# ---------------------------------------------------------------------- one contract, one home each
+
+def test_every_stage_has_the_same_entry_and_a_force_flag():
+    import inspect
+
+    from hpcmorph.cli import build_parser
+
+    parser = build_parser()
+    for stage in STAGES:
+        params = list(inspect.signature(stage.run).parameters.values())
+        assert [p.name for p in params] == ["cfg", "ctx", "force"], f"{stage.name}.run{inspect.signature(stage.run)}"
+        assert params[1].default is inspect.Parameter.empty and params[2].default is False
+        args = parser.parse_args([stage.name, "--force"])
+        assert args.force is True and args.command == stage.name
+
+
+def test_submit_and_the_pipeline_read_the_one_table_of_stages():
+    from hpcmorph import pipeline, submit
+
+    assert submit.STAGES is NAMES
+    assert pipeline.STAGES is STAGES
+
+
+def test_every_user_error_is_one_class_the_cli_catches():
+    from hpcmorph import errors
+    from hpcmorph.config import ConfigError
+    from hpcmorph.generate.sources import SourceError
+    from hpcmorph.store import StoreError
+    from hpcmorph.submit import SubmitError
+    from hpcmorph.train.distributed import BackendError
+
+    for cls in (ConfigError, SourceError, StoreError, SubmitError, BackendError, errors.StageError):
+        assert issubclass(cls, errors.UserError), cls
+    cli = (PACKAGE / "cli.py").read_text()
+    assert "user_errors=(UserError,)" in cli
+
+
+def _sources():
+    return {p.relative_to(ROOT).as_posix(): p.read_text() for p in PACKAGE.rglob("*.py")}
+
+
+def test_files_are_made_atomic_in_one_place():
+    # store.atomic is the one write-then-rename; the report's folder swap is the one other rename.
+    allowed = {"hpcmorph/store.py", "hpcmorph/report/stage.py"}
+    found = sorted(path for path, text in _sources().items() if "os.replace(" in text or ".replace(path)" in text)
+    assert set(found) <= allowed, f"hand-made atomic writes in {set(found) - allowed}"
+
+
+def test_launcher_variables_are_read_in_one_place():
+    found = sorted(path for path, text in _sources().items() if "OMPI_COMM_WORLD_LOCAL_RANK" in text)
+    assert found == ["hpcmorph/mpi.py"], found
+    found = sorted(path for path, text in _sources().items() if "def device_for" in text)
+    assert found == ["hpcmorph/mpi.py"], found

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from .. import plots
+from .. import plots, store
 from ..mpi import log
 from .dataset import SPLIT_NAMES
 from .morphology import CLASS_NAMES
@@ -71,8 +70,7 @@ def gm20_plane(f: h5py.File, path: Path) -> Path:
 def class_table(f: h5py.File, path: Path) -> Path:
     """Counts per split and class (rows include augmented copies), as CSV."""
     label, split = f["label"][...], f["split"][...]
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as fh:
+    with store.atomic(path) as tmp, open(tmp, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["split", *CLASS_NAMES, "total"])
         for code, name in enumerate(SPLIT_NAMES):
@@ -80,7 +78,6 @@ def class_table(f: h5py.File, path: Path) -> Path:
             w.writerow([name, *counts, sum(counts)])
         counts = [int(np.sum((split >= 0) & (label == c))) for c in range(3)]
         w.writerow(["all", *counts, sum(counts)])
-    os.replace(tmp, path)
     return path
 
 

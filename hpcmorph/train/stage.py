@@ -397,7 +397,7 @@ def write_summary(cfg: Config, backend, results: list[dict]) -> Path:
     return path
 
 
-def run(cfg: Config, ctx=None, force: bool = False) -> Path:
+def run(cfg: Config, ctx, force: bool = False) -> Path:
     """Train every variant and seed of ``cfg.train``; returns ``train_summary.json``.
 
     ``ctx`` is accepted for the common stage signature: the ranks are the backend's own (Horovod,
