@@ -96,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .submit import add_arguments as _submit_args
     _submit_args(p)
 
+    p = sub.add_parser("plan", help="each stage's work, assumed throughput, predicted wall time and node/GPU-hours")
+    from .plan import add_arguments as _plan_args
+    _plan_args(p)
+
     p = sub.add_parser("info", help="versions, MPI library, h5py MPI support, GPUs")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -142,6 +146,10 @@ def main(argv: list[str] | None = None) -> int:
         from .submit import run as submit_run
 
         return submit_run(args)
+    if args.command == "plan":
+        from .plan import run as plan_run
+
+        return plan_run(args)
     if args.command == "bench":
         from .bench import main as bench_main
 
