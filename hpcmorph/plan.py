@@ -54,9 +54,11 @@ GPU_STAGES = ("train", "attack", "analyze")
 ASSUMED = {
     "cpu": {"reference_size": 64, "generate": 21.6, "train_regular": 150.0, "train_mmd": 75.0, "infer": 450.0,
             "embed": 450.0, "attack": 420.0, "reobserve": 300.0, "write": 200.0},
-    "cuda": {"reference_size": 100, "generate": 8.8, "train_regular": 2500.0, "train_mmd": 1250.0,
-             "infer": 15000.0, "embed": 15000.0, "attack": 13500.0, "reobserve": 120.0, "write": 500.0},
+    "cuda": {"reference_size": 100, "train_regular": 2500.0, "train_mmd": 1250.0, "infer": 15000.0,
+             "embed": 15000.0, "attack": 13500.0},
 }
+# Figures of loops that run on the CPU whatever the device (GalSim, HDF5).
+CPU_FIGURES = ("generate", "reobserve", "write")
 UNITS = {"generate": "galaxies/s", "train_regular": "images/s", "train_mmd": "labelled images/s",
          "infer": "images/s", "embed": "images/s", "attack": "candidates/s", "reobserve": "observations/s",
          "write": "MB/s"}
@@ -102,9 +104,11 @@ class Figures:
         self.cfg, self.device, self.calibration = cfg, device, calibration
         self.size = cfg.generate.image_size
 
-    def __call__(self, name: str, device: str | None = None) -> Rate:
-        device = device or self.device
-        cal = self.calibration if device == self.device else None
+    def __call__(self, name: str) -> Rate:
+        # The CPU-side loops run on the CPU whatever the ranks' device: a GPU node's calibration
+        # measured them on that node's CPU.
+        device = "cpu" if name in CPU_FIGURES else self.device
+        cal = self.calibration
         found = (cal or {}).get("rates", {}).get(name)
         if found and found.get("per_s", 0) > 0:
             measured_at = found.get("image_size", self.size)
@@ -179,7 +183,9 @@ class StagePlan:
 
     @property
     def calibrated(self) -> bool:
-        return all(t.rate is None or not t.rate.assumed for t in self.terms)
+        """Whether every throughput of the stage was measured here (its fixed costs are assumed)."""
+        rated = [t for t in self.terms if t.rate is not None]
+        return bool(rated) and not any(t.rate.assumed for t in rated)
 
     def hours(self, ranks_per_node: int) -> dict:
         wall_h = self.seconds / 3600
@@ -268,9 +274,9 @@ def plan_generate(cfg, ranks: int, figures: Figures, data: Dataset) -> StagePlan
     sizes = [min(g.block_size, data.parents - b * g.block_size) for b in range(n_blocks)]
     per_rank = max((sum(sizes[r::ranks]) for r in range(min(ranks, n_blocks))), default=0)
     megabytes = data.rows * 3 * _bytes_per_image(cfg) / 2 ** 20
-    terms = [_term(f"draw {per_rank:,} galaxies (the busiest rank's blocks)", per_rank, figures("generate", "cpu")),
+    terms = [_term(f"draw {per_rank:,} galaxies (the busiest rank's blocks)", per_rank, figures("generate")),
              # Rank 0 reads the blocks back and the ranks write the rows together: counted once, unshared.
-             _term(f"write {megabytes:,.0f} MB (clean, Y10, Y1 of every row)", megabytes, figures("write", "cpu")),
+             _term(f"write {megabytes:,.0f} MB (clean, Y10, Y1 of every row)", megabytes, figures("write")),
              Term("fixed: labels, split, figures", 0, None, FIXED["generate"])]
     work = {"galaxies": data.parents, "blocks": n_blocks, "block_size": g.block_size, "rows": data.rows,
             "rows_exact": data.exact, "megabytes_written": round(megabytes, 1)}
@@ -421,7 +427,7 @@ def plan_analyze(cfg, ranks: int, device: str, gpus: int, figures: Figures, data
     terms = [_term(f"latents: {data.test:,} test images x {len(variants)} models x (Y10, Y1 + {fractions} exposures)"
                    f" + {attack_rows:,} attacked images", latents, figures("embed")),
              _term(f"{data.test:,} test galaxies observed again at {fractions} exposures", observed,
-                   figures("reobserve", "cpu")),
+                   figures("reobserve")),
              Term("fixed: Table 2, church windows, isomaps, figures", 0, None, FIXED["analyze"])]
     work = {"test_images": data.test, "attack_rows": attack_rows, "exposures": fractions, "chunks": chunks,
             "forward_passes": data.test * len(variants) * (2 + fractions) + attack_rows,
@@ -468,20 +474,22 @@ def make(cfg, ranks: int | dict = 1, device: str = "cpu", gpus_per_rank: int = 1
     dict per stage; GPU stages on ``device`` (or ``devices[stage]``), the others on CPUs."""
     if device not in DEVICES:
         raise PlanError(f"unknown device {device!r}; choose from {', '.join(DEVICES)}")
-    if calibration is None:
-        from . import calibrate
+    from . import calibrate
 
+    if calibration is None:
         calibration = calibrate.load(cfg, device)
     per_stage = ranks if isinstance(ranks, dict) else {s: ranks for s in STAGES}
     for stage, n in per_stage.items():
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise PlanError(f"ranks for {stage} must be a positive integer, got {n!r}")
-    figures = Figures(cfg, device, calibration)
+    figures = {device: Figures(cfg, device, calibration)}
     data = dataset(cfg)
     out = []
     for stage in stages:
         dev = (devices or {}).get(stage, device if stage in GPU_STAGES else "cpu")
-        stage_figures = figures if dev == device else Figures(cfg, dev, None)
+        if dev not in figures:
+            figures[dev] = Figures(cfg, dev, calibrate.load(cfg, dev))
+        stage_figures = figures[dev]
         n = per_stage.get(stage, 1)
         if stage == "generate":
             out.append(plan_generate(cfg, n, stage_figures, data))
@@ -505,9 +513,13 @@ def limit_seconds(stage: StagePlan) -> int:
     return int(math.ceil((factor * predicted + MARGIN_FIXED_S) / ROUND_S) * ROUND_S)
 
 
-def margin_text() -> str:
-    return (f"limit = {MARGIN['calibrated']:g} x predicted (x {MARGIN['assumed']:g} when a figure is assumed) "
-            f"+ {MARGIN_FIXED_S // 60} min, rounded up to {ROUND_S // 60} min")
+def margin_text(stage: StagePlan | None = None) -> str:
+    """How the limit follows from the prediction: for ``stage``, or in general."""
+    if stage is not None:
+        factor = f"{MARGIN['calibrated' if stage.calibrated else 'assumed']:g} x"
+    else:
+        factor = f"{MARGIN['calibrated']:g} x (with assumed figures {MARGIN['assumed']:g} x)"
+    return f"{factor} predicted + {MARGIN_FIXED_S // 60} min, rounded up to {ROUND_S // 60} min"
 
 
 # ------------------------------------------------------------------------------------------ CLI
@@ -538,7 +550,8 @@ def format_plan(plan: Plan) -> str:
                      f"{hms(limit_seconds(s)):>9} {h['nodes']:>5} {h['node_hours']:>8.3f} {h['gpu_hours']:>8.3f}")
     lines.append(f"{'total':<9} {'':>5} {'':<6} {hms(plan.seconds):>10} "
                  f"{hms(sum(s.expected_seconds for s in plan.stages)):>10}")
-    lines.append(f"(predicted: at most; expected: with the attack's query curve where there is one; {margin_text()})")
+    lines.append(f"(predicted: at most; expected: with the attack's query curve where there is one; "
+                 f"limit: what `hpcmorph submit` asks for, {margin_text()})")
     for s in plan.stages:
         lines.append("")
         lines.append(f"{s.stage}:")
