@@ -299,7 +299,9 @@ def step_stages(cfg, ctx, device) -> dict:
     from hpcmorph import analyze, attack
     from hpcmorph.analyze import latents
 
-    out = {}
+    out = {"_checks": {}}
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
     path = attack.run(cfg, ctx, force=True)
     out["attack_seconds"] = round(time.perf_counter() - t0, 2)
@@ -308,6 +310,9 @@ def step_stages(cfg, ctx, device) -> dict:
     t0 = time.perf_counter()
     folder = analyze.run(cfg, ctx, force=True)
     out["analyze_seconds"] = round(time.perf_counter() - t0, 2)
+    if device.type == "cuda":
+        out["peak_gpu_memory_mib"] = round(torch.cuda.max_memory_allocated(device) / 2 ** 20, 1)
+        out["_checks"]["stages_used_the_gpu"] = out["peak_gpu_memory_mib"] > 0
     with h5py.File(folder / "latents.h5", "r") as f:
         index, z = f["index"][:4], f["z_y10"][:4]
         variants = str(f.attrs["variant_names"]).split(",")
@@ -321,7 +326,7 @@ def step_stages(cfg, ctx, device) -> dict:
         ref, _ = latents.embed(model, images, torch.device("cpu"), stretch)
         worst = max(worst, float(np.abs(ref - z[:, v]).max() / max(np.abs(ref).max(), 1e-12)))
     out["latent_max_rel_diff_vs_cpu"] = worst
-    out["_checks"] = {"analyze_latents_match_cpu": worst <= TOLERANCE["latent_rel"]}
+    out["_checks"]["analyze_latents_match_cpu"] = worst <= TOLERANCE["latent_rel"]
     return out
 
 
