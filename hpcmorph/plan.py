@@ -297,6 +297,10 @@ def plan_train(cfg, ranks: int, device: str, gpus: int, figures: Figures, data: 
     for variant in dict.fromkeys(t.variants):
         n_runs = sum(1 for v, _ in runs if v == variant)
         rate = figures(f"train_{variant}")
+        measured = ((figures.calibration or {}).get("rates", {}).get(f"train_{variant}") or {}).get("batch")
+        if not rate.assumed and measured and measured != local_batch:
+            notes.append(f"train_{variant} was calibrated at a batch of {measured} per rank, this plan's is "
+                         f"{local_batch} ({ranks} ranks): calibrate with --ranks {ranks}")
         terms.append(_term(f"{variant}: {n_runs} seed(s) x at most {t.epochs} epochs x {shard:,} images "
                            f"({steps} steps of {local_batch})", n_runs * t.epochs * shard, rate))
     terms.append(_term(f"validation: {len(runs)} run(s) x {t.epochs} epochs x {val:,} images; test: 2 x {test:,}",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
+import types
 from pathlib import Path
 
 import h5py
@@ -118,13 +118,24 @@ def test_calibrate_cuda_without_a_gpu_is_a_user_error(tmp_path):
 
 # --- hpcmorph submit ---------------------------------------------------------------------------
 
-def submit(args: list[str], cwd: Path):
-    return subprocess.run([sys.executable, "-m", "hpcmorph", "submit", *args], cwd=cwd, env=env(),
-                          capture_output=True, text=True, timeout=120)
+@pytest.fixture
+def submit(capsys, monkeypatch, tmp_path):
+    """``hpcmorph submit ARGS`` in this process (the same entry point, without a second torch import
+    per call): (exit code, stdout, stderr)."""
+    from hpcmorph.cli import main
+
+    monkeypatch.chdir(tmp_path)
+
+    def call(args: list[str]):
+        code = main(["submit", *args])
+        out = capsys.readouterr()
+        return types.SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
+
+    return call
 
 
-def test_submit_dry_run_asks_for_the_planned_limits(tmp_path):
-    res = submit(["--scheduler", "slurm", "--config", "tiny", "--set", f"run.root={tmp_path}", "--dry-run"], tmp_path)
+def test_submit_dry_run_asks_for_the_planned_limits(submit, tmp_path):
+    res = submit(["--scheduler", "slurm", "--config", "tiny", "--set", f"run.root={tmp_path}", "--dry-run"])
     assert res.returncode == 0, res.stderr
     cmds = res.stdout.splitlines()[1::2]
     # The Slurm scripts' own sizes: generate and attack 2 CPU tasks, train and analyze 1 node x 4 GPUs.
@@ -145,29 +156,28 @@ def test_submit_dry_run_asks_for_the_planned_limits(tmp_path):
 
     # PBS: -l walltime=, from the script's select and ranks per node (generate 2 nodes x 32 ranks).
     res = submit(["--scheduler", "pbs", "--config", "tiny", "--set", f"run.root={tmp_path}", "--dry-run",
-                  "--stages", "generate", "train"], tmp_path)
+                  "--stages", "generate", "train"])
     assert res.returncode == 0, res.stderr
     generate, train = res.stdout.splitlines()[1::2]
     assert re.search(r" -l walltime=\d+:\d\d:\d\d ", generate) and "'64 rank(s) cpu, predicted" in generate, generate
     assert "HPCMORPH_PLAN='4 rank(s) cuda, predicted" in train, train
 
 
-def test_submit_time_overrides_the_plan(tmp_path):
+def test_submit_time_overrides_the_plan(submit, tmp_path):
     base = ["--scheduler", "slurm", "--config", "tiny", "--set", f"run.root={tmp_path}", "--dry-run"]
-    res = submit([*base, "--time", "1:00:00", "--time", "train=4:00:00"], tmp_path)
+    res = submit([*base, "--time", "1:00:00", "--time", "train=4:00:00"])
     assert res.returncode == 0, res.stderr
     cmds = res.stdout.splitlines()[1::2]
     assert ["--time=4:00:00" in c if s == "train" else "--time=1:00:00" in c for s, c in zip(STAGES, cmds)] == \
         [True] * 5, cmds
     assert all("(given by the user)" in c and c.count("--time=") == 1 for c in cmds), cmds
     # A time among the scheduler's own arguments wins too, and is not doubled.
-    res = submit([*base, "--scheduler-arg=--time=00:30:00"], tmp_path)
+    res = submit([*base, "--scheduler-arg=--time=00:30:00"])
     cmds = res.stdout.splitlines()[1::2]
     assert all(c.count("--time=") == 1 and "--time=00:30:00" in c for c in cmds), cmds
-    res = submit(["--scheduler", "pbs", "--config", "tiny", "--dry-run", "--stages", "report", "--time", "0:20:00"],
-                 tmp_path)
+    res = submit(["--scheduler", "pbs", "--config", "tiny", "--dry-run", "--stages", "report", "--time", "0:20:00"])
     assert "-l walltime=0:20:00 " in res.stdout, res.stdout
-    res = submit([*base, "--time", "tomorrow"], tmp_path)
+    res = submit([*base, "--time", "tomorrow"])
     lines = res.stderr.strip().splitlines()
     assert res.returncode == 2 and len(lines) == 1 and "expected [STAGE=]HH:MM:SS" in lines[0], res.stderr
 
