@@ -241,6 +241,7 @@ def dataset(cfg) -> Dataset:
     intended class fractions stand for the G-M20 labels, mergers are augmented towards the largest
     other class (at most 3 copies each) and the split fractions cut the rows."""
     import h5py
+    import numpy as np
 
     from . import store
     from .generate import output_path
@@ -253,8 +254,6 @@ def dataset(cfg) -> Dataset:
             parents = int(f.attrs.get("n_parents", len(set(f["parent"][...].tolist()))))
             clean = f["clean"][0] if len(split) else None
         ok = label >= 0
-        import numpy as np
-
         return Dataset(parents, len(split), int(np.sum((split == 0) & ok)), int(np.sum((split == 1) & ok)),
                        int(np.sum((split == 2) & ok)), True, clean is None or bool(np.all(np.isfinite(clean))))
     g = cfg.generate
