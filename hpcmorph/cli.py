@@ -67,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .submit import add_arguments as _submit_args
     _submit_args(p)
 
+    p = sub.add_parser("plan", help="each stage's work, assumed throughput, predicted wall time and node/GPU-hours")
+    from .plan import add_arguments as _plan_args
+    _plan_args(p)
+
     p = sub.add_parser("info", help="versions, MPI library, h5py MPI support, GPUs")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -118,6 +122,12 @@ def cmd_submit(args) -> int:
     return run(args)
 
 
+def cmd_plan(args) -> int:
+    from .plan import run
+
+    return run(args)
+
+
 def cmd_bench(args) -> int:
     from .bench import main
 
@@ -147,7 +157,7 @@ def cmd_stage(args) -> int:
     return 0
 
 
-COMMANDS = {"info": cmd_info, "config": cmd_config, "submit": cmd_submit, "bench": cmd_bench}
+COMMANDS = {"info": cmd_info, "config": cmd_config, "submit": cmd_submit, "plan": cmd_plan, "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -86,6 +86,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--launcher", help="how ranks are started in every job (HPCMORPH_LAUNCHER)")
     p.add_argument("--scheduler-arg", action="append", default=[], metavar="ARG",
                    help="one more argument for every sbatch/qsub call, e.g. --scheduler-arg=--time=00:30:00 (repeatable)")
+    p.add_argument("--time", action="append", default=[], metavar="[STAGE=]HH:MM:SS",
+                   help="wall time of every job, or of one stage's job (repeatable); default: the plan's "
+                   "prediction for the job's ranks with its margin (hpcmorph plan)")
     p.add_argument("--dry-run", action="store_true", help="print each script and command; submit nothing")
 
 
@@ -108,8 +111,12 @@ def _pbs_select(script: Path, nodes: int) -> str:
     return f"select={nodes}{m.group(1) if m else ''}"
 
 
-def plan(args: argparse.Namespace) -> list[Submission]:
+def plan(args: argparse.Namespace, cfg=None) -> list[Submission]:
     """The submissions, in order; each one's dependency is filled in at submit time (``{prev}``)."""
+    if cfg is None:
+        from . import config as config_mod
+
+        cfg = config_mod.load(args.config, args.overrides)
     stages = args.stages or available_stages()
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
@@ -132,13 +139,18 @@ def plan(args: argparse.Namespace) -> list[Submission]:
         env["HPCMORPH_LAUNCHER"] = args.launcher
     if args.ranks_per_node and args.scheduler == "pbs":
         env["HPCMORPH_RANKS_PER_NODE"] = str(args.ranks_per_node)
-    names = ",".join(env)
+    scripts = {stage: jobs_dir() / args.scheduler / f"{stage}{ext}" for stage in stages}
+    for stage, script in scripts.items():
+        if not script.is_file():
+            raise SubmitError(f"no job script for stage {stage!r}: {script}")
+    times = _wall_times(args, scripts, cfg)
 
     out = []
     for stage in stages:
-        script = jobs_dir() / args.scheduler / f"{stage}{ext}"
-        if not script.is_file():
-            raise SubmitError(f"no job script for stage {stage!r}: {script}")
+        script = scripts[stage]
+        time_args, plan_line = times[stage]
+        stage_env = {**env, "HPCMORPH_PLAN": plan_line}
+        names = ",".join(stage_env)
         nodes = None if stage in ONE_NODE else args.nodes
         ranks_per_node = None if stage in SERIAL else args.ranks_per_node
         if args.scheduler == "slurm":
@@ -167,8 +179,80 @@ def plan(args: argparse.Namespace) -> list[Submission]:
                 argv += ["-l", _pbs_select(script, nodes)]
             if out:
                 argv += ["-W", "depend=afterok:{prev}"]
-        argv += [*args.scheduler_arg, str(script)]
-        out.append(Submission(stage, script, argv, env))
+        argv += [*time_args, *args.scheduler_arg, str(script)]
+        out.append(Submission(stage, script, argv, stage_env))
+    return out
+
+
+def _script_ranks(args: argparse.Namespace, stage: str, script: Path) -> int:
+    """MPI ranks the job will run: the command line's sizes, else the script's own directives."""
+    if stage in SERIAL:
+        return 1
+    nodes = None if stage in ONE_NODE else args.nodes
+    text = script.read_text()
+    if args.scheduler == "slurm":
+        def directive(name: str) -> int | None:
+            m = re.search(rf"^#SBATCH\s+--{name}=(\d+)", text, re.M)
+            return int(m.group(1)) if m else None
+
+        if nodes:
+            return nodes * (args.ranks_per_node or RANKS_PER_NODE[stage])
+        if directive("ntasks"):
+            return directive("ntasks")  # a fixed task count wins over --ntasks-per-node
+        return (directive("nodes") or 1) * (args.ranks_per_node or directive("ntasks-per-node") or 1)
+    m = re.search(r"^#PBS\s+-l\s+select=(\d+)", text, re.M)
+    return (nodes or (int(m.group(1)) if m else 1)) * (args.ranks_per_node or RANKS_PER_NODE[stage])
+
+
+def _user_time(args: argparse.Namespace, stage: str) -> str | None:
+    """The wall time the user gave for this stage (--time, or a time in --scheduler-arg), or None."""
+    for arg in args.scheduler_arg:
+        if re.match(r"(--time\b|-t\b|.*walltime=)", arg):
+            return arg
+    found = None
+    for value in args.time:
+        key, _, when = value.rpartition("=")
+        if key and key not in STAGES:
+            raise SubmitError(f"--time {value!r}: unknown stage {key!r}; choose from {', '.join(STAGES)}")
+        if not re.fullmatch(r"(\d+-)?\d+(:\d{1,2}){0,2}", when):
+            raise SubmitError(f"--time {value!r}: expected [STAGE=]HH:MM:SS")
+        if key == stage or (not key and found is None):
+            found = when
+    return found
+
+
+def _wall_times(args: argparse.Namespace, scripts: dict[str, Path], cfg) -> dict[str, tuple[list[str], str]]:
+    """Per stage: (the scheduler's wall-time arguments, the line the job logs about its plan). The
+    plan's limit (hpcmorph.plan.limit_seconds) unless the user gave a time."""
+    from . import plan as planning
+
+    ranks = {stage: _script_ranks(args, stage, script) for stage, script in scripts.items()}
+    gpu = args.gpus_per_task != 0
+    devices = {stage: "cuda" if stage in GPU_STAGES and gpu else "cpu" for stage in scripts}
+    try:
+        made = planning.make(cfg, ranks, "cuda" if "cuda" in devices.values() else "cpu", stages=list(scripts),
+                             devices=devices)
+        stages = {s.stage: s for s in made.stages}
+    except UserError as err:
+        if len(args.time) == 0 or any("=" in t for t in args.time):
+            raise SubmitError(f"cannot plan the wall times ({err}); give them with --time") from None
+        stages = {}
+    out = {}
+    for stage in scripts:
+        user = _user_time(args, stage)
+        planned = stages.get(stage)
+        said = "no plan" if planned is None else (
+            f"{ranks[stage]} rank(s) {planned.device}, predicted {planning.hms(planned.seconds)}"
+            + (f" (expected {planning.hms(planned.expected_seconds)})" if planned.expected_seconds < planned.seconds
+               else "") + (" from calibrated figures" if planned.calibrated else " from assumed figures"))
+        if user is not None:
+            time_args = [] if user.startswith("-") or "walltime=" in user else (
+                [f"--time={user}"] if args.scheduler == "slurm" else ["-l", f"walltime={user}"])
+            out[stage] = (time_args, f"{said}; limit {user.split('=')[-1]} (given by the user)")
+            continue
+        limit = planning.hms(planning.limit_seconds(planned))
+        time_args = [f"--time={limit}"] if args.scheduler == "slurm" else ["-l", f"walltime={limit}"]
+        out[stage] = (time_args, f"{said}; limit {limit} ({planning.margin_text(planned)})")
     return out
 
 
@@ -188,10 +272,10 @@ def run(args: argparse.Namespace) -> int:
         from . import config as config_mod
 
         try:
-            config_mod.load(args.config, args.overrides)
+            cfg = config_mod.load(args.config, args.overrides)
         except config_mod.ConfigError as err:
             raise SubmitError(str(err)) from None
-        subs = plan(args)
+        subs = plan(args, cfg)
         program = SCHEDULERS[args.scheduler][0]
         if args.dry_run:
             for i, sub in enumerate(subs):
