@@ -23,8 +23,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .. import store
-
 log = logging.getLogger("hpcmorph")
 
 CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
@@ -102,13 +100,13 @@ def check(report_dir: Path, screenshot: Path | None = None, chromium: str | None
     if screenshot is not None:
         shot = Path(screenshot).resolve()
         shot.parent.mkdir(parents=True, exist_ok=True)
-        # Chromium picks the format by the name's suffix: the temporary name keeps ".png".
-        with store.atomic(shot, ".tmp.png") as tmp:
-            tmp.unlink(missing_ok=True)
-            _browser(chromium, ["--virtual-time-budget=10000", f"--window-size={WINDOW[0]},{WINDOW[1]}",
-                                f"--screenshot={tmp}", url], timeout)
-            if not tmp.is_file() or tmp.stat().st_size == 0:
-                raise CheckError(f"{chromium} wrote no screenshot to {tmp}")
+        tmp = shot.with_name(shot.stem + ".tmp.png")
+        tmp.unlink(missing_ok=True)
+        _browser(chromium, ["--virtual-time-budget=10000", f"--window-size={WINDOW[0]},{WINDOW[1]}",
+                            f"--screenshot={tmp}", url], timeout)
+        if not tmp.is_file() or tmp.stat().st_size == 0:
+            raise CheckError(f"{chromium} wrote no screenshot to {tmp}")
+        os.replace(tmp, shot)
     return counts
 
 
