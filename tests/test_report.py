@@ -208,6 +208,16 @@ def test_config_and_title_are_escaped(tmp_path, figure_template):
     assert page.count("<script>") == 1  # only the load script
 
 
+def test_force_rebuilds_an_up_to_date_report(tmp_path, figure_template):
+    cfg = make_run(tmp_path, figure_template)
+    out = stage.run(cfg, serial())
+    built = (out / "index.html").stat().st_mtime_ns
+    stage.run(cfg, serial())
+    assert (out / "index.html").stat().st_mtime_ns == built, "an up-to-date report was rebuilt"
+    stage.run(cfg, serial(), force=True)
+    assert (out / "index.html").stat().st_mtime_ns != built, "--force left the report as it was"
+
+
 def test_a_failure_mid_write_leaves_the_previous_report(tmp_path, figure_template, monkeypatch):
     cfg = make_run(tmp_path, figure_template)
     out = stage.run(cfg, serial())

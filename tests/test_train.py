@@ -151,3 +151,41 @@ def test_backend_none_on_two_ranks_is_a_clear_error(tmp_path, galaxies):
 def test_missing_generate_output_is_a_clear_error(tmp_path):
     res = cli(["train", *TRAIN], tmp_path, check=False)
     assert res.returncode == 2 and "no such file; run `hpcmorph generate` first" in res.stderr
+
+
+@pytest.mark.slow
+def test_force_retrains_a_finished_run_to_the_same_weights(tmp_path, galaxies):
+    args = ["train", *TRAIN, "--set", "train.variants=[regular]"]
+    cwd = _workdir(tmp_path, galaxies)
+    model = cwd / "runs" / "tiny" / "regular" / "seed0" / "model.pt"
+    cli(args, cwd)
+    first, made = _metrics(cwd)["weights_sha256"], model.stat().st_mtime_ns
+    res = cli(args, cwd)
+    assert "up to date; skipping" in res.stderr and model.stat().st_mtime_ns == made
+    res = cli([*args, "--force"], cwd)
+    assert "epoch 1:" in res.stderr and model.stat().st_mtime_ns != made
+    assert _metrics(cwd)["weights_sha256"] == first
+
+
+@pytest.mark.mpi
+@pytest.mark.slow
+def test_a_batch_the_ranks_do_not_divide_is_one_line_and_exit_2(tmp_path, galaxies):
+    res = cli(["train", *TRAIN, "--set", "train.backend=ddp", "--set", "train.batch_size=7"], _workdir(tmp_path, galaxies),
+              ranks=2, check=False)
+    assert res.returncode == 2, res.stderr[-3000:]
+    assert "train.batch_size 7 is not divisible by the 2 ranks" in res.stderr and "Traceback" not in res.stderr
+
+
+@pytest.mark.slow
+def test_a_checkpoint_of_another_config_is_one_line_and_exit_2(tmp_path, galaxies):
+    cwd = _workdir(tmp_path, galaxies)
+    folder = cwd / "runs" / "tiny" / "regular" / "seed0"
+    folder.mkdir(parents=True)
+    torch.save({"digest": "0123456789abcdef", "model": {}, "optimizer": {}, "state": {}}, folder / "checkpoint.pt")
+    args = ["train", *TRAIN, "--set", "train.variants=[regular]"]
+    res = cli(args, cwd, check=False)
+    assert res.returncode == 2 and "written by a different config" in res.stderr, res.stderr[-3000:]
+    assert "Traceback" not in res.stderr and "--force" in res.stderr
+    cli([*args, "--force"], cwd)
+    assert (folder / "metrics.json").exists() and not (folder / "checkpoint.pt").exists()
+
