@@ -13,7 +13,7 @@ import pytest
 
 from conftest import ROOT, cli, env, serial
 from hpcmorph import config
-from hpcmorph.errors import StageError
+from hpcmorph.errors import StageError, UserError
 from hpcmorph.report import browser, stage, tables
 
 CHECK = ROOT / "scripts" / "check-report.sh"
@@ -244,7 +244,7 @@ def test_missing_or_broken_analysis_is_a_clear_error(tmp_path):
     path = tmp_path / "tiny" / "analysis" / "analysis.json"
     path.parent.mkdir(parents=True)
     path.write_text("{not json")
-    with pytest.raises(StageError, match="analysis.json: not valid JSON"):
+    with pytest.raises(UserError, match="analysis.json: not valid JSON"):
         stage.run(cfg, serial())
     path.write_text(json.dumps({"digest": "x"}))
     with pytest.raises(StageError, match="missing table1, table2"):

@@ -7,6 +7,7 @@ that makes it (exit 2).
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,11 @@ from ..attack.stage import digest as attack_digest
 from ..attack.stage import output_path as attack_path
 from ..config import Config
 from ..errors import StageError
+from ..generate import output_path as galaxies_path
+from ..generate.dataset import TEST
+from ..generate.survey import bands as survey_bands
+from ..mpi import log
+from .exposure import has_clean
 
 ATTACK_SCALARS = ("variant", "index", "label", "target", "success", "queries")
 
@@ -56,12 +62,7 @@ def read_table1(cfg: Config) -> dict:
     from ..train.stage import digest as train_digest
 
     path = Path(cfg.run.root) / cfg.run.name / "train_summary.json"
-    try:
-        found = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise StageError(f"{path}: no such file; run `hpcmorph train` with this config first") from None
-    except (OSError, ValueError) as err:
-        raise StageError(f"{path}: not a readable train summary ({err})") from None
+    found = store.read_json(path, "run `hpcmorph train` with this config first")
     if found.get("digest") != train_digest(cfg) or "table1" not in found:
         raise StageError(f"{path} is from other train settings (digest {found.get('digest')}, this config "
                          f"{train_digest(cfg)}); run `hpcmorph train` with this config first")
@@ -78,8 +79,38 @@ def read_attack(path: Path, variants: list[str]) -> tuple[dict[str, np.ndarray],
         raise StageError(f"{path}: attacked models {found}, but attack.variants is {variants}")
     summary_file = path.with_name(f"{path.stem}_summary.json")
     try:
-        summary = json.loads(summary_file.read_text())
-    except (OSError, ValueError):
+        summary = store.read_json(summary_file)
+    except store.StoreError:
         pass  # the attribute holds the same numbers
     return cols, summary
+
+
+@dataclass
+class TestSet:
+    """The test images the analysis embeds, and what galaxies.h5 says of their observation."""
+
+    rows: np.ndarray          # rows of the labelled test images in galaxies.h5, increasing
+    labels: np.ndarray        # their classes
+    bands: list               # the survey bands (generate.survey.Band), for re-observing
+    pixel_scale: float        # arcsec per pixel
+    y1_fraction: float        # Y1 exposure / Y10 exposure
+    fractions: list[float]    # exposure fractions to re-observe at; [] when there are no noiseless images
+
+
+def read_test_set(cfg: Config, attacks: dict, attack_file: Path) -> TestSet:
+    """The labelled Y10 test split of galaxies.h5; checks ``analyze.triplet`` against the attacked images."""
+    a = cfg.analyze
+    with store.open_checked(galaxies_path(cfg), "generate") as f:
+        split, label = f["split"][...], f["label"][...]
+        rows = np.flatnonzero((split == TEST) & (label >= 0))
+        bands = survey_bands(str(f.attrs["bands"]).split(","))
+        pixel_scale, y1_fraction = float(f.attrs["pixel_scale_arcsec"]), float(f.attrs["y1_fraction"])
+        clean_ok = len(rows) > 0 and has_clean(f["clean"][int(rows[0])])
+    if a.triplet is not None and a.triplet not in set(attacks["index"].tolist()):
+        shown = ", ".join(map(str, np.unique(attacks["index"])[:20]))
+        raise StageError(f"analyze.triplet={a.triplet} is not an attacked image of {attack_file} (attacked rows: {shown})")
+    if not clean_ok:
+        log.info("analyze: galaxies.h5 has no noiseless images (generate.source=%s): accuracy against exposure "
+                 "skipped", cfg.generate.source)
+    return TestSet(rows, label[rows], bands, pixel_scale, y1_fraction, list(a.exposure_fractions) if clean_ok else [])
 

@@ -34,14 +34,12 @@ from ..attack.stage import config_for_k, model_seed
 from ..attack.stage import digest as attack_digest
 from ..config import Config
 from ..errors import StageError
-from ..generate import output_path as galaxies_path
-from ..generate.dataset import TEST
 from ..generate.morphology import CLASS_NAMES
-from ..generate.survey import bands as survey_bands
 from ..mpi import Context, device_for, log
 from ..train import saved
-from . import church, distances, exposure, latents, numbers
-from .inputs import ATTACK_SCALARS, attack_ks, attack_state, read_attack, read_table1, require_attack
+from . import church, distances, latents, numbers
+from .inputs import (ATTACK_SCALARS, TestSet, attack_ks, attack_state, read_attack, read_table1, read_test_set,
+                     require_attack)
 
 STAGE = "analyze"
 OUTPUT_DIR = "analysis"
@@ -104,80 +102,91 @@ def _is_current(ctx: Context, out: Path, key: str, force: bool) -> bool:
 
 def run(cfg: Config, ctx: Context, force: bool = False) -> Path:
     """Analyse the run as ``cfg.analyze`` says; returns the output directory."""
-    a = cfg.analyze
-    out = output_dir(cfg)
-    attack_file = require_attack(cfg)
-    n_axis = len(church.axis(a.church_extent, a.church_step))
-    if n_axis ** 2 > church.MAX_POINTS:
-        raise StageError(f"analyze.church_extent / analyze.church_step give a {n_axis} x {n_axis} church window, "
-                         f"over {church.MAX_POINTS} points: raise analyze.church_step")
+    out, attack_file = output_dir(cfg), require_attack(cfg)
+    _check_church_grid(cfg)
     key = digest(cfg)
     if _is_current(ctx, out, key, force):
         return out
     started = store.now()
-    io = store.resolve_io(cfg)
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    if cfg.analyze.threads:
+        torch.set_num_threads(cfg.analyze.threads)
     device = device_for(ctx.local_rank)
     variants = list(dict.fromkeys(cfg.attack.variants))
     models = {v: saved.load_model(cfg, v, model_seed(cfg), device) for v in variants}
     table1 = read_table1(cfg)
     attacks, attack_summary = read_attack(attack_file, variants)
-    with store.open_checked(galaxies_path(cfg), "generate") as f:
-        split, label = f["split"][...], f["label"][...]
-        test = np.flatnonzero((split == TEST) & (label >= 0))
-        bands = survey_bands(str(f.attrs["bands"]).split(","))
-        pixel_scale, y1_fraction = float(f.attrs["pixel_scale_arcsec"]), float(f.attrs["y1_fraction"])
-        clean_ok = len(test) > 0 and exposure.has_clean(f["clean"][int(test[0])])
-    if a.triplet is not None and a.triplet not in set(attacks["index"].tolist()):
-        shown = ", ".join(map(str, np.unique(attacks["index"])[:20]))
-        raise StageError(f"analyze.triplet={a.triplet} is not an attacked image of {attack_file} (attacked rows: {shown})")
-    fractions = list(a.exposure_fractions) if clean_ok else []
-    if not clean_ok:
-        log.info("analyze: galaxies.h5 has no noiseless images (generate.source=%s): accuracy against exposure "
-                 "skipped", cfg.generate.source)
+    test = read_test_set(cfg, attacks, attack_file)
+    _clear(ctx, out)
+    log.info("analyze: %d test images, %d attack rows (k=%d), %d exposures, models %s, %d ranks, device %s",
+             len(test.rows), len(attacks["index"]), cfg.attack.pixels, len(test.fractions), ",".join(variants),
+             ctx.size, device)
+    lat, att, attrs = embed(cfg, ctx, models, device, test, attacks, attack_file, out, key, started)
     if ctx.is_root:
-        # The completeness mark goes first: a run killed from here on leaves no analysis.json. Old
-        # figures go too: none may outlive the numbers they show.
+        conclude(cfg, out, key, models, variants, test, lat, attacks, att, attrs, table1, attack_summary, attack_file)
+    ctx.barrier()
+    return out
+
+
+def _check_church_grid(cfg: Config) -> None:
+    a = cfg.analyze
+    n_axis = len(church.axis(a.church_extent, a.church_step))
+    if n_axis ** 2 > church.MAX_POINTS:
+        raise StageError(f"analyze.church_extent / analyze.church_step give a {n_axis} x {n_axis} church window, "
+                         f"over {church.MAX_POINTS} points: raise analyze.church_step")
+
+
+def _clear(ctx: Context, out: Path) -> None:
+    """Rank 0: the completeness mark goes first, so a run killed from here on leaves no analysis.json.
+    Old figures go too: none may outlive the numbers they show."""
+    if ctx.is_root:
         (out / JSON_NAME).unlink(missing_ok=True)
         for name in FIGURES:
             for suffix in (".png", ".pdf"):
                 (out / name).with_suffix(suffix).unlink(missing_ok=True)
-    log.info("analyze: %d test images, %d attack rows (k=%d), %d exposures, models %s, %d ranks, device %s",
-             len(test), len(attacks["index"]), cfg.attack.pixels, len(fractions), ",".join(variants), ctx.size, device)
 
-    lat, att = latents.compute_latents(cfg, ctx, models, device, test, attack_file, fractions, bands, pixel_scale)
+
+def embed(cfg: Config, ctx: Context, models: dict, device, test: TestSet, attacks: dict, attack_file: Path,
+          out: Path, key: str, started: str) -> tuple[dict, dict, dict]:
+    """Every rank: latents of the test and attacked images, written to latents.h5 and
+    attack_latents.h5; returns (latents.h5 columns, attack_latents.h5 columns, their attributes)."""
+    a, variants = cfg.analyze, list(models)
+    lat, att = latents.compute_latents(cfg, ctx, models, device, test.rows, attack_file, test.fractions, test.bands,
+                                       test.pixel_scale)
     dim = lat["z_y10"].shape[-1]
     attrs = {**store.provenance(cfg, ctx, STAGE, key, started), "variant_names": ",".join(variants),
              "class_names": ",".join(CLASS_NAMES), "model_seed": model_seed(cfg), "attack_file": attack_file.name,
-             "exposure_fractions": np.asarray(a.exposure_fractions, np.float64), "exposure_observed": bool(fractions)}
-    lat_data = {"index": test.astype(np.int64), "label": label[test].astype(np.int8), **lat}
+             "exposure_fractions": np.asarray(a.exposure_fractions, np.float64),
+             "exposure_observed": bool(test.fractions)}
+    io = store.resolve_io(cfg)
+    lat_data = {"index": test.rows.astype(np.int64), "label": test.labels.astype(np.int8), **lat}
     latents.write(out / LATENTS, latents.columns(len(variants), dim, len(a.exposure_fractions)), lat_data, attrs, ctx, io)
     att_data = {name: attacks[name] for name in ATTACK_SCALARS}
     att_data.update(att)
     latents.write(out / ATTACK_LATENTS, latents.attack_columns(dim), att_data, attrs, ctx, io)
+    return lat_data, att, attrs
 
-    if ctx.is_root:
-        mismatch = int(np.sum(att["pred_attacked"] != _pred_after(attack_file)))
-        if mismatch:
-            log.warning("analyze: %d attacked images get another class here than in %s (near-ties in the "
-                        "last bits)", mismatch, attack_file.name)
-        result = numbers.analyse(cfg, models, variants, lat_data, attacks, att, fractions, y1_fraction)
-        result = {"run": cfg.run.name, "digest": key, "provenance": attrs_json(attrs), "table1": table1,
-                  **result, "attack": attack_summary}
-        figures = _draw(cfg, out, variants, result.pop("_panels"), result) if a.figures else {}
-        result["figures"] = {name: figures.get(name) for name in FIGURES}
-        order = ("run", "digest", "provenance", "table1", "table2", "exposure", "success_vs_k", "triplet",
-                 "attack", "figures")
-        store.write_json(out / JSON_NAME, {k: result[k] for k in order})
-        log.info("analyze: Table 2 (latent distances over the flipped images):\n%s",
-                 distances.format_table(result["table2"]))
-        if result["exposure"] is not None:
-            log.info("analyze: accuracy against exposure (years %s): %s", result["exposure"]["years"],
-                     {v: [round(x, 3) for x in acc] for v, acc in result["exposure"]["accuracy"].items()})
-        log.info("analyze: wrote %s", out)
-    ctx.barrier()
-    return out
+
+def conclude(cfg: Config, out: Path, key: str, models: dict, variants: list[str], test: TestSet, lat: dict,
+             attacks: dict, att: dict, attrs: dict, table1: dict, attack_summary: dict, attack_file: Path) -> None:
+    """Rank 0: the numbers, the figures, and analysis.json last (the mark of a complete analysis)."""
+    mismatch = int(np.sum(att["pred_attacked"] != _pred_after(attack_file)))
+    if mismatch:
+        log.warning("analyze: %d attacked images get another class here than in %s (near-ties in the "
+                    "last bits)", mismatch, attack_file.name)
+    result = numbers.analyse(cfg, models, variants, lat, attacks, att, test.fractions, test.y1_fraction)
+    result = {"run": cfg.run.name, "digest": key, "provenance": attrs_json(attrs), "table1": table1,
+              **result, "attack": attack_summary}
+    figures = _draw(cfg, out, variants, result.pop("_panels"), result) if cfg.analyze.figures else {}
+    result["figures"] = {name: figures.get(name) for name in FIGURES}
+    order = ("run", "digest", "provenance", "table1", "table2", "exposure", "success_vs_k", "triplet",
+             "attack", "figures")
+    store.write_json(out / JSON_NAME, {k: result[k] for k in order})
+    log.info("analyze: Table 2 (latent distances over the flipped images):\n%s",
+             distances.format_table(result["table2"]))
+    if result["exposure"] is not None:
+        log.info("analyze: accuracy against exposure (years %s): %s", result["exposure"]["years"],
+                 {v: [round(x, 3) for x in acc] for v, acc in result["exposure"]["accuracy"].items()})
+    log.info("analyze: wrote %s", out)
 
 
 def _pred_after(path: Path) -> np.ndarray:

@@ -10,11 +10,11 @@ exists but cannot be read is logged and left out: the report of a finished analy
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import store
 from ..config import Config
 from ..errors import StageError
 from ..mpi import log
@@ -81,14 +81,9 @@ def load_analysis(cfg: Config) -> dict:
     """analysis.json, or a StageError naming the file and the command that writes it."""
     path = analysis_path(cfg)
     again = "run `hpcmorph analyze --config ...` (with this command's --config and --set) first"
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise StageError(f"{path}: no such file; {again}") from None
-    except (OSError, ValueError) as err:
-        raise StageError(f"{path}: not valid JSON ({err}); {again}") from None
-    if not isinstance(data, dict) or any(k not in data for k in REQUIRED):
-        lacking = [k for k in REQUIRED if not isinstance(data, dict) or k not in data]
+    data = store.read_json(path, again)
+    if any(k not in data for k in REQUIRED):
+        lacking = [k for k in REQUIRED if k not in data]
         raise StageError(f"{path}: not a complete analysis (missing {', '.join(lacking)}); {again}")
     return data
 
@@ -97,14 +92,10 @@ def _optional_json(path: Path, kind: type) -> Any:
     if not path.exists():
         return None
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        log.warning("report: %s is unreadable (%s); left out", path, err)
+        return store.read_json(path, kind=kind)
+    except store.StoreError as err:
+        log.warning("report: %s; left out", err)
         return None
-    if not isinstance(data, kind):
-        log.warning("report: %s is not a JSON %s; left out", path, kind.__name__)
-        return None
-    return data
 
 
 def _figure(key: str, section: str, caption: str, png: Path) -> Figure:
