@@ -23,7 +23,8 @@ EPILOG = """Configs: a preset name (laptop, paper, tiny) or a YAML file (which m
 
 Exit codes: 0 done; 1 a rank failed (traceback shown, every rank stopped);
 2 bad config or input (message names the field or file); 75 train (or run) stopped by
-SIGTERM/SIGUSR1 after writing its checkpoint: the same command resumes."""
+SIGTERM/SIGUSR1 after writing its checkpoint (or with nothing left to do): the same command resumes.
+Every stage command (and run) takes --force: redo it, replacing its output."""
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:

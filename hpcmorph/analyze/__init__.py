@@ -1,6 +1,6 @@
 """Stage 4, ``analyze``: latent embeddings, Table 2 distances, church windows, isomaps, exposure and k curves.
 
-Entry point: :func:`run(config, ctx) <hpcmorph.analyze.stage.run>`.
+Entry point: :func:`run(config, ctx, force) <hpcmorph.analyze.stage.run>`.
 """
 
 from .stage import output_dir, run

@@ -1,6 +1,6 @@
 """Stage 3, ``attack``: Su et al.'s one-pixel (k-pixel) attack by differential evolution, batched.
 
-Entry point: :func:`run(config, ctx) <hpcmorph.attack.stage.run>`; output layout:
+Entry point: :func:`run(config, ctx, force) <hpcmorph.attack.stage.run>`; output layout:
 :func:`~hpcmorph.attack.stage.columns`.
 """
 

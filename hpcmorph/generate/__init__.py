@@ -1,6 +1,6 @@
 """Stage 1, ``generate``: LSST-like Y10/Y1 mock observations of galaxies, labelled from Gini-M20.
 
-Entry point: :func:`run(config, ctx) <hpcmorph.generate.stage.run>`; output layout:
+Entry point: :func:`run(config, ctx, force) <hpcmorph.generate.stage.run>`; output layout:
 :func:`~hpcmorph.generate.stage.columns`.
 """
 

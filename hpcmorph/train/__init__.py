@@ -1,6 +1,7 @@
 """Stage 2, ``train``: ResNet18 with a 256-d latent bottleneck, plainly and with MMD domain adaptation.
 
-Entry point: :func:`run(config) <hpcmorph.train.stage.run>`.
+Entry point: :func:`run(config, ctx, force) <hpcmorph.train.stage.run>`; trained models are read back
+with :func:`hpcmorph.train.saved.load_model`.
 """
 
 from .stage import PREEMPTED_EXIT, Preempted, run, run_dir
