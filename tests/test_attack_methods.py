@@ -116,7 +116,8 @@ def test_exhaustive_finds_the_planted_pixel_and_nothing_where_there_is_none():
     # 8 at that one position (bands 0 and 2 free), none anywhere else.
     model = Counted(Bumps([SPOT], need=0.3))
     b = box()
-    full = exhaustive.search(objective(model, _flat(2)), b, [0, 0], [1, -1], [0, 1], exhaustive.Settings(early_exit=False))
+    full = exhaustive.search(objective(model, _flat(2)), b, [0, 0], [1, -1], [0, 1],
+                             exhaustive.Settings(early_exit=False))
     assert model.images == 2 * exhaustive.candidates(b)  # two images, every candidate once
     for r in full:
         assert r.success and r.flips == 4 and r.queries == FIRST_HIT + 1 and r.generations == 0
@@ -211,8 +212,8 @@ def test_sparse_rs_finds_the_flippable_pixel_in_most_seeds(proposals):
     # 4 of the 1,152 corner candidates flip it: about 290 queries on average by random search.
     model = Counted(Bumps([SPOT], need=0.3))
     budget = 2000
-    res = sparse_rs.search(objective(model, _flat(10, noise=0.01)), box(), [0] * 10, [1] * 10, seeds(range(10), [1] * 10),
-                           sparse_rs.Settings(max_queries=budget, proposals=proposals))
+    res = sparse_rs.search(objective(model, _flat(10, noise=0.01)), box(), [0] * 10, [1] * 10,
+                           seeds(range(10), [1] * 10), sparse_rs.Settings(max_queries=budget, proposals=proposals))
     assert sum(r.success for r in res) >= 9
     for r in res:
         assert r.queries <= budget

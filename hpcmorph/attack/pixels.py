@@ -6,7 +6,7 @@ stretch). Its genome holds, per pixel, the column x and row y (continuous, in pi
 ``attack.pixel_range``): D = k (2 + C) genes. Pixel j's genes are ``[x, y, v_1 .. v_C]`` at
 offset j (2 + C).
 
-:class:`PixelObjective` is the DE objective of a batch of attacks: it builds every candidate image
+:class:`PixelObjective` is the objective of a batch of attacks (any method): it builds every candidate image
 on the model's device from the attacks' base images and runs the model on them in forward passes
 of at most ``forward_batch`` images.
 """
@@ -82,7 +82,7 @@ def forward_logits(logits_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.T
 
 
 class PixelObjective:
-    """The DE objective for a batch of attacks on one model.
+    """The objective for a batch of attacks on one model (every method's, see :mod:`.methods`).
 
     logits_fn: images (N, C, H, W) on ``base.device`` -> logits (N, K), e.g. ``lambda x: model(x)[1]``.
     base: (n, C, H, W) the attacks' normalised images, on the model's device.

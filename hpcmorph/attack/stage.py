@@ -7,7 +7,8 @@
    counted as skipped). Both variants are attacked on the same images. The choice is saved in the
    checkpoint folder, so a resumed run attacks the same images.
 3. Attacks are (variant, image, target) triples; blocks of ``attack.images_per_batch`` images of one
-   variant (all their targets) are one batched DE run (``evolution.evolve``) and one checkpoint
+   variant (all their targets) are one batched run of ``attack.method`` (``methods.attack``: DE,
+   the exhaustive corner search, Sparse-RS or the saliency-ranked search) and one checkpoint
    file in ``<output>.parts-<digest>-b<images_per_batch>/`` (written, then renamed). Ranks take
    the blocks not yet on disk round-robin.
 4. All ranks write the output together (``store.write_table``); rank 0 writes the summary and the
