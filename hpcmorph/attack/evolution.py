@@ -133,8 +133,7 @@ def _outcome(out: torch.Tensor, true: torch.Tensor, target: torch.Tensor, settin
     """(fitness, success, probs) of the objective's answer ``out`` (m, P, K): probabilities, or logits
     for the margin fitness."""
     if settings.fitness == "margin":
-        loss, success, probs = goal.score(out, true, target, settings.threshold)
-        return loss, success, probs
+        return goal.score(out, true, target, settings.threshold)
     fitness, success = _score(out, true, target, settings.threshold)
     return fitness, success, out
 
