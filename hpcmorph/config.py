@@ -150,6 +150,11 @@ SCHEMA: dict[str, Any] = {
                       "exceeds attack.threshold), as the authors; 'untargeted': success when the prediction changes.",
                       choices=("targeted", "untargeted")),
         "pixels": Field(1, int, "Pixels changed per candidate (k): 1 is the one-pixel attack.", low=1, high=64),
+        "method": Field("de", str, "Attack method: 'de' (Su et al.'s differential evolution, the paper's), "
+                        "'exhaustive' (every single-pixel candidate at a corner of the value box, each band at its "
+                        "lower or upper bound: ground truth for k = 1), 'sparse-rs' (random search over corner "
+                        "pixels, Croce et al. 2022) or 'saliency' (the attacked model's gradient ranks the corner "
+                        "candidates, then random search).", choices=("de", "exhaustive", "sparse-rs", "saliency")),
         "population": Field(400, int, "Differential-evolution population per attack (Su et al.: 400).", low=4),
         "generations": Field(80, int, "DE generations after the initial population (the authors: 80); an attack "
                              "costs at most population x (generations + 1) model queries.", low=0),
@@ -157,6 +162,23 @@ SCHEMA: dict[str, Any] = {
         "crossover": Field(1.0, float, "Binomial crossover probability; 1.0 takes every gene from the mutant, i.e. "
                            "no crossover, as Su et al.",
                            low=0.0, high=1.0),
+        "fitness": Field("probability", str, "DE fitness: 'probability' (the authors': the target's probability, which "
+                         "saturates far from success) or 'margin' (the target's logit minus the largest other).",
+                         choices=("probability", "margin")),
+        "max_queries": Field(2100, int, "Model queries per attack at most, for 'sparse-rs' and 'saliency' (whose "
+                             "gradient counts as 3 queries). 'de' costs population x (generations + 1), 'exhaustive' "
+                             "H x W x 2^bands candidates per image.", low=1),
+        "early_exit": Field(True, bool, "Exhaustive search: stop an attack at its first success; false scans every "
+                            "candidate and counts those that succeed (column flips)."),
+        "rs_alpha": Field(0.8, float, "Sparse-RS (and saliency's refinement): fraction of the k pixels moved per step "
+                          "at the start of the paper's schedule (alpha_init; the authors' code: 0.8).",
+                          low=0.001, high=1.0),
+        "proposals": Field(1, int, "Sparse-RS and saliency: candidates each attack puts to the model per step, all "
+                           "counted as queries. 1 is the paper's random search; more fill the forward passes (a pass "
+                           "of a few images costs nearly what one of a hundred does) for a few queries more per flip.",
+                           low=1),
+        "saliency_top": Field(500, int, "Saliency: gradient-ranked candidates classified at most before the random "
+                              "search takes the rest of the budget.", low=1),
         "pixel_range": Field(None, list, "Bounds [min, max] of the values a candidate sets, in normalised (model input) "
                              "units, every band. Default (null): the range of the normalised data, i.e. the attacked "
                              "model's asinh stretch of its clip limits (about [0.46, 0.886]); [0, 1] is the authors' "
@@ -299,6 +321,13 @@ def _check_relations(flat: dict[str, Any], source: str) -> None:
     if flat["generate.label_band"] not in flat["generate.bands"]:
         raise ConfigError(f"{source}: 'generate.label_band' {flat['generate.label_band']!r} is not one of "
                           f"generate.bands {flat['generate.bands']}")
+    method, k = flat["attack.method"], flat["attack.pixels"]
+    if method == "exhaustive" and k != 1:
+        raise ConfigError(f"{source}: 'attack.pixels' is {k}, but attack.method 'exhaustive' searches single pixels: "
+                          f"set attack.pixels=1 or choose another attack.method (de, sparse-rs, saliency)")
+    if method == "saliency" and flat["attack.max_queries"] <= 3:
+        raise ConfigError(f"{source}: 'attack.max_queries' is {flat['attack.max_queries']}, but attack.method "
+                          f"'saliency' counts its gradient as 3 queries: set at least 4")
     src = flat["generate.source"]
     need = {"cutouts": ["generate.cutouts.path"],
             "observed": ["generate.observed.y10", "generate.observed.y1", "generate.observed.labels"]}.get(src, [])

@@ -26,8 +26,11 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from . import goal
+
 #: ``evaluate(tasks, genomes) -> probs``: class probabilities (m, P, K) of the candidates
-#: ``genomes`` (m, P, D) of the tasks numbered ``tasks`` (m,) in the batch.
+#: ``genomes`` (m, P, D) of the tasks numbered ``tasks`` (m,) in the batch (their logits instead
+#: when ``Settings.fitness`` is "margin").
 Objective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 UNTARGETED = -1
@@ -45,6 +48,9 @@ class Settings:
         i.e. no crossover, as Su et al. (DE/rand/1 without crossover).
     threshold: a targeted attack succeeds when the target's probability exceeds it (the authors: 0.5).
         An untargeted attack succeeds when the predicted class is not the true one.
+    fitness: "probability" (the authors: the target's probability, or the true class's when
+        untargeted; it saturates near 0 far from success) or "margin" (:func:`.goal.margin_loss`;
+        the objective then answers logits).
     """
 
     population: int = 400
@@ -52,26 +58,32 @@ class Settings:
     mutation: float = 0.5
     crossover: float = 1.0
     threshold: float = 0.5
+    fitness: str = "probability"
 
     def __post_init__(self):
         if self.population < 4:
             raise ValueError(f"DE needs a population of at least 4, got {self.population}")
         if self.generations < 0:
             raise ValueError(f"generations must be >= 0, got {self.generations}")
+        if self.fitness not in ("probability", "margin"):
+            raise ValueError(f"fitness must be 'probability' or 'margin', got {self.fitness!r}")
 
 
 @dataclass
 class Result:
-    """One attack's outcome.
+    """One attack's outcome (every method's: see :mod:`.methods`).
 
     success: the attack reached its goal.
     generations: generations evolved before it stopped (0: a member of the initial population
-        succeeded; G: it ran out).
+        succeeded; G: it ran out). Other methods: their steps after the first candidate.
     queries: candidates evaluated by the model for this attack (P for the initial population, P per
-        generation): ``population * (generations + 1)``.
+        generation): ``population * (generations + 1)``. Other methods: queries used until success, or
+        until the budget ran out.
     genome: (D,) the successful candidate (the one scoring best among those that succeeded in the
         stopping generation) or, on failure, the best member of the final population.
     probs: (K,) the model's class probabilities for that candidate.
+    flips: candidates found that reach the goal, where a method counted them all (the exhaustive
+        search without early exit); else -1.
     """
 
     success: bool
@@ -79,6 +91,7 @@ class Result:
     queries: int
     genome: np.ndarray
     probs: np.ndarray
+    flips: int = -1
 
 
 def three_distinct(rng: np.random.Generator, population: int) -> np.ndarray:
@@ -116,6 +129,15 @@ def _score(probs: torch.Tensor, true: torch.Tensor, target: torch.Tensor, thresh
     return fitness, success
 
 
+def _outcome(out: torch.Tensor, true: torch.Tensor, target: torch.Tensor, settings: Settings):
+    """(fitness, success, probs) of the objective's answer ``out`` (m, P, K): probabilities, or logits
+    for the margin fitness."""
+    if settings.fitness == "margin":
+        return goal.score(out, true, target, settings.threshold)
+    fitness, success = _score(out, true, target, settings.threshold)
+    return fitness, success, out
+
+
 def evolve(evaluate: Objective, lower: np.ndarray, upper: np.ndarray, true: Sequence[int], target: Sequence[int],
            seeds: Sequence, settings: Settings, resample: np.ndarray | None = None) -> list[Result]:
     """Run one DE attack per task, all tasks batched; returns one :class:`Result` per task.
@@ -141,8 +163,7 @@ def evolve(evaluate: Objective, lower: np.ndarray, upper: np.ndarray, true: Sequ
     lo_t, hi_t, res_t = torch.from_numpy(lower), torch.from_numpy(upper), torch.from_numpy(resample)
 
     pop = torch.from_numpy(np.stack([r.uniform(lower, upper, (p, d)) for r in rngs]))  # (n, P, D)
-    probs = _probs(evaluate(torch.arange(n), pop))
-    fitness, success = _score(probs, true_t, target_t, settings.threshold)
+    fitness, success, probs = _outcome(_probs(evaluate(torch.arange(n), pop)), true_t, target_t, settings)
     results: list[Result | None] = [None] * n
     queries = np.full(n, p, dtype=np.int64)
 
@@ -183,9 +204,8 @@ def evolve(evaluate: Objective, lower: np.ndarray, upper: np.ndarray, true: Sequ
         trial = torch.where(outside & res_t, torch.from_numpy(np.stack(fresh)), trial)
         trial = torch.maximum(torch.minimum(trial, hi_t), lo_t)
 
-        t_probs = _probs(evaluate(live, trial))
+        t_fit, t_ok, t_probs = _outcome(_probs(evaluate(live, trial)), true_t[live], target_t[live], settings)
         queries[live.numpy()] += p
-        t_fit, t_ok = _score(t_probs, true_t[live], target_t[live], settings.threshold)
         finish(live, trial, t_fit, t_ok, t_probs, generation)
         # Greedy selection: the trial replaces its parent only if strictly better.
         better = t_fit < fitness[live]

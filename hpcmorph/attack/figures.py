@@ -3,9 +3,9 @@
 - ``<stem>_queries.png``: histogram of the model queries each successful attack needed, per model;
 - ``<stem>_success.png``: success rate by true class (rows) and target (columns), per model;
 - ``<stem>_examples.png``: a few successful attacks, the changed pixel circled;
-- ``attack_success_vs_k.png`` (``attack-untargeted_success_vs_k.png``): success rate against the
-  number of pixels k, from every ``attack*.h5`` of the run in the same mode (one point until attacks
-  with other k exist).
+- ``attack_success_vs_k.png`` (``attack-untargeted_success_vs_k.png``; ``attack-<method>...`` for
+  methods other than DE): success rate against the number of pixels k, from every ``attack*.h5`` of
+  the run in the same mode and method (one point until attacks with other k exist).
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ def _read(path: Path) -> tuple[dict, dict]:
     with h5py.File(path, "r") as f:
         cols = {name: f[name][...] for name in f if name != "attacked"}
         attrs = {k: f.attrs[k] for k in ("mode", "pixels", "population", "generations", "variant_names", "summary")}
+        attrs["method"] = str(f.attrs.get("method", "de"))
+        attrs["budget"] = int(f.attrs.get("budget", int(attrs["population"]) * (int(attrs["generations"]) + 1)))
     attrs["variants"] = str(attrs["variant_names"]).split(",")
     return cols, attrs
 
@@ -32,8 +34,8 @@ def _read(path: Path) -> tuple[dict, dict]:
 def queries_histogram(cols: dict, attrs: dict, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    budget = int(attrs["population"]) * (int(attrs["generations"]) + 1)
-    bins = np.linspace(0, budget, min(41, int(attrs["generations"]) + 2))
+    budget = attrs["budget"]
+    bins = np.linspace(0, budget, min(41, int(attrs["generations"]) + 2) if attrs["method"] == "de" else 41)
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
     for v, name in enumerate(attrs["variants"]):
         sel = cols["variant"] == v
@@ -42,7 +44,7 @@ def queries_histogram(cols: dict, attrs: dict, path: Path) -> Path:
                 label=f"{name}: {ok.sum()} of {sel.sum()} attacks succeeded")
     ax.set_xlabel(f"model queries to success (budget {budget:,})")
     ax.set_ylabel("attacks")
-    ax.set_title(f"{attrs['mode']} {int(attrs['pixels'])}-pixel attack", fontsize=9)
+    ax.set_title(f"{attrs['mode']} {int(attrs['pixels'])}-pixel attack ({attrs['method']})", fontsize=9)
     ax.legend(fontsize=7)
     return plots.save(fig, path)[0]
 
@@ -105,15 +107,16 @@ def examples(path_h5: Path, cols: dict, attrs: dict, path: Path, n: int = 4) -> 
     return plots.save(fig, path)[0]
 
 
-def success_vs_k(run_dir: Path, mode: str, path: Path) -> Path | None:
-    """Success rate against k from every attack output of this mode in ``run_dir``."""
+def success_vs_k(run_dir: Path, mode: str, path: Path, method: str = "de") -> Path | None:
+    """Success rate against k from every attack output of this mode and method in ``run_dir``."""
     import matplotlib.pyplot as plt
 
     points: dict[str, list[tuple[int, float]]] = {}
     for h5 in sorted(run_dir.glob("attack*.h5")):
         try:
             with h5py.File(h5, "r") as f:
-                if f.attrs.get("stage") != "attack" or f.attrs.get("mode") != mode:
+                if f.attrs.get("stage") != "attack" or f.attrs.get("mode") != mode \
+                        or str(f.attrs.get("method", "de")) != method:
                     continue
                 k, summary = int(f.attrs["pixels"]), json.loads(f.attrs["summary"])["variants"]
         except (OSError, KeyError, ValueError):
@@ -135,6 +138,11 @@ def success_vs_k(run_dir: Path, mode: str, path: Path) -> Path | None:
     return plots.save(fig, path)[0]
 
 
+def _vs_k_name(attrs: dict) -> str:
+    method = "" if attrs["method"] == "de" else f"-{attrs['method']}"
+    return f"attack{method}{'' if attrs['mode'] == 'targeted' else '-untargeted'}_success_vs_k.png"
+
+
 def write_figures(output: Path) -> list[Path]:
     """Every figure of one attack output; returns the files written."""
     output = Path(output)
@@ -144,8 +152,7 @@ def write_figures(output: Path) -> list[Path]:
     written = [queries_histogram(cols, attrs, figures / f"{stem}_queries.png"),
                success_matrix(attrs, figures / f"{stem}_success.png"),
                examples(output, cols, attrs, figures / f"{stem}_examples.png"),
-               success_vs_k(output.parent, str(attrs["mode"]), figures / (
-                   "attack_success_vs_k.png" if attrs["mode"] == "targeted" else "attack-untargeted_success_vs_k.png"))]
+               success_vs_k(output.parent, str(attrs["mode"]), figures / _vs_k_name(attrs), attrs["method"])]
     written = [w for w in written if w is not None]
     log.info("attack figures: %s", ", ".join(str(w) for w in written))
     return written

@@ -6,7 +6,7 @@ stretch). Its genome holds, per pixel, the column x and row y (continuous, in pi
 ``attack.pixel_range``): D = k (2 + C) genes. Pixel j's genes are ``[x, y, v_1 .. v_C]`` at
 offset j (2 + C).
 
-:class:`PixelObjective` is the DE objective of a batch of attacks: it builds every candidate image
+:class:`PixelObjective` is the objective of a batch of attacks (any method): it builds every candidate image
 on the model's device from the attacks' base images and runs the model on them in forward passes
 of at most ``forward_batch`` images.
 """
@@ -73,20 +73,30 @@ def forward_probs(logits_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Te
     return torch.softmax(logits_fn(x).float(), 1)
 
 
+def forward_logits(logits_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """Logits (N, K) of images x (N, C, H, W), float32, on x's device; a lone image is run as a pair
+    (see :func:`forward_probs`)."""
+    if x.shape[0] == 1:
+        return logits_fn(torch.cat([x, x])).float()[:1]
+    return logits_fn(x).float()
+
+
 class PixelObjective:
-    """The DE objective for a batch of attacks on one model.
+    """The objective for a batch of attacks on one model (every method's, see :mod:`.methods`).
 
     logits_fn: images (N, C, H, W) on ``base.device`` -> logits (N, K), e.g. ``lambda x: model(x)[1]``.
     base: (n, C, H, W) the attacks' normalised images, on the model's device.
     pixels: k. forward_batch: most images per forward pass (bounds memory; the split does not change
-    any result).
+    any result). logits: answer the model's logits (float64 copies of its float32 logits) instead of
+    the class probabilities (for the margin loss, :mod:`.goal`).
 
     ``queries`` counts candidate images classified; ``forward_seconds`` the time inside the model
     (synchronised on GPUs), so that the attack's model throughput can be set beside bare inference.
     """
 
-    def __init__(self, logits_fn, base: torch.Tensor, pixels: int, forward_batch: int = 1024):
+    def __init__(self, logits_fn, base: torch.Tensor, pixels: int, forward_batch: int = 1024, logits: bool = False):
         self.logits_fn, self.base, self.pixels, self.forward_batch = logits_fn, base, pixels, forward_batch
+        self.logits = logits
         self.height, self.width = base.shape[-2:]
         self.queries, self.calls, self.forward_seconds = 0, 0, 0.0
 
@@ -104,7 +114,7 @@ class PixelObjective:
             # Build only this chunk's images: memory stays at forward_batch images.
             imgs = apply(self.base.index_select(0, rows[a:b]), x[a:b], y[a:b], v[a:b])
             t0 = time.perf_counter()
-            probs = forward_probs(self.logits_fn, imgs)
+            probs = (forward_logits if self.logits else forward_probs)(self.logits_fn, imgs)
             if probs.is_cuda:
                 torch.cuda.synchronize(probs.device)
             self.forward_seconds += time.perf_counter() - t0

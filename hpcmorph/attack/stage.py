@@ -7,7 +7,8 @@
    counted as skipped). Both variants are attacked on the same images. The choice is saved in the
    checkpoint folder, so a resumed run attacks the same images.
 3. Attacks are (variant, image, target) triples; blocks of ``attack.images_per_batch`` images of one
-   variant (all their targets) are one batched DE run (``evolution.evolve``) and one checkpoint
+   variant (all their targets) are one batched run of ``attack.method`` (``methods.attack``: DE,
+   the exhaustive corner search, Sparse-RS or the saliency-ranked search) and one checkpoint
    file in ``<output>.parts-<digest>/`` (written, then renamed). Ranks take
    the blocks not yet on disk round-robin.
 4. All ranks write the output together (``store.write_table``); rank 0 writes the summary and the
@@ -37,7 +38,8 @@ from ..generate.dataset import TEST
 from ..generate.morphology import CLASS_NAMES
 from ..mpi import Context, device_for, log
 from ..train import saved
-from . import evolution, pixels
+from . import evolution, methods, pixels
+from .corners import Box
 
 STAGE = "attack"
 VARIANTS = ("regular", "mmd")
@@ -50,9 +52,10 @@ _NEUTRAL = ("threads", "figures", "keep_parts")
 
 
 def output_stem(cfg: Config) -> str:
-    """``attack`` for the paper's targeted one-pixel attack; other modes and k get their own file."""
+    """``attack`` for the paper's targeted one-pixel attack by DE; other methods, modes and k get their own file."""
     a = cfg.attack
-    return "attack" + ("" if a.mode == "targeted" else "-untargeted") + ("" if a.pixels == 1 else f"-k{a.pixels}")
+    return ("attack" + ("" if a.method == "de" else f"-{a.method}") + ("" if a.mode == "targeted" else "-untargeted")
+            + ("" if a.pixels == 1 else f"-k{a.pixels}"))
 
 
 def output_path(cfg: Config) -> Path:
@@ -79,7 +82,8 @@ def digest(cfg: Config) -> str:
     """What the output depends on: run.seed, the data, the trained model and the attack settings."""
     from ..train.stage import digest as train_digest
 
-    keys = [f"attack.{k}" for k in cfg.attack.to_dict() if k not in _NEUTRAL]
+    skip = (*_NEUTRAL, *methods.unused(cfg.attack.method))
+    keys = [f"attack.{k}" for k in cfg.attack.to_dict() if k not in skip]
     parts = {"config": cfg.digest("run.seed", "generate", *keys), "train": train_digest(cfg),
              "model_seed": model_seed(cfg)}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
@@ -95,8 +99,15 @@ def columns(pixels_k: int, bands: int, size: int, n_classes: int = 3) -> dict[st
         "target": c((), "i1", "target class of a targeted attack; -1 for an untargeted one"),
         "success": c((), "?", "targeted: the target's probability exceeded attack.threshold; "
                      "untargeted: the predicted class is no longer the true one"),
-        "generations": c((), "i4", "DE generations run before stopping (0: the initial population succeeded)"),
-        "queries": c((), "i8", "model evaluations used by this attack: population x (generations + 1)"),
+        "generations": c((), "i4", "steps run before stopping: DE generations (0: the initial population "
+                         "succeeded), random-search steps after the first candidate (sparse-rs, saliency's "
+                         "refinement); 0 for the exhaustive search"),
+        "queries": c((), "i8", "model queries this attack used until it succeeded, or until its budget ran out (file "
+                     "attribute budget): de, population x (generations + 1); sparse-rs, one per candidate; saliency, "
+                     "3 for the gradient plus one per candidate; exhaustive, the scan position of the first success "
+                     "(H x W x 2^bands without one)"),
+        "flips": c((), "i8", "exhaustive search without early exit: single-pixel corner candidates that reach the "
+                   "goal; -1 where not counted (other methods, or the scan stopped at the first success)"),
         "pixel_xy": c((pixels_k, 2), "i4", "attacked pixels (column x, row y), counted from the image's "
                       "first column and row"),
         "pixel_values": c((pixels_k, bands), "f4", "values set at those pixels, per band, normalised "
@@ -220,7 +231,7 @@ def attack_seed(run_seed: int, row: int, target: int) -> np.random.SeedSequence:
 def attack_images(model, stretch, images: np.ndarray, rows, labels, prob_before: np.ndarray, cfg: Config,
                   device) -> dict[str, np.ndarray]:
     """Attack the raw Y10 ``images`` (n, C, H, W, e-/s per pixel) at galaxy rows ``rows``: every target
-    of each, in one batched DE run; returns the output columns of the n x targets rows."""
+    of each, in one batched run of ``attack.method``; returns the output columns of the n x targets rows."""
     a = cfg.attack
     base = stretch(torch.from_numpy(np.ascontiguousarray(images, np.float32))).float()
     n, c, h, w = base.shape
@@ -233,10 +244,9 @@ def attack_images(model, stretch, images: np.ndarray, rows, labels, prob_before:
             seeds.append(attack_seed(cfg.run.seed, int(row), t))
     which_t = torch.tensor(which, dtype=torch.long)
     task_images = base[which_t]
-    objective = pixels.PixelObjective(lambda x: model(x)[1], task_images.to(device), a.pixels, a.forward_batch)
-    lower, upper, is_position = pixels.bounds(a.pixels, c, h, w, pixel_range(a, stretch))
-    settings = evolution.Settings(a.population, a.generations, a.mutation, a.crossover, a.threshold)
-    results = evolution.evolve(objective, lower, upper, true, target, seeds, settings, resample=is_position)
+    box = Box.of(a.pixels, c, h, w, pixel_range(a, stretch))
+    results, objective = methods.attack(a, lambda x: model(x)[1], task_images.to(device), which, true, target, seeds,
+                                        box)
 
     genomes = np.stack([r.genome for r in results])
     x, y, values = pixels.decode(torch.from_numpy(genomes), a.pixels, h, w)
@@ -246,15 +256,17 @@ def attack_images(model, stretch, images: np.ndarray, rows, labels, prob_before:
     prob_after = np.stack([r.probs for r in results]).astype(np.float32)
     before = prob_before[which]
     return {"index": np.asarray(rows, np.int64)[which], "label": np.array(true, np.int8),
-            "target": np.array(target, np.int8), "success": np.array([r.success for r in results], bool),
-            "generations": np.array([r.generations for r in results], np.int32),
-            "queries": np.array([r.queries for r in results], np.int64),
+            "target": np.array(target, np.int8), **methods.as_arrays(results),
             "pixel_xy": torch.stack([x, y], 2).numpy().astype(np.int32),
             "pixel_values": values.numpy().astype(np.float32), "original_values": original.numpy().astype(np.float32),
             "prob_before": before.astype(np.float32), "prob_after": prob_after,
             "pred_before": before.argmax(1).astype(np.int8), "pred_after": prob_after.argmax(1).astype(np.int8),
             "attacked": attacked.numpy().astype(np.float32),
             "_forward_seconds": np.array(objective.forward_seconds), "_queries": np.array(objective.queries)}
+
+
+def _method_settings(a) -> str:
+    return ", ".join(f"{k} {getattr(a, k)}" for k in methods.SETTINGS[a.method])
 
 
 # ----------------------------------------------------------------------------------------- summary
@@ -326,13 +338,16 @@ def make(cfg: Config, ctx: Context, out: Path, key: str) -> None:
         lo, hi = data_range(stretch)
         log.info("attack: %s model: normalised pixels span [%.3f, %.3f]; candidates take values in %s",
                  v, min(lo), max(hi), pixel_range(a, stretch))
+    with store.open_checked(galaxies_path(cfg), "generate") as f:
+        n_bands, size = f["y10"].shape[1], f["y10"].shape[-1]
+    box = Box.of(a.pixels, n_bands, size, size, (0.0, 1.0))  # for the budget: the values do not matter
     blocks = store.Blocks(out.with_name(f"{out.name}.parts-{key}"))
     blocks.create(ctx)
     choice = images(cfg, ctx, models, device, blocks.folder / "images.h5")
+    log.info("attack: method %s (%s), budget %d queries per attack", a.method, _method_settings(a),
+             methods.budget(a, box))
     plan = attack_blocks(cfg, ctx, models, variants, choice, blocks, device)
-    summary = summarize_blocks(cfg, ctx, variants, choice, blocks, plan)
-    with store.open_checked(galaxies_path(cfg), "generate") as f:
-        n_bands, size = f["y10"].shape[1], f["y10"].shape[-1]
+    summary = summarize_blocks(cfg, ctx, variants, choice, blocks, plan, methods.budget(a, box))
     cols = columns(a.pixels, n_bands, size)
     block_rows = np.cumsum([0] + [(hi - lo) * len(targets_of(0, a.mode)) for _, lo, hi in plan])
 
@@ -348,6 +363,9 @@ def make(cfg: Config, ctx: Context, out: Path, key: str) -> None:
         **store.provenance(cfg, ctx, STAGE, key, started),
         "mode": a.mode, "pixels": a.pixels, "population": a.population, "generations": a.generations,
         "mutation": a.mutation, "crossover": a.crossover, "threshold": a.threshold,
+        "method": a.method, "budget": methods.budget(a, box), "gradient_queries": methods.gradient_queries(a.method),
+        **{k: getattr(a, k) for k in methods.SETTINGS[a.method] if k not in ("population", "generations", "mutation",
+                                                                              "crossover")},
         "pixel_range": "data range (data_range_<variant>)" if a.pixel_range is None else
         np.asarray(a.pixel_range, np.float64), "model_seed": model_seed(cfg),
         "class_names": ",".join(CLASS_NAMES), "variant_names": ",".join(variants),
@@ -372,9 +390,9 @@ def images(cfg: Config, ctx: Context, models: dict, device, path: Path) -> dict:
     if len(choice["rows"]) < a.n_images and ctx.is_root:
         log.warning("attack: only %d of the %d test images qualify (attack.n_images=%d)", len(choice["rows"]),
                     choice["test_images"], a.n_images)
-    log.info("attack: %d images (%d examined, %d skipped as misclassified: %s), %s, k=%d, population %d, "
-             "%d generations, %d ranks", len(choice["rows"]), choice["examined"], choice["skipped"],
-             choice["misclassified"], a.mode, a.pixels, a.population, a.generations, ctx.size)
+    log.info("attack: %d images (%d examined, %d skipped as misclassified: %s), %s, k=%d, %d ranks",
+             len(choice["rows"]), choice["examined"], choice["skipped"], choice["misclassified"], a.mode, a.pixels,
+             ctx.size)
     return choice
 
 
@@ -412,7 +430,7 @@ def attack_blocks(cfg: Config, ctx: Context, models: dict, variants: list[str], 
 
 
 def summarize_blocks(cfg: Config, ctx: Context, variants: list[str], choice: dict, blocks: store.Blocks,
-                     plan: list) -> dict:
+                     plan: list, budget: int) -> dict:
     """The attack summary (:func:`summarize` of every block's scalar columns), on every rank."""
     a = cfg.attack
     summary = None
@@ -424,7 +442,8 @@ def summarize_blocks(cfg: Config, ctx: Context, variants: list[str], choice: dic
                     scal[name].append(bf[name][...])
         kinds = columns(a.pixels, 1, 1)
         scal = {k: np.concatenate(v) if v else np.zeros(0, kinds[k].dtype) for k, v in scal.items()}
-        summary = {"mode": a.mode, "pixels": a.pixels, "population": a.population, "generations": a.generations,
+        summary = {"method": a.method, "budget": budget, "mode": a.mode, "pixels": a.pixels,
+                   "population": a.population, "generations": a.generations,
                    "threshold": a.threshold, "model_seed": model_seed(cfg), "images": int(len(choice["rows"])),
                    "examined": int(choice["examined"]), "skipped_misclassified": int(choice["skipped"]),
                    "misclassified_by_model": {k: int(v) for k, v in choice["misclassified"].items()},

@@ -1,0 +1,86 @@
+"""The attack methods behind ``attack.method``, one call for the stage, one :class:`.evolution.Result` each.
+
+- ``de``: Su et al.'s differential evolution (:mod:`.evolution`), the paper's method of record;
+  fitness the target's probability (the authors) or the margin loss (``attack.fitness``).
+- ``exhaustive``: every single-pixel corner candidate (:mod:`.exhaustive`): ground truth for k = 1.
+- ``sparse-rs``: random search over k corner pixels (:mod:`.sparse_rs`).
+- ``saliency``: the attacked model's gradient ranks the corner candidates, then random search
+  (:mod:`.saliency`); its gradient counts as 3 queries.
+
+Every method reads its own ``attack.*`` settings (:data:`SETTINGS`); the others do not change its
+results and stay out of the stage's digest.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from . import evolution, exhaustive, pixels, saliency, sparse_rs
+from .corners import Box
+
+METHODS = ("de", "exhaustive", "sparse-rs", "saliency")
+#: The ``attack.*`` settings each method reads, beyond those every method reads (mode, pixels,
+#: pixel_range, threshold, ...).
+SETTINGS = {
+    "de": ("population", "generations", "mutation", "crossover", "fitness"),
+    "exhaustive": ("early_exit",),
+    "sparse-rs": ("max_queries", "rs_alpha", "proposals"),
+    "saliency": ("max_queries", "rs_alpha", "proposals", "saliency_top"),
+}
+
+
+def unused(method: str) -> tuple[str, ...]:
+    """The method settings of the other methods that ``method`` does not read."""
+    own = set(SETTINGS[method])
+    return tuple(sorted({k for m in SETTINGS.values() for k in m} - own))
+
+
+def budget(a, box: Box) -> int:
+    """Most model queries one attack may use under the settings ``a`` (``cfg.attack``)."""
+    if a.method == "de":
+        return a.population * (a.generations + 1)
+    if a.method == "exhaustive":
+        return exhaustive.candidates(box)
+    return a.max_queries
+
+
+def gradient_queries(method: str) -> int:
+    """Queries a method's gradient counts as, per attack (saliency: one forward + one backward pass)."""
+    return saliency.GRADIENT_QUERIES if method == "saliency" else 0
+
+
+def attack(a, logits_fn, images: torch.Tensor, groups, true, target, seeds, box: Box):
+    """Run ``a.method`` (``a`` = ``cfg.attack``) on the tasks; returns (results, objective).
+
+    logits_fn: the attacked model, images -> logits; images: (n, C, H, W) each task's normalised
+    image, on the model's device; groups: (n,) tasks with equal values share the image; true,
+    target, seeds: (n,) per task; box: the candidates' :class:`.corners.Box`.
+    """
+    logits = a.method != "de" or a.fitness == "margin"
+    objective = pixels.PixelObjective(logits_fn, images, box.pixels, a.forward_batch, logits=logits)
+    if a.method == "de":
+        lower, upper, is_position = pixels.bounds(box.pixels, box.bands, box.height, box.width, (box.lows, box.highs))
+        settings = evolution.Settings(a.population, a.generations, a.mutation, a.crossover, a.threshold, a.fitness)
+        results = evolution.evolve(objective, lower, upper, true, target, seeds, settings, resample=is_position)
+    elif a.method == "exhaustive":
+        results = exhaustive.search(objective, box, true, target, groups,
+                                    exhaustive.Settings(a.threshold, a.early_exit, a.forward_batch))
+    elif a.method == "sparse-rs":
+        results = sparse_rs.search(objective, box, true, target, seeds,
+                                   sparse_rs.Settings(a.max_queries, a.rs_alpha, a.threshold, a.proposals))
+    elif a.method == "saliency":
+        results = saliency.search(objective, box, true, target, seeds,
+                                  saliency.Settings(a.max_queries, a.saliency_top, a.rs_alpha, a.threshold,
+                                                    a.proposals))
+    else:
+        raise ValueError(f"unknown attack method {a.method!r} (methods: {', '.join(METHODS)})")
+    return results, objective
+
+
+def as_arrays(results) -> dict[str, np.ndarray]:
+    """The scalar columns every method fills."""
+    return {"success": np.array([r.success for r in results], bool),
+            "generations": np.array([r.generations for r in results], np.int32),
+            "queries": np.array([r.queries for r in results], np.int64),
+            "flips": np.array([r.flips for r in results], np.int64)}
