@@ -34,6 +34,15 @@ class StageError(UserError):
     missing or empty)."""
 
 
+class OutputLocked(StageError):
+    """Another run holds the lock on this output (``hpcmorph.lock``): the message names it."""
+
+
+class DiskFull(StoreError):
+    """The file system ran out of space while a stage wrote a file: the message names the file and the
+    space left. The stage's partial file is gone; the previous complete output is untouched."""
+
+
 class BackendError(UserError):
     """The requested training backend cannot start here (not installed, wrong launcher, ranks that do
     not divide the batch)."""

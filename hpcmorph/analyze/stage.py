@@ -39,6 +39,7 @@ from ..generate import output_path as galaxies_path
 from ..generate.dataset import TEST
 from ..generate.morphology import CLASS_NAMES
 from ..errors import StageError
+from ..lock import locked
 from ..generate.survey import bands as survey_bands
 from ..mpi import Context, device_for, log
 from . import church, distances, exposure, isomap, latents
@@ -308,6 +309,7 @@ def default_triplet(attacks: dict[str, np.ndarray], n_variants: int, y1_wrong: s
 
 # ------------------------------------------------------------------------------------------ run
 
+@locked(output_dir)
 def run(cfg: Config, ctx: Context, force: bool = False) -> Path:
     """Analyse the run as ``cfg.analyze`` says; returns the output directory."""
     a = cfg.analyze

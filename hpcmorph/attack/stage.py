@@ -37,6 +37,7 @@ from ..generate import output_path as galaxies_path
 from ..generate.dataset import TEST
 from ..generate.morphology import CLASS_NAMES
 from ..errors import StageError
+from ..lock import locked
 from ..mpi import Context, device_for, log
 from . import evolution, pixels
 
@@ -332,6 +333,7 @@ def format_summary(summary: dict) -> str:
 
 # ------------------------------------------------------------------------------------------- run
 
+@locked(output_path, subfolders=("figures",))
 def run(cfg: Config, ctx: Context, force: bool = False) -> Path:
     """Attack the trained models as ``cfg.attack`` says; returns the output path."""
     a = cfg.attack

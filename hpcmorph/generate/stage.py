@@ -21,6 +21,7 @@ import numpy as np
 from .. import store
 from ..config import Config
 from ..errors import StageError
+from ..lock import locked
 from ..mpi import Context, log
 from . import dataset, morphology, survey
 from .sources import SourceError, open_source
@@ -111,6 +112,7 @@ def _labels(meta: dict[str, np.ndarray], source_name: str) -> np.ndarray:
     return np.where(meta["morph_flag"] == 0, label, -1).astype(np.int8)
 
 
+@locked(output_path, subfolders=("figures",))
 def run(cfg: Config, ctx: Context, force: bool = False) -> Path:
     """Generate the dataset described by ``cfg.generate``; returns the output path."""
     g = cfg.generate

@@ -31,6 +31,7 @@ from typing import Any
 from .. import store
 from ..config import Config
 from ..errors import StageError
+from ..lock import locked
 from ..mpi import Context, log
 from . import browser, page, tables
 from .inputs import Inputs, config_text, gather, load_analysis, run_dir
@@ -282,6 +283,7 @@ def screenshot(tmp: Path, out: Path) -> None:
 
 # ---------------------------------------------------------------------------------------------- run
 
+@locked(output_dir)
 def run(cfg: Config, ctx: Context | None = None) -> Path:
     """Write the report of ``cfg``'s run; returns the report folder."""
     out = output_dir(cfg)

@@ -32,6 +32,7 @@ from ..errors import PREEMPTED_EXIT, BackendError, Preempted, StageError
 from ..generate import output_path as galaxies_path
 from ..generate.dataset import TEST, VALIDATION
 from ..generate.morphology import CLASS_NAMES
+from ..lock import output_lock
 from ..mpi import device_for, log
 from . import data, distributed, metrics
 from .mmd import mmd2
@@ -306,7 +307,9 @@ def run(cfg: Config, ctx=None) -> Path:
         log.setLevel(logging.WARNING)
     log.info("train: backend %s, %d rank(s), device %s", backend.name, backend.size, device_for(backend.local_rank))
     results = []
+    held = output_lock(Path(cfg.run.root) / cfg.run.name / "train_summary.json", backend)
     try:
+        held.acquire()
         for variant in cfg.train.variants:
             for seed in cfg.train.seeds:
                 done = _finished(cfg, variant, seed)
@@ -325,5 +328,6 @@ def run(cfg: Config, ctx=None) -> Path:
             log.info("Table 1 (mean +- std over seeds):\n%s", metrics.format_table(table))
         backend.barrier()
     finally:
+        held.release()
         backend.shutdown()
     return summary
