@@ -138,6 +138,9 @@ def run(cfg: Config, ctx: Context, force: bool = False) -> Path:
         return range(b * g.block_size, min(n, (b + 1) * g.block_size))
 
     n_mine = sum(len(indices(b)) for b in mine)
+    if ctx.size > n_blocks and ctx.is_root:
+        log.warning("generate: %d ranks for %d block(s) of generate.block_size=%d galaxies: %d rank(s) draw nothing; "
+                    "the output is the same on fewer ranks", ctx.size, n_blocks, g.block_size, ctx.size - n_blocks)
     log.info("generate: %d galaxies (%s), %d blocks of %d, %d already on disk, %d ranks, io=%s",
              n, g.source, n_blocks, g.block_size, len(done), ctx.size, io)
     t0 = time.perf_counter()
@@ -162,6 +165,9 @@ def run(cfg: Config, ctx: Context, force: bool = False) -> Path:
     parent, aug = dataset.augmentation_plan(labels, g.augment_mergers)
     split_of_parent = dataset.split_parents(labels, g.split, cfg.run.seed)
     split_of_parent[labels < 0] = -1
+    for name in dataset.empty_splits(split_of_parent) if ctx.is_root else []:
+        log.warning("generate: the %s split is empty (%d usable of %d galaxies, generate.split=%s): train will refuse "
+                    "this dataset; generate more galaxies", name, int(np.sum(labels >= 0)), n, list(g.split))
     rows = {
         "parent": parent, "augmentation": aug.astype(np.int8), "label": labels[parent],
         "split": split_of_parent[parent],

@@ -121,7 +121,7 @@ def train_one(cfg: Config, backend: distributed.Single, variant: str, seed: int)
     device = device_for(backend.local_rank)
     mmd = variant == "mmd"
 
-    with store.open_checked(galaxies_path(cfg), "generate") as f:
+    with data.open_galaxies(galaxies_path(cfg)) as f:
         rows = data.training_rows(f, seed, t.max_train_images)
         weight = torch.tensor(data.class_weights(f["label"][rows]), dtype=torch.float32, device=device)
         stretch = AsinhStretch.fit(f["y10"], rows=rows, per_band=t.normalize_per_band, seed=seed)
