@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .errors import OutputLocked, StageError
+from .errors import DiskFull, OutputLocked, StageError, UserError, out_of_space
 from .mpi import log
 
 SUFFIX = ".lock"
@@ -141,7 +141,12 @@ def _link_new(lock: Path, holder: Holder) -> bool:
     """Create ``lock`` holding ``holder``, complete, if no lock exists: True if this call made it."""
     new = lock.with_name(f"{lock.name}.{holder.token}.new")
     try:
-        new.write_text(holder.to_json())
+        try:
+            new.write_text(holder.to_json())
+        except OSError as err:
+            if out_of_space(err, lock.parent):
+                raise DiskFull.writing(lock) from err
+            raise
         try:
             os.link(new, lock)
             return True
@@ -292,7 +297,7 @@ class output_lock:  # noqa: N801 - used like contextlib's lower-case context man
         if _rank(self.ctx) == 0:
             try:
                 outcome = (acquire(self.path, self.subfolders), None, None)
-            except StageError as err:
+            except UserError as err:
                 outcome = (None, str(err), type(err))
         holder, error, kind = outcome
         _, error, kind = _bcast(self.ctx, (None, error, kind))

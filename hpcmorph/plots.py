@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import matplotlib
@@ -10,6 +9,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from . import store  # noqa: E402
 
 # The paper's class colours (Figure 2): spiral, elliptical, merger.
 CLASS_COLOURS = ("#FFA600", "#BC5090", "#003F5C")
@@ -38,9 +39,8 @@ def save(fig, path: Path, formats: tuple[str, ...] = ("png", "pdf")) -> list[Pat
     written = []
     for fmt in formats:
         target = path.with_suffix("." + fmt)
-        tmp = target.with_name(target.name + ".tmp")
-        fig.savefig(tmp, format=fmt, dpi=120, bbox_inches="tight")
-        os.replace(tmp, target)
+        with store.atomic(target) as tmp:
+            fig.savefig(tmp, format=fmt, dpi=120, bbox_inches="tight")
         written.append(target)
     plt.close(fig)
     return written

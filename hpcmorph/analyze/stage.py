@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import h5py
@@ -412,9 +411,7 @@ def _strict(obj):
 
 
 def _atomic_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_strict(obj), indent=2, allow_nan=False))
-    os.replace(tmp, path)
+    store.write_text(path, json.dumps(_strict(obj), indent=2, allow_nan=False))
 
 
 def analyse(cfg: Config, models: dict, variants: list[str], lat: dict, attacks: dict, att: dict,

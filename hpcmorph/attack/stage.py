@@ -204,13 +204,11 @@ def choose_images(cfg: Config, ctx: Context, models: dict, device) -> dict:
 
 
 def _save_choice(path: Path, choice: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
+    with store.atomic(path) as tmp, h5py.File(tmp, "w") as f:
         f["rows"], f["labels"] = choice["rows"], choice["labels"]
         for v, p in choice["probs"].items():
             f[f"probs/{v}"] = p
         f.attrs["json"] = json.dumps({k: choice[k] for k in ("examined", "skipped", "misclassified", "test_images")})
-    os.replace(tmp, path)
 
 
 def _load_choice(path: Path) -> dict:
@@ -274,11 +272,9 @@ def attack_images(model, stretch, images: np.ndarray, rows, labels, prob_before:
 
 
 def _write_block(path: Path, data: dict[str, np.ndarray]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
+    with store.atomic(path) as tmp, h5py.File(tmp, "w") as f:
         for name, arr in data.items():
             f.create_dataset(name, data=arr)
-    os.replace(tmp, path)
 
 
 def _block_path(parts: Path, b: int) -> Path:

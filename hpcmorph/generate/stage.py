@@ -93,12 +93,10 @@ def _draw_block(source, indices: range, label_band: int) -> dict[str, np.ndarray
 
 
 def _write_block(path: Path, data: dict[str, np.ndarray], first: int) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
+    with store.atomic(path) as tmp, h5py.File(tmp, "w") as f:
         f.attrs["first"] = first
         for name, arr in data.items():
             f.create_dataset(name, data=arr)
-    tmp.replace(path)
 
 
 def _block_path(parts: Path, b: int) -> Path:

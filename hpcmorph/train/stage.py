@@ -17,7 +17,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 import signal
 import time
 from pathlib import Path
@@ -71,9 +70,8 @@ class _StopFlag:
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with store.atomic(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -281,9 +279,7 @@ def _write_outputs(cfg: Config, out: Path, model, stretch, history: list[dict], 
 
 
 def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    store.write_text(path, text)
 
 
 def _finished(cfg: Config, variant: str, seed: int) -> dict | None:
