@@ -12,8 +12,10 @@ A lock whose holder is gone is taken over, with a warning, when that can be know
 
 - the holder ran on this host and its process is gone (or the pid now belongs to another process,
   or the host rebooted since);
-- the holder is an earlier attempt of this same batch job (Slurm keeps the job id across a requeue
-  and counts the restarts), so it has ended.
+- the holder is an earlier run of this same batch job: the scheduler runs one attempt of a job at a
+  time, keeps its id across a requeue or rerun, and tells the attempts apart (Slurm:
+  ``SLURM_RESTART_COUNT``; PBS: ``PBS_JOBCOOKIE``, where the site's PBS draws a new one for each run;
+  where it does not, such a lock is reported like any other).
 
 A lock held from another host is otherwise only reported: this host cannot see that host's
 processes, and breaking a live lock would let two runs write one output. The message says how to
@@ -23,6 +25,7 @@ check and what to remove.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import socket
@@ -45,14 +48,14 @@ def lock_path(output: Path) -> Path:
     return output.with_name(output.name + SUFFIX)
 
 
-def _job() -> tuple[str | None, int]:
-    """(batch job id, restarts of that job so far) of this process; (None, 0) outside a batch job."""
-    job = os.environ.get("SLURM_JOB_ID") or os.environ.get("PBS_JOBID") or None
-    try:
-        restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
-    except ValueError:
-        restarts = 0
-    return job, restarts
+def _job() -> tuple[str | None, str | None]:
+    """(batch job id, which attempt of that job this is) of this process; Nones outside a batch job."""
+    env = os.environ
+    if env.get("SLURM_JOB_ID"):
+        return env["SLURM_JOB_ID"], f"restart {env.get('SLURM_RESTART_COUNT') or 0}"
+    if env.get("PBS_JOBID"):
+        return env["PBS_JOBID"], env.get("PBS_JOBCOOKIE") or None
+    return None, None
 
 
 def _boot_id() -> str | None:
@@ -90,16 +93,16 @@ class Holder:
     pid: int
     started: str
     job: str | None = None
-    restarts: int = 0
+    attempt: str | None = None
     boot: str | None = None
     process_start: int | None = None
     token: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     @classmethod
     def me(cls) -> Holder:
-        job, restarts = _job()
+        job, attempt = _job()
         return cls(host=socket.gethostname(), pid=os.getpid(),
-                   started=time.strftime("%Y-%m-%dT%H:%M:%S%z"), job=job, restarts=restarts,
+                   started=time.strftime("%Y-%m-%dT%H:%M:%S%z"), job=job, attempt=attempt,
                    boot=_boot_id(), process_start=_process_start(os.getpid()))
 
     @classmethod
@@ -108,6 +111,8 @@ class Holder:
         if not isinstance(data, dict):
             raise ValueError(f"expected a JSON object, found {type(data).__name__}")
         known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        # A lock written by hand or by another tool has no token: its text stands for it.
+        known.setdefault("token", hashlib.sha256(text.encode()).hexdigest()[:32])
         holder = cls(**known)
         if not isinstance(holder.host, str) or not isinstance(holder.pid, int):
             raise ValueError("no host and pid in it")
@@ -132,8 +137,8 @@ class Holder:
             if self.process_start is not None and _process_start(self.pid) not in (None, self.process_start):
                 return f"pid {self.pid} now belongs to another process"
             return None
-        if self.job and self.job == me.job and self.restarts < me.restarts:
-            return f"job {self.job} was requeued (attempt {self.restarts} ended; this is attempt {me.restarts})"
+        if self.job and self.job == me.job and self.attempt and me.attempt and self.attempt != me.attempt:
+            return f"job {self.job} runs again ({me.attempt}): its earlier run ({self.attempt}) has ended"
         return None
 
 

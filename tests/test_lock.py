@@ -151,10 +151,10 @@ def test_a_reused_pid_does_not_keep_a_dead_lock(tmp_path):
 
 
 def test_a_lock_from_another_host_is_reported_never_broken(tmp_path, monkeypatch):
-    for var in ("SLURM_JOB_ID", "PBS_JOBID", "SLURM_RESTART_COUNT"):
+    for var in ("SLURM_JOB_ID", "PBS_JOBID", "SLURM_RESTART_COUNT", "PBS_JOBCOOKIE"):
         monkeypatch.delenv(var, raising=False)
     out = tmp_path / "galaxies.h5"
-    text = lock.Holder("node-b17", 1234, "2026-01-01T00:00:00+0000", job="98765").to_json()
+    text = lock.Holder("node-b17", 1234, "2026-01-01T00:00:00+0000", job="98765", attempt="restart 0").to_json()
     lock.lock_path(out).write_text(text)
     for attempt in range(2):
         with pytest.raises(OutputLocked) as err:
@@ -171,13 +171,20 @@ def test_a_lock_from_another_host_is_reported_never_broken(tmp_path, monkeypatch
     assert lock.lock_path(out).read_text() == text
 
 
-def test_a_requeued_job_takes_over_its_earlier_attempt(tmp_path, monkeypatch):
+@pytest.mark.parametrize("scheduler", ["slurm", "pbs"])
+def test_a_requeued_job_takes_over_its_earlier_attempt(tmp_path, monkeypatch, scheduler):
+    for var in ("SLURM_JOB_ID", "PBS_JOBID", "SLURM_RESTART_COUNT", "PBS_JOBCOOKIE"):
+        monkeypatch.delenv(var, raising=False)
     out = tmp_path / "galaxies.h5"
-    lock.lock_path(out).write_text(lock.Holder("node-b17", 1234, "earlier", job="98765", restarts=0).to_json())
-    monkeypatch.setenv("SLURM_JOB_ID", "98765")
-    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    if scheduler == "slurm":
+        earlier, env = "restart 0", {"SLURM_JOB_ID": "98765", "SLURM_RESTART_COUNT": "1"}
+    else:
+        earlier, env = "9EEF5DF75FA705A2", {"PBS_JOBID": "98765", "PBS_JOBCOOKIE": "A27B00DAF72024CB"}
+    lock.lock_path(out).write_text(lock.Holder("node-b17", 1234, "earlier", job="98765", attempt=earlier).to_json())
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
     with lock.output_lock(out):
-        assert json.loads(lock.lock_path(out).read_text())["restarts"] == 1
+        assert json.loads(lock.lock_path(out).read_text())["attempt"] != earlier
     assert not lock.lock_path(out).exists()
 
 
@@ -198,6 +205,16 @@ def test_a_file_in_place_of_the_run_folder_is_named(tmp_path):
     with pytest.raises(StageError, match="figures: is a file"):
         lock.acquire(tmp_path / "run" / "galaxies.h5", subfolders=("figures",))
     assert not lock.lock_path(tmp_path / "run" / "galaxies.h5").exists()
+
+
+def test_a_dead_holder_written_without_a_token_is_taken_over(tmp_path):
+    """A lock in the documented format but written by something else (no token) is judged like any."""
+    out = tmp_path / "galaxies.h5"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock.lock_path(out).write_text(json.dumps({"host": socket.gethostname(), "pid": dead.pid, "started": "earlier"}))
+    with lock.output_lock(out):
+        assert json.loads(lock.lock_path(out).read_text())["pid"] == os.getpid()
 
 
 # ------------------------------------------------------------------------------- two real runs
@@ -242,4 +259,5 @@ def test_two_concurrent_runs_into_one_root_never_corrupt_it(tmp_path):
         left = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.parent == out)
         assert left == ["figures", "galaxies.h5"], left
     assert conflicts >= 1, "the two runs never overlapped: the test did not test the lock"
+
 
