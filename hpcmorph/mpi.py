@@ -142,9 +142,12 @@ def abort_on_error(ctx: Context, user_errors: tuple[type[BaseException], ...] = 
             # know their file say so (errors.DiskFull); this names what the error names.
             if err.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
-            from .errors import DiskFull
+            from .errors import DiskFull, free_space
 
-            raise DiskFull.writing(err.filename or Path.cwd(), removed=False) from err
+            if err.filename:
+                raise DiskFull.writing(err.filename, removed=False) from err
+            raise DiskFull(f"no space left on the device ({err}; in the working directory {Path.cwd()}: "
+                           f"{free_space(Path.cwd())}); free some space and run the same command again") from err
     except user_errors as err:
         if ctx.size > 1 and not ctx.is_root:
             # Usually every rank meets the same bad input: let rank 0 say it once and abort the job

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 
 import h5py
 import numpy as np
 import pytest
 
-from conftest import assert_same_data, cli
+from conftest import assert_same_data, cli, env
 from hpcmorph import store
 from hpcmorph.errors import DiskFull
 
@@ -137,3 +138,15 @@ def test_every_atomic_writer_on_a_full_disk(small_disk, writer):
     assert sorted(p.name for p in disk.iterdir()) == ["out.bin"]
     assert target.read_bytes() == b"previous"
     assert shutil.disk_usage(disk).free > 1000 * 1024  # the space is back
+
+
+def test_a_full_disk_anywhere_else_is_a_user_error(small_disk, tmp_path):
+    """A writer outside store.atomic (a plain open and write) still ends in one line and exit 2."""
+    disk = small_disk(256)
+    script = ("import sys\nfrom hpcmorph import mpi\nfrom hpcmorph.errors import UserError\n"
+              "ctx = mpi.world()\nwith mpi.abort_on_error(ctx, (UserError,)):\n"
+              "    with open(sys.argv[1], 'w') as fh:\n        fh.write('x' * 1_000_000)\n")
+    res = subprocess.run([sys.executable, "-c", script, str(disk / "notes.txt")], cwd=disk, env=env(),
+                         capture_output=True, text=True, timeout=120)
+    line = _error_line(res)
+    assert "no space left on the device" in line and "free of 256.0 KiB there" in line, line
