@@ -19,7 +19,8 @@ A lock whose holder is gone is taken over, with a warning, when that can be know
 
 A lock held from another host is otherwise only reported: this host cannot see that host's
 processes, and breaking a live lock would let two runs write one output. The message says how to
-check and what to remove.
+check and what to remove. One host name is taken to mean one process table: true of Apptainer
+(the host's) and of Docker and Kubernetes containers (each has its own host name).
 """
 
 from __future__ import annotations
