@@ -66,17 +66,28 @@ def _boot_id() -> str | None:
         return None
 
 
-def _process_start(pid: int) -> int | None:
-    """When process ``pid`` started, in clock ticks since boot (/proc/PID/stat field 22), or None."""
+def _stat(pid: int) -> list[str] | None:
+    """Fields 3 on of /proc/PID/stat (state, ppid, ...), or None without such a process or /proc."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     # The command name (field 2) may hold spaces and parentheses: split after its closing one.
-    return int(stat.rsplit(")", 1)[1].split()[19])
+    return stat.rsplit(")", 1)[1].split()
+
+
+def _process_start(pid: int) -> int | None:
+    """When process ``pid`` started, in clock ticks since boot (/proc/PID/stat field 22), or None."""
+    fields = _stat(pid)
+    return int(fields[19]) if fields else None
 
 
 def _pid_exists(pid: int) -> bool:
+    """Whether ``pid`` is a running process. A killed rank can stay a zombie until someone reaps it:
+    it holds nothing, so it counts as gone."""
+    if Path("/proc/self/stat").exists():
+        fields = _stat(pid)
+        return fields is not None and fields[0] not in ("Z", "X")
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
