@@ -110,7 +110,8 @@ SCHEMA: dict[str, Any] = {
         "observed": {
             "y10": Field(None, str, "Path of the Y10 .npy array (N, 3, H, W).", nullable=True),
             "y1": Field(None, str, "Path of the Y1 .npy array (N, 3, H, W).", nullable=True),
-            "labels": Field(None, str, "Path of the one-hot labels .npy array (N, 3), columns spiral, elliptical, merger.", nullable=True),
+            "labels": Field(None, str, "Path of the labels .npy array: one-hot (N, 3), columns spiral, elliptical, merger; "
+                            "or integer class indices (N,), 0 spiral, 1 elliptical, 2 merger.", nullable=True),
         },
     },
     "train": {

@@ -7,12 +7,14 @@ leaving the other ranks waiting in a collective forever.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterable
 
 log = logging.getLogger("hpcmorph")
@@ -133,7 +135,19 @@ def abort_on_error(ctx: Context, user_errors: tuple[type[BaseException], ...] = 
     the rank that raised it and aborts every rank with exit code 1.
     """
     try:
-        yield
+        try:
+            yield
+        except OSError as err:
+            # A full disk is the run's surroundings, not a bug, wherever the write was: writers that
+            # know their file say so (errors.DiskFull); this names what the error names.
+            if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            from .errors import DiskFull, free_space
+
+            if err.filename:
+                raise DiskFull.writing(err.filename, removed=False) from err
+            raise DiskFull(f"no space left on the device ({err}; in the working directory {Path.cwd()}: "
+                           f"{free_space(Path.cwd())}); free some space and run the same command again") from err
     except user_errors as err:
         if ctx.size > 1 and not ctx.is_root:
             # Usually every rank meets the same bad input: let rank 0 say it once and abort the job

@@ -15,6 +15,7 @@ the resolved config and the software that made it (:func:`provenance`).
 from __future__ import annotations
 
 import datetime as _dt
+import glob
 import json
 import math
 import os
@@ -33,7 +34,7 @@ import numpy as np
 
 from . import __version__
 from .config import Config
-from .errors import StoreError
+from .errors import DiskFull, StoreError, out_of_space
 from .mpi import Context, log
 
 
@@ -48,8 +49,11 @@ def atomic(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
     tmp = path.with_name(path.name + suffix) if suffix == ".tmp" else path.with_name(path.stem + suffix)
     try:
         yield tmp
-    except BaseException:
+    except BaseException as err:
+        full = out_of_space(err, tmp.parent)  # judged before the partial file frees its space
         tmp.unlink(missing_ok=True)
+        if full:
+            raise DiskFull.writing(path) from err
         raise
     os.replace(tmp, path)
 
@@ -250,7 +254,8 @@ def write_table(path: Path, columns: Mapping[str, Column], n_rows: int, blocks: 
     lo, hi = row_range(n_rows, ctx)
     if ctx.is_root:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.unlink(missing_ok=True)
+        for old in (tmp, *tmp.parent.glob(f"{glob.escape(tmp.name)}.shard*")):  # a killed run's partial files
+            old.unlink(missing_ok=True)
     ctx.barrier()
 
     def create(f: h5py.File) -> None:
@@ -262,6 +267,26 @@ def write_table(path: Path, columns: Mapping[str, Column], n_rows: int, blocks: 
         for key, value in attrs.items():
             f.attrs[key] = value
 
+    try:
+        _write_rows(tmp, columns, blocks, lo, hi, create, ctx, io)
+    except Exception as err:  # noqa: BLE001 - only a full disk is handled here; the rest is raised
+        if not out_of_space(err, tmp.parent):
+            raise
+        # Whichever rank meets the full disk removes the partial output (and its own shard): the
+        # space comes back at once, not on the next run.
+        for partial in (tmp, tmp.with_name(f"{tmp.name}.shard{ctx.rank}")):
+            partial.unlink(missing_ok=True)
+        raise DiskFull.writing(path) from err
+    ctx.barrier()
+    if ctx.is_root:
+        os.replace(tmp, path)
+        log.info("wrote %s (%d rows, io=%s, %d ranks)", path, n_rows, io, ctx.size)
+    ctx.barrier()
+
+
+def _write_rows(tmp: Path, columns: Mapping[str, Column], blocks: RowBlocks, lo: int, hi: int,
+                create: Callable[[h5py.File], None], ctx: Context, io: str) -> None:
+    """Fill ``tmp`` (made by ``create``) with every rank's rows, by MPI-IO or through per-rank shards."""
     if io == "mpio":
         # No `with`: closing an mpio file is collective, so unwinding after an error on one rank
         # would block it in H5Fclose while the others wait elsewhere. Left open, the error reaches
@@ -305,11 +330,6 @@ def write_table(path: Path, columns: Mapping[str, Column], n_rows: int, blocks: 
                             if b > a:
                                 f[name][a:b] = s[name][...]
                     part.unlink()
-    ctx.barrier()
-    if ctx.is_root:
-        os.replace(tmp, path)
-        log.info("wrote %s (%d rows, io=%s, %d ranks)", path, n_rows, io, ctx.size)
-    ctx.barrier()
 
 
 def _write_nothing(ds: h5py.Dataset) -> None:

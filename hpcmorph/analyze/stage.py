@@ -35,6 +35,7 @@ from ..attack.stage import digest as attack_digest
 from ..config import Config
 from ..errors import StageError
 from ..generate.morphology import CLASS_NAMES
+from ..lock import locked
 from ..mpi import Context, device_for, log
 from ..train import saved
 from . import church, distances, latents, numbers
@@ -100,6 +101,7 @@ def _is_current(ctx: Context, out: Path, key: str, force: bool) -> bool:
 
 # ------------------------------------------------------------------------------------------ run
 
+@locked(output_dir)
 def run(cfg: Config, ctx: Context, force: bool = False) -> Path:
     """Analyse the run as ``cfg.analyze`` says; returns the output directory."""
     out, attack_file = output_dir(cfg), require_attack(cfg)

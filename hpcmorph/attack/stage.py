@@ -36,6 +36,7 @@ from ..config import Config
 from ..generate import output_path as galaxies_path
 from ..generate.dataset import TEST
 from ..generate.morphology import CLASS_NAMES
+from ..lock import locked
 from ..mpi import Context, device_for, log
 from ..train import saved
 from . import evolution, methods, pixels
@@ -317,6 +318,7 @@ def format_summary(summary: dict) -> str:
 
 # ------------------------------------------------------------------------------------------- run
 
+@locked(output_path, subfolders=("figures",))
 def run(cfg: Config, ctx: Context, force: bool = False) -> Path:
     """Attack the trained models as ``cfg.attack`` says; returns the output path."""
     out, key = output_path(cfg), digest(cfg)

@@ -48,6 +48,11 @@ def augmentation_plan(labels: np.ndarray, enabled: bool = True) -> tuple[np.ndar
     return np.concatenate(parent), np.concatenate(kind)
 
 
+def empty_splits(split: np.ndarray) -> list[str]:
+    """Names of the splits (train, validation, test) that no row of ``split`` falls in."""
+    return [name for code, name in enumerate(SPLIT_NAMES) if not np.any(np.asarray(split) == code)]
+
+
 def split_parents(labels: np.ndarray, fractions, seed: int) -> np.ndarray:
     """Split code (0 train, 1 validation, 2 test) for every parent, stratified by label.
 

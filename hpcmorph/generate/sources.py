@@ -4,7 +4,11 @@
 - :class:`CutoutSource` observes external noiseless cutouts (e.g. IllustrisTNG images a user
   downloaded) from a FITS or HDF5 cube (N, bands, H, W) in stated units;
 - :class:`ObservedSource` ingests already-observed Y10/Y1 ``.npy`` arrays in the layout of the
-  authors' released data (N, 3, H, W) with one-hot labels (N, 3).
+  authors' released data (N, 3, H, W) with one-hot labels (N, 3), or class indices (N,).
+
+Each source checks its whole input when it opens, the same way on every rank (finite pixels, a
+positive flux per cutout and band, one-hot labels, at least one galaxy), so a bad file ends the
+run before anything is drawn, and drawing trusts what it reads.
 
 ``source.draw(index)`` is a pure function of (config, index): all randomness is seeded from
 ``SeedSequence([run.seed, index])``, so any rank may draw any galaxy and get the same pixels.
@@ -98,6 +102,52 @@ class SyntheticSource:
         return Drawn(clean, y10, y1, intended=kind, mag_r=galaxy.mag_r, hlr=galaxy.hlr)
 
 
+def _check_cutouts(cube, path: Path, bands: list[str], chunk_bytes: int = 2 ** 26) -> None:
+    """Every cutout finite, with a positive total flux in every band (what GalSim's flux
+    normalisation divides by). Read a few at a time: the cube may be larger than memory."""
+    n = int(cube.shape[0])
+    if n == 0:
+        raise SourceError(f"{path}: the cube holds no cutouts (shape {tuple(cube.shape)}); expected at least one "
+                          "image (N, bands, H, W)")
+    per_image = max(1, int(np.prod(cube.shape[1:])) * 8)
+    step = max(1, chunk_bytes // per_image)
+    for lo in range(0, n, step):
+        part = np.asarray(cube[lo:lo + step], dtype=np.float64)
+        finite = np.isfinite(part).all(axis=(1, 2, 3))
+        if not finite.all():
+            raise SourceError(f"{path}: cutout {lo + int(np.argmin(finite))} has non-finite pixels")
+        flux = part.sum(axis=(2, 3))
+        bad = np.argwhere(~(flux > 0))
+        if len(bad):
+            i, b = (int(x) for x in bad[0])
+            raise SourceError(f"{path}: cutout {lo + i} has no positive flux in band {bands[b]} (its pixels sum to "
+                              f"{flux[i, b]:g}); noiseless cutouts need a positive total flux in every band")
+
+
+def class_indices(labels: np.ndarray, path) -> np.ndarray:
+    """Class indices (N,) int8 from observed labels: one-hot rows (N, 3) (spiral, elliptical, merger),
+    or integer class indices (N,) in {0, 1, 2}. Anything else is refused, never guessed by argmax."""
+    labels = np.asarray(labels)
+    if labels.ndim == 1:
+        if not np.issubdtype(labels.dtype, np.integer):
+            raise SourceError(f"{path}: 1-D labels are read as class indices and must be integers 0, 1, 2; got dtype "
+                              f"{labels.dtype} (one-hot labels are shaped (N, 3))")
+        bad = np.flatnonzero((labels < 0) | (labels > 2))
+        if len(bad):
+            raise SourceError(f"{path}: label {int(bad[0])} is {labels[bad[0]]}, but class indices must be 0 (spiral), "
+                              f"1 (elliptical) or 2 (merger) ({len(bad)} such labels)")
+        return labels.astype(np.int8)
+    if labels.ndim != 2 or labels.shape[1] != 3:
+        raise SourceError(f"{path}: expected one-hot labels (N, 3) or class indices (N,), got shape {labels.shape}")
+    one_hot = np.all((labels == 0) | (labels == 1), axis=1) & (np.sum(labels == 1, axis=1) == 1)
+    bad = np.flatnonzero(~one_hot)
+    if len(bad):
+        raise SourceError(f"{path}: row {int(bad[0])} of the labels is {labels[bad[0]].tolist()}, not one-hot "
+                          f"({len(bad)} of {len(labels)} rows): each row needs one 1 and two 0s (spiral, elliptical, "
+                          "merger), or give class indices as a 1-D integer array (N,)")
+    return np.argmax(labels, axis=1).astype(np.int8)
+
+
 def _read_cube(path: Path, dataset: str | None):
     """A lazily read (N, bands, H, W) array from FITS (primary HDU) or HDF5."""
     if not path.exists():
@@ -135,6 +185,7 @@ class CutoutSource:
         self.path, self.cube = Path(c.path), _read_cube(Path(c.path), c.dataset)
         if self.cube.shape[1] != len(self.g.bands):
             raise SourceError(f"{self.path}: {self.cube.shape[1]} bands in axis 1, but generate.bands is {self.g.bands}")
+        _check_cutouts(self.cube, self.path, list(self.g.bands))
         self.in_scale = c.pixel_scale
         self.observer = _Observer(self.g)
         # Per-band factor from the file's units to e-/s.
@@ -181,10 +232,12 @@ class ObservedSource:
             if arr.ndim != 4 or arr.shape[1:] != (nb, size, size):
                 raise SourceError(f"{getattr(o, name)}: expected shape (N, {nb}, {size}, {size}) "
                                   f"(generate.bands, generate.image_size), got {arr.shape}")
-        if not (len(y10) == len(y1) == len(labels)) or labels.ndim != 2 or labels.shape[1] != 3:
+        if not (len(y10) == len(y1) == len(labels)):
             raise SourceError(f"observed arrays disagree: y10 {y10.shape}, y1 {y1.shape}, labels {labels.shape} "
-                              "(expected N images each and one-hot labels (N, 3))")
-        self.y10, self.y1, self.labels = y10, y1, labels
+                              "(expected N images each and one-hot labels (N, 3) or class indices (N,))")
+        if len(y10) == 0:
+            raise SourceError(f"{o.y10}: no images (shape {y10.shape}); expected at least one")
+        self.y10, self.y1, self.labels = y10, y1, class_indices(labels, o.labels)
 
     def __len__(self) -> int:
         return int(self.y10.shape[0])
@@ -194,7 +247,7 @@ class ObservedSource:
         y1 = np.asarray(self.y1[index], dtype=np.float32)
         if not (np.all(np.isfinite(y10)) and np.all(np.isfinite(y1))):
             raise SourceError(f"observed image {index} has non-finite pixels")
-        return Drawn(np.full_like(y10, np.nan), y10, y1, given_label=int(np.argmax(self.labels[index])))
+        return Drawn(np.full_like(y10, np.nan), y10, y1, given_label=int(self.labels[index]))
 
 
 SOURCES = {"synthetic": SyntheticSource, "cutouts": CutoutSource, "observed": ObservedSource}

@@ -21,6 +21,7 @@ import numpy as np
 
 from .. import store
 from ..config import Config
+from ..lock import locked
 from ..mpi import Context, log
 from . import dataset, morphology, survey
 from .sources import SourceError, open_source
@@ -98,6 +99,7 @@ def _labels(meta: dict[str, np.ndarray], source_name: str) -> np.ndarray:
     return np.where(meta["morph_flag"] == 0, label, -1).astype(np.int8)
 
 
+@locked(output_path, subfolders=("figures",))
 def run(cfg: Config, ctx: Context, force: bool = False) -> Path:
     """Generate the dataset described by ``cfg.generate``; returns the output path."""
     out, key = output_path(cfg), digest(cfg)
@@ -115,6 +117,10 @@ def make(cfg: Config, ctx: Context, out: Path, key: str) -> None:
     meta = read_parents(cfg, ctx, blocks, len(source))
     labels = _labels(meta, cfg.generate.source)
     rows = plan_rows(cfg, meta, labels)
+    for name in dataset.empty_splits(rows["split"]) if ctx.is_root else []:
+        log.warning("generate: the %s split is empty (%d usable of %d galaxies, generate.split=%s): train will refuse "
+                    "this dataset; generate more galaxies", name, int(np.sum(labels >= 0)), len(labels),
+                    list(cfg.generate.split))
     attrs = {
         **store.provenance(cfg, ctx, STAGE, key, started),
         **survey.survey_attrs(cfg.generate.bands, cfg.generate.pixel_scale, cfg.generate.y1_fraction),
@@ -136,6 +142,9 @@ def draw_parents(cfg: Config, ctx: Context, source, blocks: store.Blocks, io: st
     n_mine = sum(len(_block_rows(g, n, b)) for b in mine)
     log.info("generate: %d galaxies (%s), %d blocks of %d, %d already on disk, %d ranks, io=%s",
              n, g.source, n_blocks, g.block_size, n_done, ctx.size, io)
+    if ctx.size > n_blocks and ctx.is_root:
+        log.warning("generate: %d ranks for %d block(s) of generate.block_size=%d galaxies: %d rank(s) draw nothing; "
+                    "the output is the same on fewer ranks", ctx.size, n_blocks, g.block_size, ctx.size - n_blocks)
     label_band = g.bands.index(g.label_band)
     t0 = time.perf_counter()
     with ctx.progress(total=n_mine, desc="generate (rank 0 share)", unit="gal", enabled=cfg.run.progress) as bar:

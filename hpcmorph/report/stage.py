@@ -30,6 +30,7 @@ from typing import Any
 from .. import store
 from ..config import Config
 from ..errors import StageError
+from ..lock import locked
 from ..mpi import Context, log
 from . import browser, page, tables
 from .inputs import Inputs, config_text, gather, load_analysis, run_dir
@@ -270,6 +271,7 @@ def screenshot(tmp: Path, out: Path) -> None:
 
 # ---------------------------------------------------------------------------------------------- run
 
+@locked(output_dir)
 def run(cfg: Config, ctx: Context, force: bool = False) -> Path:
     """Write the report of ``cfg``'s run (rank 0); returns the report folder. ``force`` rebuilds a
     report that is up to date."""

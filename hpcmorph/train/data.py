@@ -15,14 +15,60 @@ Each epoch shuffles a shard with a generator seeded from (seed, epoch, stream).
 
 from __future__ import annotations
 
+from pathlib import Path
 
 import h5py
 import numpy as np
 
-from ..errors import StageError
-from ..generate.dataset import TEST, TRAIN, VALIDATION
+from .. import store
+from ..errors import StageError, StoreError
+from ..generate.dataset import SPLIT_NAMES, TEST, TRAIN, VALIDATION
 
 Y10_STREAM, Y1_STREAM, SHARD_STREAM, SUBSAMPLE_STREAM, Y1_SHARD_STREAM = 0, 1, 2, 3, 4
+
+
+# What training reads of galaxies.h5: per-row codes, and the images of both exposures (Y1 for the MMD
+# pool and for Table 1's Y1 column).
+DATASETS = {"split": 1, "label": 1, "y10": 4, "y1": 4}
+
+
+def open_galaxies(path: Path) -> h5py.File:
+    """galaxies.h5, open for reading, checked once at the boundary: every dataset training reads is
+    there with one row per galaxy, labels are classes, and no split is empty (an empty validation
+    split would stop training at epoch 1; an empty test split would give a Table 1 of NaN)."""
+    f = store.open_checked(path, "generate")
+    try:
+        check_galaxies(f, path)
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
+def check_galaxies(f: h5py.File, path: Path) -> None:
+    missing = [name for name in DATASETS if not isinstance(f.get(name), h5py.Dataset)]
+    if missing:
+        raise StoreError(f"{path}: no dataset {', '.join(repr(m) for m in missing)}; training reads "
+                         f"{', '.join(DATASETS)} (rerun `hpcmorph generate` to remake the file)")
+    n = f["split"].shape[0] if f["split"].ndim else None
+    for name, ndim in DATASETS.items():
+        shape = f[name].shape
+        if len(shape) != ndim or shape[0] != n:
+            raise StoreError(f"{path}: dataset '{name}' has shape {shape}; expected {ndim} axes and one row per "
+                             f"galaxy ({n}, as 'split')")
+    if f["y10"].shape != f["y1"].shape:
+        raise StoreError(f"{path}: 'y10' {f['y10'].shape} and 'y1' {f['y1'].shape} differ in shape")
+    split, label = f["split"][...], f["label"][...]
+    used = split >= 0
+    wrong = np.flatnonzero(used & ((label < 0) | (label > 2)))
+    if len(wrong):
+        raise StoreError(f"{path}: row {int(wrong[0])} is in a split but has label {int(label[wrong[0]])}; "
+                         "expected 0, 1 or 2")
+    for code, name in enumerate(SPLIT_NAMES):
+        if not np.any(split == code):
+            raise StageError(f"{path}: the {name} split is empty (no row has split == {code}, of {len(split)}); "
+                             f"training needs train, validation and test rows: generate more galaxies "
+                             "(generate.n_galaxies) or change generate.split")
 
 
 def split_rows(f: h5py.File) -> dict[int, np.ndarray]:

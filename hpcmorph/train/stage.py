@@ -39,6 +39,7 @@ from ..errors import PREEMPTED_EXIT, BackendError, Preempted, StageError  # noqa
 from ..generate import output_path as galaxies_path
 from ..generate.dataset import TEST, VALIDATION
 from ..generate.morphology import CLASS_NAMES
+from ..lock import output_lock
 from ..mpi import device_for, log
 from . import data, distributed, metrics
 from .mmd import mmd2
@@ -174,7 +175,7 @@ def train_one(cfg: Config, backend: distributed.Single, variant: str, seed: int,
 def read_shard(cfg: Config, backend: distributed.Single, variant: str, seed: int, device) -> Shard:
     """Read this rank's training, Y1 and validation images; fit the normalisation on the training split."""
     t = cfg.train
-    with store.open_checked(galaxies_path(cfg), "generate") as f:
+    with data.open_galaxies(galaxies_path(cfg)) as f:
         rows = data.training_rows(f, seed, t.max_train_images)
         weight = torch.tensor(data.class_weights(f["label"][rows]), dtype=torch.float32, device=device)
         stretch = AsinhStretch.fit(f["y10"], rows=rows, per_band=t.normalize_per_band, seed=seed)
@@ -405,7 +406,9 @@ def run(cfg: Config, ctx, force: bool = False) -> Path:
     """
     with StopFlag() as stop:
         backend = init_backend(cfg)
+        held = output_lock(Path(cfg.run.root) / cfg.run.name / "train_summary.json", backend)
         try:
+            held.acquire()
             results = []
             for variant in cfg.train.variants:
                 for seed in cfg.train.seeds:
@@ -417,6 +420,7 @@ def run(cfg: Config, ctx, force: bool = False) -> Path:
             summary = write_summary(cfg, backend, results)
             signalled = stop.any_rank(backend)
         finally:
+            held.release()
             backend.shutdown()
     if signalled:
         raise Preempted(f"signalled after the last run had finished; nothing is left to do ({summary} written): "
