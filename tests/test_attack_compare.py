@@ -57,3 +57,20 @@ def test_success_curve_from_a_hand_made_attack_table():
     assert queries.fraction_at(row["curve"], 10 ** 6) == pytest.approx(2 / 3)
     other = queries.method_row(cols, 1, None, 2100)
     assert other["curve"] == {"queries": [4], "flipped_fraction": [1.0]}
+
+
+def test_methods_table_shows_each_range_model_and_method():
+    from hpcmorph.report import tables
+
+    row = {"attacked": 3, "flipped": 2, "median_queries_to_flip": 90.0, "mean_queries_to_flip": 206.7,
+           "budget": 2100, "wall_seconds": 12.5, "oracle_flippable": 2, "flipped_of_oracle": 2}
+    methods = {"configured": {"method": "saliency", "range": "data", "pixels": 1},
+               "ranges": {"data": {"models": {"regular": {"saliency": row, "exhaustive": {**row, "budget": 8192}}}},
+                          "[0, 1]": {"models": {"mmd": {"saliency": {**row, "oracle_flippable": None,
+                                                                     "flipped_of_oracle": None}}}}}}
+    t = tables.methods_table(methods)
+    assert [r[:5] for r in t.rows] == [["data", "Regular training", "saliency", "2 / 3", "2 / 2"],
+                                       ["data", "Regular training", "exhaustive", "2 / 3", "2 / 2"],
+                                       ["[0, 1]", "Domain adaptation (MMD)", "saliency", "2 / 3", None]]
+    assert t.rows[0][5:] == ["90.0", "207", "2100", "12.5"] and t.records[1]["budget"] == 8192
+    assert tables.methods_table(None).rows == []
