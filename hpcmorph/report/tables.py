@@ -325,5 +325,5 @@ def methods_table(methods: Mapping | None) -> Table:
                                                          "wall_seconds")}})
     caption = ("Attack methods at k = 1 on the same images, per value range: the data's (normalised pixels' own "
                "range) and [0, 1] (the paper's). The exhaustive corner search is the oracle: the images one pixel "
-               "can flip at a corner value.")
+               "can flip at a corner value. Wall time: the whole attack output (every model in it), from its summary.")
     return Table("methods", caption, header, rows, records)
