@@ -199,6 +199,14 @@ SCHEMA: dict[str, Any] = {
         "k_sweep": Field([1], list, "Pixel counts k of the attacks whose success is plotted against k; `hpcmorph run` "
                          "runs the attack once per k (attack.pixels set to k). Table 2 and the church windows use "
                          "the attack with k = attack.pixels.", item=int, low=1, high=64),
+        "compare_methods": Field(None, list, "Attack methods also run at k = 1 on the same images, to compare methods "
+                                 "(success against queries): e.g. [exhaustive] adds the ground truth of what one "
+                                 "pixel can do. `hpcmorph run` runs them; analyze reads every current k = 1 attack "
+                                 "of this config it finds, whichever method and range.", item=str,
+                                 choices=("de", "exhaustive", "sparse-rs", "saliency"), nullable=True),
+        "compare_ranges": Field(False, bool, "Also attack at k = 1 (attack.method and each of "
+                                "analyze.compare_methods) in the other value range: [0, 1], the authors', when "
+                                "attack.pixel_range is the data's, else the data's."),
         "exposure_fractions": Field([0.1, 0.2, 0.3, 0.5, 0.7, 1.0], list, "Exposures, as fractions of the ten-year "
                                     "(Y10) exposure, at which the test galaxies' noiseless images are observed "
                                     "again for the accuracy-against-exposure curve (0.1 = Y1, 1.0 = Y10).",

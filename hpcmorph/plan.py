@@ -374,33 +374,42 @@ def _busiest(images: int, per_batch: int, targets: int, n_variants: int, ranks: 
 
 def plan_attack(cfg, ranks: int, device: str, gpus: int, figures: Figures, data: Dataset) -> StagePlan:
     from .attack import configs as attack_configs
+    from .attack import output_path as attack_output
+    from .attack.corners import Box
+    from .attack.methods import budget as method_budget
 
     terms, notes, work_k = [], [], []
     rate = figures("attack")
     infer = figures("infer")
-    for k_cfg in attack_configs(cfg):
+    runs = attack_configs(cfg)
+    # Several attacks of one k (methods, value ranges compared at k = 1) tell apart by their output's name.
+    by_name = len({c.attack.pixels for c in runs}) < len(runs)
+    for k_cfg in runs:
         a = k_cfg.attack
+        label = f"{attack_output(k_cfg).stem} (k={a.pixels})" if by_name else f"k={a.pixels}"
         variants = list(dict.fromkeys(a.variants))
         images = min(a.n_images, data.test)
         targets = 2 if a.mode == "targeted" else 1
-        budget = a.population * (a.generations + 1)
+        size = cfg.generate.image_size
+        budget = method_budget(a, Box.of(a.pixels, len(cfg.generate.bands), size, size, (0.0, 1.0)))
         busiest, n_blocks = _busiest(images, a.images_per_batch, targets, len(variants), ranks)
         found = _attack_file(cfg, k_cfg)
-        curve = query_curve(found, a.population, a.generations) if found else None
+        # The query curve rescales DE's populations; another method's past run is not rescaled.
+        curve = query_curve(found, a.population, a.generations) if found and a.method == "de" else None
         expected, expected_images = None, images
         if curve and all(v in curve["per_attack"] for v in variants):
             # As many images as qualified in that run (attack.only_correct), each attack at its mean cost.
             expected_images = min(images, round(data.test * curve["qualified"])) if a.only_correct else images
             mean = sum(curve["per_attack"][v] for v in variants) / len(variants)
             expected = _busiest(expected_images, a.images_per_batch, targets, len(variants), ranks)[0] * mean
-        terms.append(_term(f"k={a.pixels}: at most {busiest} attacks x {budget:,} queries on the busiest rank "
+        terms.append(_term(f"{label}: at most {busiest} attacks x {budget:,} queries on the busiest rank "
                            f"({n_blocks} blocks of up to {a.images_per_batch} images)", busiest * budget, rate,
                            expected))
-        terms.append(_term(f"k={a.pixels}: choosing the images (at most {data.test:,} test images classified)",
+        terms.append(_term(f"{label}: choosing the images (at most {data.test:,} test images classified)",
                            data.test * len(variants) / ranks, infer,
                            None if expected is None else min(data.test, 1.5 * images) * len(variants) / ranks))
-        terms.append(Term(f"fixed k={a.pixels}: models, output, figures", 0, None, FIXED["attack"]))
-        work_k.append({"k": a.pixels, "images_at_most": images, "images_expected": expected_images,
+        terms.append(Term(f"fixed {label}: models, output, figures", 0, None, FIXED["attack"]))
+        work_k.append({"k": a.pixels, "method": a.method, "output": attack_output(k_cfg).name, "images_at_most": images, "images_expected": expected_images,
                        "targets": targets, "variants": variants, "population": a.population,
                        "generations": a.generations, "queries_per_attack_at_most": budget,
                        "queries_at_most": len(variants) * images * targets * budget,
@@ -409,7 +418,7 @@ def plan_attack(cfg, ranks: int, device: str, gpus: int, figures: Figures, data:
                        "curve_from": None if not curve else curve["file"],
                        "success_curve": None if not curve else curve["curve"]})
         if n_blocks < ranks:
-            notes.append(f"k={a.pixels}: only {n_blocks} blocks for {ranks} ranks")
+            notes.append(f"{label}: only {n_blocks} blocks for {ranks} ranks")
     notes.append("queries at most: every attack runs its whole budget; expected: from the run's existing "
                  "attack output (success against queries, images qualified) where there is one")
     if not data.exact:

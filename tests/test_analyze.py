@@ -203,7 +203,7 @@ ATTACK_SETTINGS = [*TRAIN, "--set", "attack.population=12", "--set", "attack.gen
                    "--set", "attack.threshold=0.215"]
 ANALYZE = ["analyze", *ATTACK_SETTINGS, "--set", "analyze.threads=1", "--set", "analyze.batch_size=4"]
 TOP_KEYS = ["run", "digest", "provenance", "table1", "table2", "exposure", "success_vs_k", "triplet", "attack",
-            "figures"]
+            "methods", "figures"]
 
 
 @pytest.fixture(scope="module")
@@ -293,6 +293,19 @@ def test_outputs_agree_with_the_inputs_and_each_other(serial, attacked):
     train = json.loads((attacked / "train_summary.json").read_text())
     assert found["table1"] == train["table1"]
 
+    # Success against queries: the one k = 1 attack here (DE, the data's range), from its rows.
+    m = found["methods"]
+    assert m["configured"] == {"method": "de", "range": "data", "pixels": 1} and list(m["ranges"]) == ["data"]
+    assert m["ranges"]["data"]["files"] == {"de": "attack.h5"}
+    for v, variant in enumerate(("regular", "mmd")):
+        row = m["ranges"]["data"]["models"][variant]["de"]
+        assert row["flipped"] == summary[variant]["flipped"] and row["oracle_flippable"] is None
+        sel = (attack["variant"] == v) & attack["success"]
+        first = [attack["queries"][sel & (attack["index"] == i)].min() for i in np.unique(attack["index"][sel])]
+        assert row["curve"]["queries"] == sorted(set(int(q) for q in first))
+        assert row["curve"]["flipped_fraction"][-1] == pytest.approx(row["flipped"] / row["attacked"])
+        assert row["median_queries_to_flip"] == summary[variant]["median_queries_to_flip"]
+
     # The triplet: an attacked image, flipped for both models; its distances are the latents'.
     t = found["triplet"]
     p = int(np.flatnonzero(lat["index"] == t["index"])[0])
@@ -306,7 +319,8 @@ def test_outputs_agree_with_the_inputs_and_each_other(serial, attacked):
         np.testing.assert_allclose(tv["markers"]["attacked"], [1, 0], atol=1e-6)
 
     # Figures: every one listed, PNG and PDF, not blank.
-    assert set(found["figures"]) == {"figure2", "church_windows", "isomaps", "exposure", "success_vs_k", "distances"}
+    assert set(found["figures"]) == {"figure2", "church_windows", "isomaps", "exposure", "success_vs_k", "distances",
+                                     "success_vs_queries"}
     for name in found["figures"].values():
         assert matplotlib.image.imread(out / name)[..., :3].std() > 0.02, name
         assert (out / name).with_suffix(".pdf").stat().st_size > 1000

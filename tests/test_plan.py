@@ -44,12 +44,16 @@ def test_plan_has_every_stage_with_positive_numbers(preset, tmp_path):
     cfg = load(preset, tmp_path)
     assert work["generate"]["galaxies"] == cfg.generate.n_galaxies
     assert work["train"]["epochs_at_most"] == cfg.train.epochs
-    ks = [a["k"] for a in work["attack"]["attacks"]]
-    assert ks == list(dict.fromkeys([cfg.attack.pixels, *cfg.analyze.k_sweep]))
-    for a in work["attack"]["attacks"]:
-        # At most images x targets x population x (generations + 1) queries per model.
-        assert a["queries_at_most"] == len(a["variants"]) * a["images_at_most"] * 2 * \
-            cfg.attack.population * (cfg.attack.generations + 1)
+    from hpcmorph.attack import configs, output_path
+
+    runs = configs(cfg)
+    assert [a["k"] for a in work["attack"]["attacks"]] == [c.attack.pixels for c in runs]
+    assert [a["output"] for a in work["attack"]["attacks"]] == [output_path(c).name for c in runs]
+    for a, c in zip(work["attack"]["attacks"], runs):
+        # At most images x targets x the method's budget per attack, per model.
+        budget = c.attack.population * (c.attack.generations + 1) if c.attack.method == "de" else c.attack.max_queries
+        assert a["method"] == c.attack.method and a["queries_per_attack_at_most"] == budget
+        assert a["queries_at_most"] == len(a["variants"]) * a["images_at_most"] * 2 * budget
         assert a["queries_expected"] is None  # no attack output to read a curve from
 
 
@@ -63,8 +67,8 @@ def test_plan_grows_with_the_work(tmp_path):
     assert b["attack"] >= a["attack"], (a, b)  # the attack's images are capped by attack.n_images
     more_epochs = seconds(plan.make(load("laptop", tmp_path, ["train.epochs=30"])))
     assert more_epochs["train"] > 1.8 * a["train"], (a, more_epochs)
-    budget = seconds(plan.make(load("laptop", tmp_path, ["attack.generations=41"])))
-    assert 1.8 < budget["attack"] / a["attack"] < 2.05, (a, budget)  # 42 rounds instead of 21
+    budget = seconds(plan.make(load("laptop", tmp_path, ["attack.max_queries=4200"])))
+    assert 1.8 < budget["attack"] / a["attack"] < 2.05, (a, budget)  # twice the queries per attack
     # More ranks: never slower, and generate faster (blocks are shared).
     wide = seconds(plan.make(load("laptop", tmp_path), ranks=4))
     assert all(wide[s] <= a[s] for s in STAGES) and wide["generate"] < a["generate"] / 2.5, (a, wide)

@@ -175,3 +175,37 @@ def success_vs_k(result: dict, path: Path) -> Path:
     ax.legend(fontsize=7)
     fig.tight_layout()
     return plots.save(fig, path)[0]
+
+
+def success_vs_queries(methods: dict, path: Path) -> Path:
+    """Fraction of the attacked images flipped against the query budget: a panel per value range
+    (rows) and model (columns), a step curve per method, the exhaustive oracle as a horizontal line."""
+    import matplotlib.pyplot as plt
+
+    ranges = methods["ranges"]
+    names = list(ranges) or ["data"]
+    models = list(next(iter(ranges.values()))["models"]) if ranges else []
+    fig, axes = plt.subplots(len(names), max(1, len(models)), figsize=(4.2 * max(1, len(models)), 3.2 * len(names)),
+                             squeeze=False)
+    for r, name in enumerate(names):
+        for c, model in enumerate(models):
+            ax = axes[r][c]
+            rows = ranges[name]["models"][model]
+            for method, row in rows.items():
+                if method == "exhaustive":
+                    frac = row["flipped"] / row["attacked"] if row["attacked"] else 0.0
+                    ax.axhline(frac, color="k", ls="--", lw=1, label=f"oracle (exhaustive): {row['flipped']}")
+                    continue
+                q, f = row["curve"]["queries"], row["curve"]["flipped_fraction"]
+                end = max(row["budget"] or 1, q[-1] if q else 1)
+                ax.step([1, *q, end], [0.0, *f, f[-1] if f else 0.0], where="post",
+                        label=f"{method}: {row['flipped']}")
+            ax.set_xscale("log")
+            ax.set_ylim(0, 1.02)
+            ax.set_title(f"{model}, values in {name} range" if name == "data" else f"{model}, values in {name}",
+                         fontsize=9)
+            ax.set_xlabel("model queries per attack")
+            ax.set_ylabel("images flipped (fraction of attacked)")
+            ax.legend(fontsize=7, title="method: images flipped", title_fontsize=7)
+    fig.tight_layout()
+    return plots.save(fig, path)[0]

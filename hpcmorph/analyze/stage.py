@@ -38,7 +38,7 @@ from ..generate.morphology import CLASS_NAMES
 from ..lock import locked
 from ..mpi import Context, device_for, log
 from ..train import saved
-from . import church, distances, latents, numbers
+from . import church, distances, latents, numbers, queries
 from .inputs import (ATTACK_SCALARS, TestSet, attack_ks, attack_state, read_attack, read_table1, read_test_set,
                      require_attack)
 
@@ -46,7 +46,7 @@ STAGE = "analyze"
 OUTPUT_DIR = "analysis"
 JSON_NAME = "analysis.json"
 LATENTS, ATTACK_LATENTS = "latents.h5", "attack_latents.h5"
-FIGURES = ("figure2", "church_windows", "isomaps", "exposure", "success_vs_k", "distances")
+FIGURES = ("figure2", "church_windows", "isomaps", "exposure", "success_vs_k", "distances", "success_vs_queries")
 # Settings that change no number (batching is fixed per chunk; figures are drawn from the numbers).
 _NEUTRAL = ("batch_size", "threads", "figures")
 
@@ -65,8 +65,10 @@ def digest(cfg: Config) -> str:
     for k in attack_ks(cfg):
         _, current = attack_state(cfg, k)
         attacks[str(k)] = attack_digest(config_for_k(cfg, k)) if current else "missing"
+    # The k = 1 attacks of the methods comparison: a new one on disk makes the analysis stale.
+    compared = {path.name: store.output_digest(path) for _, path in queries.outputs(cfg)}
     parts = {"config": cfg.digest("run.seed", "generate", *keys), "train": train_digest(cfg),
-             "model_seed": model_seed(cfg), "attack": attacks}
+             "model_seed": model_seed(cfg), "attack": attacks, "compared": compared}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -177,11 +179,11 @@ def conclude(cfg: Config, out: Path, key: str, models: dict, variants: list[str]
                     "last bits)", mismatch, attack_file.name)
     result = numbers.analyse(cfg, models, variants, lat, attacks, att, test.fractions, test.y1_fraction)
     result = {"run": cfg.run.name, "digest": key, "provenance": attrs_json(attrs), "table1": table1,
-              **result, "attack": attack_summary}
+              **result, "attack": attack_summary, "methods": queries.compare(cfg, variants)}
     figures = _draw(cfg, out, variants, result.pop("_panels"), result) if cfg.analyze.figures else {}
     result["figures"] = {name: figures.get(name) for name in FIGURES}
     order = ("run", "digest", "provenance", "table1", "table2", "exposure", "success_vs_k", "triplet",
-             "attack", "figures")
+             "attack", "methods", "figures")
     store.write_json(out / JSON_NAME, {k: result[k] for k in order})
     log.info("analyze: Table 2 (latent distances over the flipped images):\n%s",
              distances.format_table(result["table2"]))
@@ -212,6 +214,7 @@ def _draw(cfg: Config, out: Path, variants: list[str], panels: dict, result: dic
         "isomaps": figures.side_by_side(variants, panels["isomap"], figures.isomap_panel, out / "isomaps.png"),
         "distances": figures.distances(panels["distances"], out / "distances.png"),
         "success_vs_k": figures.success_vs_k(result["success_vs_k"], out / "success_vs_k.png"),
+        "success_vs_queries": figures.success_vs_queries(result["methods"], out / "success_vs_queries.png"),
     }
     if result["exposure"] is not None:
         e = result["exposure"]

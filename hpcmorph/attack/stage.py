@@ -53,10 +53,20 @@ _NEUTRAL = ("threads", "figures", "keep_parts")
 
 
 def output_stem(cfg: Config) -> str:
-    """``attack`` for the paper's targeted one-pixel attack by DE; other methods, modes and k get their own file."""
+    """``attack`` for the paper's targeted one-pixel attack by DE in the data's value range; other
+    methods, modes, k and value ranges get their own file (``-r01`` for the authors' range [0, 1])."""
     a = cfg.attack
     return ("attack" + ("" if a.method == "de" else f"-{a.method}") + ("" if a.mode == "targeted" else "-untargeted")
-            + ("" if a.pixels == 1 else f"-k{a.pixels}"))
+            + ("" if a.pixels == 1 else f"-k{a.pixels}") + range_suffix(a.pixel_range))
+
+
+def range_suffix(pixel_range) -> str:
+    """File-name suffix of a value range: none for the data's range (the default), ``-r01`` for
+    [0, 1], ``-r<min>_<max>`` for any other."""
+    if pixel_range is None:
+        return ""
+    lo, hi = (float(v) for v in pixel_range)
+    return "-r01" if (lo, hi) == (0.0, 1.0) else f"-r{lo:g}_{hi:g}"
 
 
 def output_path(cfg: Config) -> Path:
@@ -70,8 +80,15 @@ def config_for_k(cfg: Config, k: int) -> Config:
 
 def configs(cfg: Config) -> list[Config]:
     """One config per attack a whole run makes: k = attack.pixels first, then the other k of
-    analyze.k_sweep."""
-    return [config_for_k(cfg, k) for k in dict.fromkeys([cfg.attack.pixels, *cfg.analyze.k_sweep])]
+    analyze.k_sweep, then the k = 1 comparisons of analyze.compare_methods / compare_ranges
+    (:mod:`.compare`); each output file once."""
+    from .compare import extra_configs
+
+    found = {}
+    for c in [config_for_k(cfg, k) for k in dict.fromkeys([cfg.attack.pixels, *cfg.analyze.k_sweep])] + \
+            extra_configs(cfg):
+        found.setdefault(output_path(c), c)
+    return list(found.values())
 
 
 def model_seed(cfg: Config) -> int:
@@ -329,7 +346,7 @@ def run(cfg: Config, ctx: Context, force: bool = False) -> Path:
 def make(cfg: Config, ctx: Context, out: Path, key: str) -> None:
     """Load the models, choose the images, attack them block by block (resumably), write the output."""
     a = cfg.attack
-    started = store.now()
+    started, t0 = store.now(), time.perf_counter()
     io = store.resolve_io(cfg)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -350,6 +367,10 @@ def make(cfg: Config, ctx: Context, out: Path, key: str) -> None:
              methods.budget(a, box))
     plan = attack_blocks(cfg, ctx, models, variants, choice, blocks, device)
     summary = summarize_blocks(cfg, ctx, variants, choice, blocks, plan, methods.budget(a, box))
+    # Rank 0's clock, after attack_blocks' barrier: the slowest rank's. A resumed attack counts only
+    # its last session (the blocks already on disk cost nothing here).
+    summary = {**summary, "ranks": ctx.size, "wall_seconds": ctx.bcast(round(time.perf_counter() - t0, 2)
+                                                                        if ctx.is_root else None)}
     cols = columns(a.pixels, n_bands, size)
     block_rows = np.cumsum([0] + [(hi - lo) * len(targets_of(0, a.mode)) for _, lo, hi in plan])
 

@@ -12,7 +12,8 @@ On the benchmarks' freshly generated and trained tiny model (:func:`common.tiny_
    model with a known answer (64 attacks in a second or two: rates with some weight);
 3. the stage end to end (``hpcmorph attack``: loading, choosing images, attacking, writing) under
    ``mpirun -n 1`` and ``-n 2``, one thread per rank: images attacked per second and the scaling
-   efficiency. Timed inside the process (interpreter start-up excluded), between barriers.
+   efficiency. Timed inside the process (interpreter start-up excluded), between barriers;
+4. the attack methods side by side in both value ranges (:mod:`.attack_methods`), printed before (3).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .attack_methods import compare_methods, print_methods
 from .common import TINY_PRESET, per_rank_count, tiny_model, tiny_settings, worker
 
 THROUGHPUT = {"images": 4, "population": 128, "generations": 1}    # 4 x 2 targets x 128 = 1024 per pass
@@ -213,6 +215,7 @@ def bench_attack(ranks: list[int]) -> dict:
         out["image_size"] = int(images.shape[-1])
         out["throughput"] = throughput(model, stretch, images, labels)
         out["compare"] = compare_scipy(model, stretch, images, labels)
+        out["methods"] = compare_methods(cfg, model, stretch, images, labels)
         stage_times = {}
         for k in sorted(set([1, *ranks])):
             # One thread per rank: the 1-rank run then uses one core, and the efficiency is per core.
@@ -247,6 +250,7 @@ def main(args) -> int:
             print(f"        {label:28s} success {s['success_rate']:5.0%}, median queries to flip "
                   f"{s['median_queries_to_flip']:6.0f}, queries per flip {s['queries_per_flip']:7.0f}, "
                   f"{s['seconds']:6.1f} s")
+    print_methods(res["methods"])
     print(f"  (3) the stage end to end, {res['stage_images']} test images x 2 targets, population "
           f"{STAGE['population']}, {STAGE['generations']} generations, 1 thread per rank")
     for k, value, eff in per_rank_count(res, "stage_images_per_s_"):

@@ -32,6 +32,8 @@ ANALYSIS_FIGURES = {
     "exposure": ("exposure", "Test accuracy against exposure (fraction of the ten-year depth)."),
     "success_vs_k": ("success_vs_k", "Fraction of attacked images flipped against the number of pixels changed k."),
     "distances": ("distances", "Latent distances Y10 -> Y1 and Y10 -> attacked over the flipped images."),
+    "success_vs_queries": ("methods", "Fraction of the attacked images flipped against the model queries per attack, "
+                                      "per method, model and value range; dashed: the exhaustive oracle."),
 }
 GENERATE_FIGURES = {
     "generate_figure1": "Figure 1: example galaxies of each class, Y10 beside Y1 (asinh RGB of i, r, g).",

@@ -8,7 +8,7 @@ failed half-way never sits under the final name and the previous one survives it
   paper's, the attack summary, Figure 2, exposure and k curves, distances, generate's figures,
   training curves, attack figures, stage timings, the config and provenance;
 - ``table1.md|tex|csv``, ``table2.md|tex|csv``, ``attack.csv``, ``exposure.csv``,
-  ``success_vs_k.csv``, ``timings.csv`` (the last three when the run has them);
+  ``success_vs_k.csv``, ``timings.csv``, ``methods.csv`` (the last four when the run has them);
 - ``numbers.json``: every number shown, strict JSON, with the report's ``digest``;
 - ``figures/``: every figure as PNG, and PDF where the stage wrote one;
 - ``screenshot.png`` with ``report.screenshot``: headless Chromium's view, after it checked that
@@ -74,6 +74,9 @@ def build_tables(inp: Inputs) -> dict[str, tables.Table]:
     out = {"table1": tables.table1(a.get("table1")),
            "table2": tables.table2(a.get("table2"), int(attack.get("pixels") or 1)),
            "attack": tables.attack_table(inp.attacks)}
+    methods = tables.methods_table(a.get("methods"))
+    if methods.rows:
+        out["methods"] = methods
     exp = a.get("exposure")
     if isinstance(exp, dict):
         out["exposure"] = tables.curve_table(
@@ -93,6 +96,16 @@ def build_tables(inp: Inputs) -> dict[str, tables.Table]:
             "records the seconds it took to find its output current).", ["stage", "seconds", "ranks", "finished"],
             ([t.get("stage"), t.get("seconds"), t.get("ranks"), t.get("finished")] for t in inp.timings))
     return out
+
+
+def _attack_used(a: dict) -> str:
+    """Which attack Table 2 and Figure 2 rest on (analysis.json ``methods.configured``)."""
+    used = (a.get("methods") or {}).get("configured") if isinstance(a.get("methods"), dict) else None
+    if not isinstance(used, dict):
+        return ""
+    rng = "the data's value range" if used.get("range") == "data" else f"values in {used.get('range')}"
+    return page.paragraph(f"From the flips of the configured attack: method {used.get('method')}, {rng}, "
+                          f"k = {used.get('pixels')} (the paper: differential evolution, values in [0, 1]).", "meta")
 
 
 def _triplet_html(triplet: Any) -> str:
@@ -172,13 +185,16 @@ def render(cfg: Config, inp: Inputs, tabs: dict[str, tables.Table], copied: dict
     sections = [
         S("table1", "Table 1: classification", tables.to_html(tabs["table1"])
           + downloads("table1.md", "table1.tex", "table1.csv")),
-        S("table2", "Table 2: latent distances", tables.to_html(tabs["table2"])
+        S("table2", "Table 2: latent distances", tables.to_html(tabs["table2"]) + _attack_used(a)
           + downloads("table2.md", "table2.tex", "table2.csv")),
         S("attack", "One-pixel attacks", (tables.to_html(tabs["attack"]) if tabs["attack"].rows else
                                           page.paragraph("No attack summary found.", "missing"))
           + downloads("attack.csv")),
+        S("methods", "Attack methods and value ranges", figures("methods") + (
+            tables.to_html(tabs["methods"]) + downloads("methods.csv") if "methods" in tabs else
+            page.paragraph("No k = 1 attack outputs to compare (analyze.compare_methods, compare_ranges).", "missing"))),
         S("figure2", "Figure 2: church windows and isomaps",
-          figures("figure2") + panel_links() + _triplet_html(a.get("triplet"))),
+          figures("figure2") + panel_links() + _triplet_html(a.get("triplet")) + _attack_used(a)),
         S("exposure", "Accuracy against exposure", figures("exposure") + (
             tables.to_html(tabs["exposure"]) + downloads("exposure.csv") if "exposure" in tabs else
             page.paragraph("The analysis has no exposure curve.", "missing"))),
@@ -217,7 +233,7 @@ def numbers(cfg: Config, inp: Inputs, tabs: dict[str, tables.Table], copied: dic
         "table1": {"ours": a.get("table1"), "paper": tables.PAPER_TABLE1},
         "table2": {**(a.get("table2") or {}), "paper": (a.get("table2") or {}).get("paper", tables.PAPER_TABLE2)},
         "paper_flipped": list(tables.PAPER_FLIPPED),
-        "attack": inp.attacks, "exposure": a.get("exposure"), "success_vs_k": a.get("success_vs_k"),
+        "attack": inp.attacks, "methods": a.get("methods"), "exposure": a.get("exposure"), "success_vs_k": a.get("success_vs_k"),
         "triplet": a.get("triplet"), "class_counts": inp.class_counts,
         "training_runs": [{k: r.get(k) for k in ("variant", "seed", "best_epoch", "epochs_run", "best_val_loss",
                                                   "y10", "y1", "ranks", "backend", "train_images_per_s")}
