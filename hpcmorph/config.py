@@ -125,7 +125,11 @@ SCHEMA: dict[str, Any] = {
         "epochs": Field(100, int, "Maximum epochs.", low=1),
         "patience": Field(10, int, "Early stopping: epochs without a lower validation loss before stopping.", low=1),
         "batch_size": Field(128, int, "Global batch size, split evenly across ranks.", low=1),
-        "lr": Field(1e-5, float, "Adam learning rate.", low=0.0, high=1.0),
+        "lr": Field(1e-5, float, "Adam learning rate (the peak rate under a schedule).", low=0.0, high=1.0),
+        "schedule": Field("constant", str, "Learning rate over the run: 'constant' (the paper) or 'cosine' (from "
+                          "train.lr down to 0 at the end of train.epochs, step by step: the late epochs take "
+                          "small steps, so the validation loss settles and early stopping keeps a typical epoch).",
+                          choices=("constant", "cosine")),
         "betas": Field([0.7, 0.8], list, "Adam betas.", item=float, length=2, low=0.0, high=0.9999),
         "weight_decay": Field(1e-3, float, "Adam weight decay of the regular model.", low=0.0),
         "weight_decay_mmd": Field(1e-4, float, "Adam weight decay of the MMD model.", low=0.0),
@@ -142,8 +146,8 @@ SCHEMA: dict[str, Any] = {
     "attack": {
         "variants": Field(["regular", "mmd"], list, "Trained models to attack (the same images for each).",
                           item=str, choices=("regular", "mmd")),
-        "model_seed": Field(None, int, "Training seed of the model to attack (default: the first of train.seeds).",
-                            low=0, nullable=True),
+        "model_seed": Field(None, int, "Training seed of the models to attack (default: the first of train.seeds; "
+                            "analyze.all_seeds makes `hpcmorph run` attack every seed's).", low=0, nullable=True),
         "n_images": Field(150, int, "Test images to attack, drawn reproducibly (from run.seed) from the Y10 test split.", low=1),
         "only_correct": Field(True, bool, "Attack only images every attacked model classifies correctly (the others are "
                               "skipped and counted): flipping a wrong answer means nothing."),
@@ -204,6 +208,10 @@ SCHEMA: dict[str, Any] = {
                                  "pixel can do. `hpcmorph run` runs them; analyze reads every current k = 1 attack "
                                  "of this config it finds, whichever method and range.", item=str,
                                  choices=("de", "exhaustive", "sparse-rs", "saliency"), nullable=True),
+        "all_seeds": Field(False, bool, "Attack and analyse the models of every seed of train.seeds, not only "
+                           "attack.model_seed's: `hpcmorph run` runs each seed's attacks of analyze.k_sweep and "
+                           "analyze.compare_ranges (attack-s<seed>*.h5), and the analysis gives each number as a "
+                           "mean and spread over seeds."),
         "compare_ranges": Field(False, bool, "Also attack at k = 1 (attack.method and each of "
                                 "analyze.compare_methods) in the other value range: [0, 1], the authors', when "
                                 "attack.pixel_range is the data's, else the data's."),

@@ -36,6 +36,19 @@ def test_attack_configs_add_the_k1_comparisons_once():
         config.load("tiny", ["analyze.compare_methods=[cma]"])
 
 
+def test_all_seeds_attacks_every_seed_without_the_methods_comparison():
+    cfg = config.load("tiny", ["train.seeds=[3, 5]", "analyze.k_sweep=[1, 2]", "analyze.all_seeds=true",
+                               "analyze.compare_ranges=true", "analyze.compare_methods=[exhaustive]"])
+    names = [stage.output_path(c).name for c in attack.configs(cfg)]
+    assert names == ["attack.h5", "attack-k2.h5", "attack-exhaustive.h5", "attack-r01.h5", "attack-exhaustive-r01.h5",
+                     "attack-s5.h5", "attack-s5-k2.h5", "attack-s5-r01.h5"]
+    # null and the first seed spelled out are one attack: one file, one digest.
+    first = cfg.updated({"attack.model_seed": 3})
+    assert stage.output_path(first) == stage.output_path(cfg) and stage.digest(first) == stage.digest(cfg)
+    assert stage.digest(cfg.updated({"attack.model_seed": 5})) != stage.digest(cfg)
+    assert len(attack.configs(cfg.updated({"analyze.all_seeds": False}))) == 5
+
+
 def test_all_k1_configs_cover_every_method_in_both_ranges():
     found = {stage.output_path(c).name for c in compare.all_k1_configs(config.load("tiny", ["attack.pixels=2"]))}
     assert len(found) == 8 and {"attack.h5", "attack-exhaustive-r01.h5"} <= found

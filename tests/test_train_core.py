@@ -276,3 +276,16 @@ def test_stretch_rejects_bad_images():
         normalize.AsinhStretch.fit(np.zeros((2, 3, 8, 8), dtype=np.float32))
     with pytest.raises(ValueError, match=r"fitted per band on 3 bands, got images with 1 channels"):
         normalize.AsinhStretch.fit(count_rates(4, 0), per_band=True).transform(np.zeros((1, 1, 4, 4)))
+
+
+def test_cosine_schedule_falls_from_the_peak_to_zero_and_constant_stays():
+    from hpcmorph import config
+    from hpcmorph.train.stage import learning_rate
+
+    t = config.load("tiny", ["train.schedule=cosine", "train.epochs=4", "train.lr=0.001"]).train
+    rates = [learning_rate(t, e, s, 5) for e in range(4) for s in range(5)]
+    assert rates[0] == pytest.approx(0.001) and rates[-1] < 0.001 * 0.01
+    assert all(a > b for a, b in zip(rates, rates[1:]))
+    assert learning_rate(t, 2, 0, 5) == pytest.approx(0.0005)  # half way
+    flat = config.load("tiny", ["train.epochs=4", "train.lr=0.001"]).train
+    assert {learning_rate(flat, e, s, 5) for e in range(4) for s in range(5)} == {0.001}

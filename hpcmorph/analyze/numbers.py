@@ -99,13 +99,20 @@ def analyse(cfg: Config, models: dict, variants: list[str], lat: dict, attacks: 
                                                            _acc(lat["pred_y10"][:, v], labels)]
                                                     for v, name in enumerate(variants)}}
 
+    # The isomaps' and church windows' "Y1 falls into another class region", counted over every test
+    # image: the share whose Y1 image the model puts in another class than its Y10 image.
+    moved = {name: _share(lat["pred_y1"][:, v] != lat["pred_y10"][:, v]) for v, name in enumerate(variants)}
     return {"table2": table2, "exposure": exposure_result, "success_vs_k": success_vs_k(cfg, variants),
-            "triplet": triplet,
+            "triplet": triplet, "y1_class_change": moved,
             "_panels": {"church": church_panels, "isomap": iso_panels, "distances": per_image}}
 
 
 def _acc(pred: np.ndarray, labels: np.ndarray) -> float | None:
-    return float(np.mean(pred == labels)) if len(labels) else None
+    return _share(pred == labels)
+
+
+def _share(hits: np.ndarray) -> float | None:
+    return float(np.mean(hits)) if len(hits) else None
 
 
 def success_vs_k(cfg: Config, variants: list[str]) -> dict:

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from .. import store
-from ..attack.stage import config_for_k, model_seed
+from ..attack.stage import config_for_k, model_seed, seed_configs
 from ..attack.stage import digest as attack_digest
 from ..config import Config
 from ..errors import StageError
@@ -56,20 +56,30 @@ def output_dir(cfg: Config) -> Path:
 
 
 def digest(cfg: Config) -> str:
-    """What the analysis depends on: run.seed, the data, the models, the attacks it reads (those of
-    ``analyze.k_sweep`` that are on disk and current, and k = attack.pixels) and the analyze settings."""
+    """What the analysis depends on: run.seed, the data, the models, the attacks it reads (for each
+    analysed seed, those of ``analyze.k_sweep`` that are on disk and current, and k = attack.pixels)
+    and the analyze settings."""
     from ..train.stage import digest as train_digest
 
     keys = [f"analyze.{k}" for k in cfg.analyze.to_dict() if k not in _NEUTRAL]
-    attacks = {}
-    for k in attack_ks(cfg):
-        _, current = attack_state(cfg, k)
-        attacks[str(k)] = attack_digest(config_for_k(cfg, k)) if current else "missing"
-    # The k = 1 attacks of the methods comparison: a new one on disk makes the analysis stale.
-    compared = {path.name: store.output_digest(path) for _, path in queries.outputs(cfg)}
+    attacks, compared = {}, {}
+    for c in seed_configs(cfg):
+        s = model_seed(c)
+        for k in attack_ks(c):
+            _, current = attack_state(c, k)
+            attacks[f"s{s}-k{k}"] = attack_digest(config_for_k(c, k)) if current else "missing"
+        # The k = 1 attacks of the methods comparison: a new one on disk makes the analysis stale.
+        compared.update({path.name: store.output_digest(path) for _, path in queries.outputs(c)})
     parts = {"config": cfg.digest("run.seed", "generate", *keys), "train": train_digest(cfg),
              "model_seed": model_seed(cfg), "attack": attacks, "compared": compared}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def seed_dir(cfg: Config, seed_cfg: Config) -> Path:
+    """Where one analysed seed's latents go: the analysis folder for attack.model_seed's models, a
+    ``seed<s>`` folder inside it for the other seeds of analyze.all_seeds."""
+    out = output_dir(cfg)
+    return out if model_seed(seed_cfg) == model_seed(cfg) else out / f"seed{model_seed(seed_cfg)}"
 
 
 def _state(out: Path, key: str, force: bool) -> tuple[bool, str | None]:
@@ -106,7 +116,8 @@ def _is_current(ctx: Context, out: Path, key: str, force: bool) -> bool:
 @locked(output_dir)
 def run(cfg: Config, ctx: Context, force: bool = False) -> Path:
     """Analyse the run as ``cfg.analyze`` says; returns the output directory."""
-    out, attack_file = output_dir(cfg), require_attack(cfg)
+    out, seeds = output_dir(cfg), seed_configs(cfg)
+    attack_files = [require_attack(c) for c in seeds]
     _check_church_grid(cfg)
     key = digest(cfg)
     if _is_current(ctx, out, key, force):
@@ -115,20 +126,37 @@ def run(cfg: Config, ctx: Context, force: bool = False) -> Path:
     if cfg.analyze.threads:
         torch.set_num_threads(cfg.analyze.threads)
     device = device_for(ctx.local_rank)
-    variants = list(dict.fromkeys(cfg.attack.variants))
-    models = {v: saved.load_model(cfg, v, model_seed(cfg), device) for v in variants}
     table1 = read_table1(cfg)
-    attacks, attack_summary = read_attack(attack_file, variants)
-    test = read_test_set(cfg, attacks, attack_file)
     _clear(ctx, out)
-    log.info("analyze: %d test images, %d attack rows (k=%d), %d exposures, models %s, %d ranks, device %s",
-             len(test.rows), len(attacks["index"]), cfg.attack.pixels, len(test.fractions), ",".join(variants),
-             ctx.size, device)
-    lat, att, attrs = embed(cfg, ctx, models, device, test, attacks, attack_file, out, key, started)
+    results = [analyse_seed(c, ctx, device, seed_dir(cfg, c), f, key, started) for c, f in zip(seeds, attack_files)]
     if ctx.is_root:
-        conclude(cfg, out, key, models, variants, test, lat, attacks, att, attrs, table1, attack_summary, attack_file)
+        conclude(cfg, out, key, results, table1)
     ctx.barrier()
     return out
+
+
+def analyse_seed(cfg: Config, ctx: Context, device, out: Path, attack_file: Path, key: str,
+                 started: str) -> dict | None:
+    """Every rank: the latents of one seed's models (``cfg``'s attack.model_seed) in ``out``; rank 0
+    returns that seed's numbers (:func:`.numbers.analyse`, its attack summary and methods table)."""
+    variants = list(dict.fromkeys(cfg.attack.variants))
+    seed = model_seed(cfg)
+    models = {v: saved.load_model(cfg, v, seed, device) for v in variants}
+    attacks, attack_summary = read_attack(attack_file, variants)
+    test = read_test_set(cfg, attacks, attack_file)
+    log.info("analyze: seed %d: %d test images, %d attack rows (k=%d), %d exposures, models %s, %d ranks, device %s",
+             seed, len(test.rows), len(attacks["index"]), cfg.attack.pixels, len(test.fractions), ",".join(variants),
+             ctx.size, device)
+    lat, att, attrs = embed(cfg, ctx, models, device, test, attacks, attack_file, out, key, started)
+    if not ctx.is_root:
+        return None
+    mismatch = int(np.sum(att["pred_attacked"] != _pred_after(attack_file)))
+    if mismatch:
+        log.warning("analyze: %d attacked images get another class here than in %s (near-ties in the "
+                    "last bits)", mismatch, attack_file.name)
+    result = numbers.analyse(cfg, models, variants, lat, attacks, att, test.fractions, test.y1_fraction)
+    return {**result, "seed": seed, "variants": variants, "provenance": attrs_json(attrs), "attack": attack_summary,
+            "methods": queries.compare(cfg, variants)}
 
 
 def _check_church_grid(cfg: Config) -> None:
@@ -170,19 +198,16 @@ def embed(cfg: Config, ctx: Context, models: dict, device, test: TestSet, attack
     return lat_data, att, attrs
 
 
-def conclude(cfg: Config, out: Path, key: str, models: dict, variants: list[str], test: TestSet, lat: dict,
-             attacks: dict, att: dict, attrs: dict, table1: dict, attack_summary: dict, attack_file: Path) -> None:
-    """Rank 0: the numbers, the figures, and analysis.json last (the mark of a complete analysis)."""
-    mismatch = int(np.sum(att["pred_attacked"] != _pred_after(attack_file)))
-    if mismatch:
-        log.warning("analyze: %d attacked images get another class here than in %s (near-ties in the "
-                    "last bits)", mismatch, attack_file.name)
-    result = numbers.analyse(cfg, models, variants, lat, attacks, att, test.fractions, test.y1_fraction)
-    result = {"run": cfg.run.name, "digest": key, "provenance": attrs_json(attrs), "table1": table1,
-              **result, "attack": attack_summary, "methods": queries.compare(cfg, variants)}
-    figures = _draw(cfg, out, variants, result.pop("_panels"), result) if cfg.analyze.figures else {}
+def conclude(cfg: Config, out: Path, key: str, results: list[dict], table1: dict) -> None:
+    """Rank 0: the numbers over seeds, the figures, and analysis.json last (the mark of a complete
+    analysis). The first seed's numbers are the paper's single-model tables and figures."""
+    result = dict(results[0])
+    variants = result.pop("variants")
+    result = {"run": cfg.run.name, "digest": key, "table1": table1, **result}
+    panels = result.pop("_panels")
+    figures = _draw(cfg, out, variants, panels, result) if cfg.analyze.figures else {}
     result["figures"] = {name: figures.get(name) for name in FIGURES}
-    order = ("run", "digest", "provenance", "table1", "table2", "exposure", "success_vs_k", "triplet",
+    order = ("run", "digest", "seed", "provenance", "table1", "table2", "exposure", "success_vs_k", "triplet",
              "attack", "methods", "figures")
     store.write_json(out / JSON_NAME, {k: result[k] for k in order})
     log.info("analyze: Table 2 (latent distances over the flipped images):\n%s",

@@ -28,9 +28,11 @@ def other_range(pixel_range):
     return [0.0, 1.0] if pixel_range is None else None
 
 
-def extra_configs(cfg: Config) -> list[Config]:
-    """The k = 1 comparison attacks ``analyze.compare_methods`` / ``analyze.compare_ranges`` ask for."""
-    methods = list(dict.fromkeys([cfg.attack.method, *(cfg.analyze.compare_methods or [])]))
+def extra_configs(cfg: Config, with_methods: bool = True) -> list[Config]:
+    """The k = 1 comparison attacks ``analyze.compare_methods`` (unless ``with_methods`` is false) and
+    ``analyze.compare_ranges`` ask for."""
+    compared = (cfg.analyze.compare_methods or []) if with_methods else []
+    methods = list(dict.fromkeys([cfg.attack.method, *compared]))
     ranges = [cfg.attack.pixel_range] + ([other_range(cfg.attack.pixel_range)] if cfg.analyze.compare_ranges else [])
     return [variant(cfg, m, r) for r in ranges for m in methods]
 

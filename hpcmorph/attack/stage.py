@@ -53,11 +53,13 @@ _NEUTRAL = ("threads", "figures", "keep_parts")
 
 
 def output_stem(cfg: Config) -> str:
-    """``attack`` for the paper's targeted one-pixel attack by DE in the data's value range; other
-    methods, modes, k and value ranges get their own file (``-r01`` for the authors' range [0, 1])."""
-    a = cfg.attack
-    return ("attack" + ("" if a.method == "de" else f"-{a.method}") + ("" if a.mode == "targeted" else "-untargeted")
-            + ("" if a.pixels == 1 else f"-k{a.pixels}") + range_suffix(a.pixel_range))
+    """``attack`` for the paper's targeted one-pixel attack by DE in the data's value range on the
+    first seed's models; other methods, modes, k, value ranges (``-r01`` for the authors' [0, 1]) and
+    model seeds (``-s<seed>``) get their own file."""
+    a, seed = cfg.attack, model_seed(cfg)
+    return ("attack" + ("" if seed == cfg.train.seeds[0] else f"-s{seed}")
+            + ("" if a.method == "de" else f"-{a.method}") + ("" if a.mode == "targeted" else "-untargeted") + ("" if a.pixels == 1 else f"-k{a.pixels}")
+            + range_suffix(a.pixel_range))
 
 
 def range_suffix(pixel_range) -> str:
@@ -81,14 +83,26 @@ def config_for_k(cfg: Config, k: int) -> Config:
 def configs(cfg: Config) -> list[Config]:
     """One config per attack a whole run makes: k = attack.pixels first, then the other k of
     analyze.k_sweep, then the k = 1 comparisons of analyze.compare_methods / compare_ranges
-    (:mod:`.compare`); each output file once."""
+    (:mod:`.compare`); with analyze.all_seeds the same for every other seed's models (without the
+    methods comparison, which needs one seed); each output file once."""
     from .compare import extra_configs
 
     found = {}
-    for c in [config_for_k(cfg, k) for k in dict.fromkeys([cfg.attack.pixels, *cfg.analyze.k_sweep])] + \
-            extra_configs(cfg):
-        found.setdefault(output_path(c), c)
+    for seed_cfg in seed_configs(cfg):
+        first = seed_cfg is cfg
+        ks = [config_for_k(seed_cfg, k) for k in dict.fromkeys([cfg.attack.pixels, *cfg.analyze.k_sweep])]
+        for c in ks + extra_configs(seed_cfg, with_methods=first):
+            found.setdefault(output_path(c), c)
     return list(found.values())
+
+
+def seed_configs(cfg: Config) -> list[Config]:
+    """``cfg`` (attack.model_seed's models), then, with analyze.all_seeds, the config of every other
+    seed of train.seeds."""
+    if not cfg.analyze.all_seeds:
+        return [cfg]
+    others = [s for s in dict.fromkeys(cfg.train.seeds) if s != model_seed(cfg)]
+    return [cfg] + [cfg.updated({"attack.model_seed": s}) for s in others]
 
 
 def model_seed(cfg: Config) -> int:
@@ -100,7 +114,8 @@ def digest(cfg: Config) -> str:
     """What the output depends on: run.seed, the data, the trained model and the attack settings."""
     from ..train.stage import digest as train_digest
 
-    skip = (*_NEUTRAL, *methods.unused(cfg.attack.method))
+    # model_seed enters resolved (null means the first seed), so both spellings give one file.
+    skip = (*_NEUTRAL, "model_seed", *methods.unused(cfg.attack.method))
     keys = [f"attack.{k}" for k in cfg.attack.to_dict() if k not in skip]
     parts = {"config": cfg.digest("run.seed", "generate", *keys), "train": train_digest(cfg),
              "model_seed": model_seed(cfg)}

@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import math
 import json
 import logging
 import signal
@@ -48,8 +49,8 @@ from .normalize import AsinhStretch
 
 STAGE = "train"
 # Settings that change a trained model (backend and threads do not: the weights are the same).
-_MODEL_KEYS = ("epochs", "patience", "batch_size", "lr", "betas", "weight_decay", "weight_decay_mmd", "mmd_lambda",
-               "mmd_bandwidth", "dropout", "normalize_per_band", "max_train_images")
+_MODEL_KEYS = ("epochs", "patience", "batch_size", "lr", "schedule", "betas", "weight_decay", "weight_decay_mmd",
+               "mmd_lambda", "mmd_bandwidth", "dropout", "normalize_per_band", "max_train_images")
 
 
 
@@ -227,6 +228,20 @@ def _checkpointer(cfg: Config, backend, out: Path, model, optimizer, state: dict
     return save
 
 
+def learning_rate(t, epoch: int, step: int, steps: int) -> float:
+    """The rate of ``step`` (of ``steps`` per epoch) in ``epoch`` under ``train.schedule``: a function of
+    the position alone, so a resumed run needs no scheduler state."""
+    if t.schedule == "constant":
+        return t.lr
+    done = (epoch * steps + step) / max(1, t.epochs * steps)
+    return 0.5 * t.lr * (1.0 + math.cos(math.pi * done))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
 def train_epoch(cfg: Config, backend, variant: str, seed: int, model, optimizer, shard: Shard, state: dict,
                 stop: StopFlag, save, device) -> dict:
     """One epoch of steps from ``state["step"]``; returns its training statistics. A signal checkpoints
@@ -268,6 +283,7 @@ def train_epoch(cfg: Config, backend, variant: str, seed: int, model, optimizer,
             raise FloatingPointError(f"{variant} seed {seed}: loss is {float(loss)} at epoch {epoch} step {step}")
         optimizer.zero_grad()
         loss.backward()
+        set_lr(optimizer, learning_rate(t, epoch, step, len(y10_batches)))
         optimizer.step()
         sums += (float(loss.detach()) * len(idx), float(discrepancy.detach()) * len(idx), len(idx))
         bar.update(1)
