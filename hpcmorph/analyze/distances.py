@@ -218,4 +218,15 @@ def format_table(table: dict) -> str:
     lines.append("mmd / regular mean: " + ", ".join(
         f"{kind} {'-' if r[kind] is None else format(r[kind], '.2f')} (paper {PAPER['ratio_mmd_over_regular'][kind]:.2f})"
         for kind in KINDS))
+    free = table.get("ratios", {}).get("scale_free", {})
+    if free:
+        lines.append("scale-free mmd / regular mean: " + ", ".join(
+            f"{kind} {_estimate_text(free.get(kind))}" for kind in KINDS))
     return "\n".join(lines)
+
+
+def _estimate_text(e: dict | None) -> str:
+    if not e or e.get("value") is None:
+        return "-"
+    bounds = "" if e.get("lo") is None else f" [{e['lo']:.2f}, {e['hi']:.2f}]"
+    return f"{e['value']:.2f}{bounds}"
