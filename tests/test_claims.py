@@ -238,6 +238,19 @@ def test_mmd_no_better_on_y1_does_not_reproduce_claim_2():
     assert r["verdict"] == "not reproduced", r
 
 
+def test_each_claim_follows_its_own_evidence():
+    """Reverse one input per claim and only that claim's verdict changes."""
+    base = _by_id(claims.claims(_evidence(), n_boot=300))
+    ev = _evidence(mmd_queries=0.3)  # MMD flips with a tenth of the queries
+    ev["variants"]["regular"]["class_change_y1"] = [0.05, 0.08, 0.06]  # regular's Y1 images keep their class
+    ev["variants"]["regular"]["attacks"]["data"]["flipped"] = [5, 6, 4]  # one pixel flips a fifth
+    rows = _by_id(claims.claims(ev, n_boot=300))
+    changed = {key for key in rows if rows[key]["verdict"] != base[key]["verdict"]}
+    assert changed == {("4", None, "data"), ("6", None, None), ("3", "regular", "data")}, changed
+    assert rows[("4", None, "data")]["verdict"] == rows[("6", None, None)]["verdict"] == "not reproduced"
+    assert rows[("3", "regular", "data")]["verdict"] == "not reproduced"
+
+
 def test_scale_free_distances_decide_claim_5():
     """MMD's raw distances twice the regular model's, but only because its latent space is twice as
     large: the scale-free ratio is about 1, so claim 5 is not reproduced, and the raw ratio beside it

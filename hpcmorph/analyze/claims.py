@@ -265,8 +265,9 @@ def _per_image(v: Mapping | None, key: str, path: str):
         seeds = v.get("seeds")
         if seeds is not None and len(seeds) != len(groups):
             raise EvidenceError(f"evidence {path}.{key}: {len(groups)} per-seed arrays for {len(seeds)} seeds")
-    groups = [g[~np.isnan(g)] for g in groups]
-    return groups if sum(len(g) for g in groups) else None
+    # A seed that flipped nothing adds no image and no cluster to resample (as stats.bootstrap_ci).
+    groups = [g for g in (g[~np.isnan(g)] for g in groups) if len(g)]
+    return groups or None
 
 
 def _kept(x: np.ndarray) -> tuple[np.ndarray, str]:
