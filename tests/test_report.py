@@ -282,3 +282,71 @@ def test_browser_check_and_screenshot(tmp_path, figure_template):
     (out / "index.html").write_text(page.replace("data:image/png;base64,", "data:image/png;base64,AAAA", 1))
     res = subprocess.run(["bash", str(CHECK), str(out)], capture_output=True, text=True, env=env(), timeout=600)
     assert res.returncode == 1 and "only 9 of 10 figures loaded" in res.stderr, res.stderr
+
+
+# ------------------------------------------------------------------------------------------ claims
+
+CLAIM_ROWS = [
+    {"id": "1", "claim": "Regular training loses accuracy from Y10 to Y1.", "measure": "regular: Y10 minus Y1",
+     "variant": "regular", "range": None, "paper_text": "0.72 -> 0.43", "paper_value": 0.29, "no_effect": 0.0,
+     "unit": "seeds", "estimate": {"value": 0.2533, "lo": 0.1801, "hi": 0.3265, "n": 3, "std": 0.0295, "level": 0.95,
+                                   "method": "t"},
+     "parts": {"regular Y1 accuracy": {"value": 0.57, "lo": None, "hi": None, "n": 3, "std": 0.03, "level": 0.95,
+                                       "method": "none"}},
+     "verdict": "reproduced", "paper_in_ci": True, "note": "paired t interval over 3 seeds"},
+    {"id": "3", "claim": "One pixel flips most correctly classified images.", "measure": "flipped fraction",
+     "variant": "mmd", "range": "[0, 1]", "paper_text": "136 of 150", "paper_value": 0.907, "no_effect": 0.5,
+     "unit": "seeds", "estimate": None, "parts": {}, "verdict": "not measured", "paper_in_ci": None,
+     "note": "no k = 1 attack in the [0, 1] value range for mmd"},
+    {"id": "5b", "claim": "Attacked images sit farther from Y10 under MMD <b>", "measure": "scale-free ratio",
+     "variant": None, "range": "data", "paper_text": "38.1 / 16.8", "paper_value": 2.27, "no_effect": 1.0,
+     "unit": "images", "estimate": {"value": 0.91, "lo": 0.62, "hi": 1.31, "n": [14, 6], "std": None,
+                                    "level": 0.95, "method": "bootstrap"},
+     "parts": {}, "verdict": "not reproduced", "paper_in_ci": False, "note": ""},
+]
+
+
+def test_the_claims_table_opens_the_report_and_sits_beside_tables_1_and_2(tmp_path, figure_template):
+    cfg = make_run(tmp_path, figure_template)
+    path = tmp_path / "fake" / "analysis" / "analysis.json"
+    analysis = json.loads(path.read_text())
+    analysis["claims"] = CLAIM_ROWS
+    t2 = analysis["table2"]
+    t2["regular"]["mean_ci"] = {"y10_y1": [15.1, 25.3], "y10_attacked": [0.7, 0.9]}
+    t2["regular"]["scale_free"] = {"y10_y1": {"value": 0.512, "lo": 0.401, "hi": 0.633, "n": 4, "std": 0.2,
+                                              "level": 0.95, "method": "bootstrap"}}
+    t2["ratio_mmd_over_regular"]["y10_y1"] = 1.4
+    t2["ratios"] = {"raw": {"y10_y1": {"value": 1.4, "lo": 1.1, "hi": 1.9, "n": [4, 3]}}, "scale_free": {}}
+    t2["bootstrap"] = {"level": 0.95, "n_boot": 4000, "seed": 0}
+    path.write_text(json.dumps(analysis))
+    out = stage.run(cfg, serial())
+
+    page = (out / "index.html").read_text()
+    assert page.index('id="claims"') < page.index('id="table1"')  # the claims first
+    assert "NOT reproduced" in page and "not measured" in page and "&lt;b&gt;" in page and "MMD <b>" not in page
+    md = (out / "claims.md").read_text()
+    assert "| 1 | Regular training loses accuracy from Y10 to Y1. | regular: Y10 minus Y1 (regular) | 0.72 -> 0.43 " \
+           "| 0.253 ± 0.0295 | [0.180, 0.327] | 3 seeds | reproduced |" in md
+    assert "| 5b |" in md and "| 0.910 | [0.620, 1.31] | 14 + 6 images | NOT reproduced |" in md
+    assert "| 3 | One pixel flips most correctly classified images. | flipped fraction (mmd, [0, 1] range) | 136 of 150 " \
+           "| – | – | – | not measured | no k = 1 attack" in md
+    lines = (out / "claims.csv").read_text().splitlines()
+    assert lines[0].startswith("id,claim,variant,range,measure,paper_text,paper_value,no_effect,value,lo,hi,std,n,")
+    assert lines[1].startswith("1,Regular training loses accuracy from Y10 to Y1.,regular,,regular: Y10 minus Y1,"
+                               "0.72 -> 0.43,0.29,0.0,0.2533,0.1801,0.3265,0.0295,3,seeds,0.95,t,reproduced,True")
+    assert json.loads((out / "numbers.json").read_text())["claims"][2]["verdict"] == "not reproduced"
+    # Table 2: the interval beside the raw mean, the ratio's interval, and a scale-free row (paper: none).
+    t2md = (out / "table2.md").read_text()
+    assert "| Y10 – Y1 | 20.2 ± 11.9 [15.1, 25.3] (n=4) | 20.2 ± 11.9 (n=136) |" in t2md
+    assert "| – | 1.47 |" not in t2md and "| 1.40 [1.10, 1.90] | 1.47 |" in t2md
+    assert "| Y10 – Y1, scale-free | 0.512 ± 0.200 [0.401, 0.633] (n=4) | – | – | – | – | – |" in t2md
+    assert "regular,y10_y1,0.512,0.2,4.0,,,,scale_free,0.401,0.633" in (out / "table2.csv").read_text()
+
+
+def test_no_claims_in_the_analysis_no_claims_in_the_report(tmp_path, figure_template):
+    cfg = make_run(tmp_path, figure_template)
+    out = stage.run(cfg, serial())
+    assert not (out / "claims.md").exists() and not (out / "claims.csv").exists()
+    page = (out / "index.html").read_text()
+    assert 'id="claims' not in page and "scale-free" not in page
+    assert json.loads((out / "numbers.json").read_text())["claims"] is None

@@ -6,7 +6,9 @@
   by side;
 - ``distances.png``: histograms of the Table 2 distances (Y10 to Y1, Y10 to attacked) per model;
 - ``exposure.png``: test accuracy against exposure time, per model;
-- ``success_vs_k.png``: fraction of the attacked images flipped against the number of pixels k.
+- ``success_vs_k.png``: fraction of the attacked images flipped against the number of pixels k;
+- ``robustness.png`` (:func:`robustness`): the same against k and against the query budget, mean
+  over training seeds with the std over seeds.
 
 A panel is drawn from plain arrays (``panels`` below), so the figures need no model.
 """
@@ -207,5 +209,70 @@ def success_vs_queries(methods: dict, path: Path) -> Path:
             ax.set_xlabel("model queries per attack")
             ax.set_ylabel("images flipped (fraction of attacked)")
             ax.legend(fontsize=7, title="method: images flipped", title_fontsize=7)
+    fig.tight_layout()
+    return plots.save(fig, path)[0]
+
+
+def _over_seeds(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean, sample std (ddof 1; 0 with one seed: nothing to show) and count over seeds (axis 0),
+    NaN entries (a seed without that number) left out."""
+    n = np.sum(~np.isnan(rows), axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.nanmean(np.where(n > 0, rows, 0.0), axis=0) if rows.size else np.zeros(0)
+        mean = np.where(n > 0, mean, np.nan)
+        dev = np.where(np.isnan(rows), 0.0, rows - mean) ** 2
+        std = np.where(n > 1, np.sqrt(dev.sum(axis=0) / np.maximum(n - 1, 1)), 0.0)
+    return mean, std, n
+
+
+def robustness(by_k: dict, by_budget: dict, path: Path, budget: float | None = None) -> Path:
+    """Attack success beyond the paper, one figure, two panels: the fraction of the attacked images
+    flipped against the number of pixels k (left) and against the query budget (right), per model,
+    the mean over training seeds with the sample std over seeds (ddof 1) as error bars and a band.
+
+    by_k: {variant: [per seed {k: flipped fraction}]}; a k a seed lacks is left out of that k's mean.
+    by_budget: {variant: [per seed (queries, attacked)]}: ``queries`` the queries at which each flipped
+        image was first flipped (``queries.first_flip_queries``' finite values), ``attacked`` the
+        images attacked; a seed's curve at budget q is (#queries <= q) / attacked
+        (``queries.within_budget``), evaluated at every budget any seed's curve steps at.
+    budget: the right end of the budget axis (the attack's budget); default the largest query seen.
+    """
+    import matplotlib.pyplot as plt
+
+    from .queries import within_budget
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9.6, 3.6))
+    colours, all_k = {}, set()
+    for v, seeds in by_k.items():
+        ks = sorted({int(k) for s in seeds for k in s})
+        rows = np.array([[s.get(k, s.get(str(k), np.nan)) for k in ks] for s in seeds], np.float64).reshape(len(seeds),
+                                                                                                        len(ks))
+        mean, std, n = _over_seeds(rows)
+        line = left.errorbar(ks, mean, yerr=std, fmt="o-", capsize=3, label=f"{v} ({len(seeds)} seeds)")
+        colours[v] = line[0].get_color()
+        all_k.update(ks)
+    if all_k:
+        left.set_xticks(sorted(all_k))
+    left.set_xlabel("pixels changed (k)")
+    left.set_ylabel("images flipped (fraction of attacked)")
+    left.set_ylim(0, 1.02)
+    left.legend(fontsize=7)
+
+    found = [float(q) for seeds in by_budget.values() for queries, _ in seeds for q in np.ravel(queries)]
+    end = float(budget or max(found, default=1.0))
+    grid = np.unique(np.concatenate([[1.0], np.asarray(found, np.float64), [max(end, 1.0)]]))
+    for v, seeds in by_budget.items():
+        rows = np.array([within_budget(q, int(a), grid) for q, a in seeds], np.float64).reshape(len(seeds), len(grid))
+        mean, std, n = _over_seeds(rows)
+        kw = {"color": colours[v]} if v in colours else {}
+        line, = right.step(grid, mean, where="post", label=f"{v} ({len(seeds)} seeds)", **kw)
+        right.fill_between(grid, np.clip(mean - std, 0, 1), np.clip(mean + std, 0, 1), step="post", alpha=0.25,
+                           color=line.get_color(), lw=0)
+    right.set_xscale("log")
+    right.set_xlabel("query budget per attack (model queries)")
+    right.set_ylabel("images flipped within the budget")
+    right.set_ylim(0, 1.02)
+    right.legend(fontsize=7)
+    fig.suptitle("Attack success: mean over training seeds, ± std over seeds", fontsize=9)
     fig.tight_layout()
     return plots.save(fig, path)[0]

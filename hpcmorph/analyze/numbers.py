@@ -49,7 +49,8 @@ def analyse(cfg: Config, models: dict, variants: list[str], lat: dict, attacks: 
     a = cfg.analyze
     test, labels = lat["index"], lat["label"]
     where = {int(r): i for i, r in enumerate(test)}
-    table2, per_image = distances.table2(attacks, att["z_attacked"], test, lat["z_y10"], lat["z_y1"], variants)
+    table2, per_image = distances.table2(attacks, att["z_attacked"], test, lat["z_y10"], lat["z_y1"], variants,
+                                         seed=cfg.run.seed)
     table2["paper"] = distances.PAPER
 
     # The triplet of Figure 2.

@@ -54,6 +54,21 @@ def success_curve(first: np.ndarray) -> dict:
     return {"queries": [int(v) for v in q], "flipped_fraction": [float(c / n) for c in counts]}
 
 
+def within_budget(queries, attacked: int, budgets) -> np.ndarray:
+    """Fraction of ``attacked`` images flipped within each budget of ``budgets``: (#queries <= q) / attacked.
+
+    queries: the queries at which each flipped image was first flipped (the finite values of
+    :func:`first_flip_queries`, any order). NaN everywhere when nothing was attacked.
+    """
+    q = np.sort(np.asarray(queries, np.float64).reshape(-1))
+    b = np.asarray(budgets, np.float64)
+    if attacked <= 0:
+        return np.full(b.shape, np.nan)
+    if len(q) > attacked:
+        raise ValueError(f"within_budget: {len(q)} flipped images of {attacked} attacked")
+    return np.searchsorted(q, b, side="right") / attacked
+
+
 def fraction_at(curve: dict, budget: float) -> float:
     """The curve's value at ``budget`` queries (0 before its first step)."""
     q = np.asarray(curve["queries"], np.float64)

@@ -31,6 +31,8 @@ ANALYSIS_FIGURES = {
     "isomaps": ("figure2", "Isomaps of the latent space: Y10 (filled) and Y1 (open) test images by class."),
     "exposure": ("exposure", "Test accuracy against exposure (fraction of the ten-year depth)."),
     "success_vs_k": ("success_vs_k", "Fraction of attacked images flipped against the number of pixels changed k."),
+    "robustness": ("success_vs_k", "Attack success against the number of pixels k and against the query budget, "
+                                   "per model: mean over training seeds, error bars and bands the std over seeds."),
     "distances": ("distances", "Latent distances Y10 -> Y1 and Y10 -> attacked over the flipped images."),
     "success_vs_queries": ("methods", "Fraction of the attacked images flipped against the model queries per attack, "
                                       "per method, model and value range; dashed: the exhaustive oracle."),

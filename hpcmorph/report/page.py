@@ -27,6 +27,7 @@ caption { caption-side: top; text-align: left; color: #444; padding-bottom: 0.4e
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
 th:first-child, td:first-child, th:nth-child(2), td:nth-child(2) { text-align: left; }
 thead th { background: #f3f3f3; }
+#claims td, #claims th { text-align: left; vertical-align: top; }
 figure { display: inline-block; vertical-align: top; margin: 0.5em 1em 1em 0; max-width: 100%; }
 figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { font-size: 0.85em; color: #444; max-width: 40em; }

@@ -4,10 +4,10 @@ Rank 0 does the work (it is reading and copying a few files); the other ranks wa
 The report is built in ``report.tmp-<pid>/`` and then swapped in for ``report/``, so a report that
 failed half-way never sits under the final name and the previous one survives it. What it writes:
 
-- ``index.html``: self-contained (inline CSS, figures as data URIs): Tables 1 and 2 beside the
-  paper's, the attack summary, Figure 2, exposure and k curves, distances, generate's figures,
+- ``index.html``: self-contained (inline CSS, figures as data URIs): the claims table (when the
+  analysis has one), Tables 1 and 2 beside the paper's, the attack summary, Figure 2, exposure and k curves, distances, generate's figures,
   training curves, attack figures, stage timings, the config and provenance;
-- ``table1.md|tex|csv``, ``table2.md|tex|csv``, ``attack.csv``, ``exposure.csv``,
+- ``table1.md|tex|csv``, ``table2.md|tex|csv``, ``claims.md|csv`` (with a claims table), ``attack.csv``, ``exposure.csv``,
   ``success_vs_k.csv``, ``timings.csv``, ``methods.csv`` (the last four when the run has them);
 - ``numbers.json``: every number shown, strict JSON, with the report's ``digest``;
 - ``figures/``: every figure as PNG, and PDF where the stage wrote one;
@@ -74,6 +74,10 @@ def build_tables(inp: Inputs) -> dict[str, tables.Table]:
     out = {"table1": tables.table1(a.get("table1")),
            "table2": tables.table2(a.get("table2"), int(attack.get("pixels") or 1)),
            "attack": tables.attack_table(inp.attacks)}
+    # The claims table exists only in analyses that measured the claims: an older one shows none.
+    claims = a.get("claims")
+    if isinstance(claims, list) and claims:
+        out["claims"] = tables.claims_table(claims)
     methods = tables.methods_table(a.get("methods"))
     if methods.rows:
         out["methods"] = methods
@@ -182,7 +186,9 @@ def render(cfg: Config, inp: Inputs, tabs: dict[str, tables.Table], copied: dict
         return f'<p class="meta">Also as {", ".join(links)}.</p>'
 
     S = page.Section
-    sections = [
+    sections = [S("claims", "The paper's claims", tables.to_html(tabs["claims"]) + downloads("claims.md", "claims.csv"))
+                ] if "claims" in tabs else []
+    sections += [
         S("table1", "Table 1: classification", tables.to_html(tabs["table1"])
           + downloads("table1.md", "table1.tex", "table1.csv")),
         S("table2", "Table 2: latent distances", tables.to_html(tabs["table2"]) + _attack_used(a)
@@ -232,6 +238,7 @@ def numbers(cfg: Config, inp: Inputs, tabs: dict[str, tables.Table], copied: dic
         "run": cfg.run.name, "title": title(cfg), "digest": key, "analysis_digest": a.get("digest"),
         "table1": {"ours": a.get("table1"), "paper": tables.PAPER_TABLE1},
         "table2": {**(a.get("table2") or {}), "paper": (a.get("table2") or {}).get("paper", tables.PAPER_TABLE2)},
+        "claims": a.get("claims"),
         "paper_flipped": list(tables.PAPER_FLIPPED),
         "attack": inp.attacks, "methods": a.get("methods"), "exposure": a.get("exposure"), "success_vs_k": a.get("success_vs_k"),
         "triplet": a.get("triplet"), "class_counts": inp.class_counts,
@@ -249,6 +256,8 @@ def build(cfg: Config, inp: Inputs, folder: Path, key: str) -> None:
     for stem in ("table1", "table2"):
         _write(folder / f"{stem}.md", tables.markdown(tabs[stem]))
         _write(folder / f"{stem}.tex", tables.latex(tabs[stem]))
+    if "claims" in tabs:
+        _write(folder / "claims.md", tables.markdown(tabs["claims"]))
     for stem, t in tabs.items():
         _write(folder / f"{stem}.csv", tables.to_csv(t))
     copied = copy_figures(inp, folder / "figures")

@@ -107,7 +107,7 @@ def _pair(value: Any) -> tuple[Any, Any]:
     return value, None
 
 
-_NOT_VARIANTS = ("paper", "ratio_mmd_over_regular")
+_NOT_VARIANTS = ("paper", "ratio_mmd_over_regular", "ratios", "bootstrap")
 
 
 def _variants(*tables: Mapping | None) -> list[str]:
@@ -152,12 +152,39 @@ def table1(ours: Mapping | None, paper: Mapping = PAPER_TABLE1) -> Table:
                  "images; ours as mean ± std over training seeds, beside the paper's.", header, rows, records)
 
 
+def ci(lo: Any, hi: Any) -> str | None:
+    """``[lo, hi]`` of an interval, each to 3 significant digits; None without both bounds."""
+    a, b = number(lo), number(hi)
+    return None if a is None or b is None else f"[{a}, {b}]"
+
+
+def estimate(e: Any, std: bool = False) -> str | None:
+    """An analysis.json estimate ({"value", "lo", "hi", "n", "std", ...}) as ``value [lo, hi]`` (with
+    ``± std`` before the interval when ``std``); None without a value."""
+    if not isinstance(e, Mapping) or finite(e.get("value")) is None:
+        return None
+    text = number(e.get("value"))
+    if std and finite(e.get("std")) is not None:
+        text += f" ± {number(e.get('std'))}"
+    bounds = ci(e.get("lo"), e.get("hi"))
+    return text + (f" {bounds}" if bounds else "")
+
+
+def _n(n: Any) -> str | None:
+    """An estimate's n: ``14``, or ``14 + 6`` for two samples."""
+    if isinstance(n, (list, tuple)):
+        return " + ".join(str(int(x)) for x in n if finite(x) is not None) or None
+    return _int(n)
+
+
 def table2(ours: Mapping | None, pixels: int = 1) -> Table:
     """Table 2: latent-space distances Y10 -> Y1 and Y10 -> attacked, ours beside the paper's, and the
     domain-adaptation / regular ratio of the means (the paper: ~2.3 for attacked images).
 
-    ``ours`` is analysis.json's ``table2``: {variant: {pair: {"mean", "std", "n"}}, "ratio_mmd_over_regular":
-    {pair: x}, "paper": {variant: {pair: {...}}}}.
+    ``ours`` is analysis.json's ``table2``: {variant: {pair: {"mean", "std", "n"}, "mean_ci": {pair: [lo, hi]},
+    "scale_free": {pair: estimate}}, "ratio_mmd_over_regular": {pair: x}, "ratios": {"raw"|"scale_free":
+    {pair: estimate}}, "paper": {variant: {pair: {...}}}}. The intervals and the scale-free rows appear
+    when the analysis has them (older analyses do not).
     """
     ours = ours if isinstance(ours, Mapping) else {}
     paper = ours.get("paper") if isinstance(ours.get("paper"), Mapping) else PAPER_TABLE2
@@ -171,25 +198,106 @@ def table2(ours: Mapping | None, pixels: int = 1) -> Table:
         row: list[str | None] = [labels[pair]]
         for v in variants:
             mine, theirs = _get(ours, v, pair) or {}, _get(paper, v, pair) or {}
-            row += [mean_std(mine.get("mean"), mine.get("std"), n=mine.get("n")),
-                    mean_std(theirs.get("mean"), theirs.get("std"), n=theirs.get("n"))]
+            bounds = _get(ours, v, "mean_ci", pair)
+            bounds = bounds if isinstance(bounds, list) and len(bounds) == 2 else [None, None]
+            text = mean_std(mine.get("mean"), mine.get("std"))
+            if text is not None and ci(*bounds):
+                text += f" {ci(*bounds)}"
+            if text is not None and finite(mine.get("n")) is not None:
+                text += f" (n={int(mine['n'])})"
+            row += [text, mean_std(theirs.get("mean"), theirs.get("std"), n=theirs.get("n"))]
             records.append({"variant": v, "pair": pair, "mean": finite(mine.get("mean")),
                             "std": finite(mine.get("std")), "n": finite(mine.get("n")),
                             "paper_mean": finite(theirs.get("mean")), "paper_std": finite(theirs.get("std")),
-                            "paper_n": finite(theirs.get("n"))})
+                            "paper_n": finite(theirs.get("n")), "scale": "raw", "lo": finite(bounds[0]),
+                            "hi": finite(bounds[1])})
         ratio = finite(_get(ours, "ratio_mmd_over_regular", pair))
+        ratio_est = _get(ours, "ratios", "raw", pair)
         p_reg, p_mmd = finite(_get(paper, "regular", pair, "mean")), finite(_get(paper, "mmd", pair, "mean"))
         paper_ratio = finite(_get(paper, "ratio_mmd_over_regular", pair))
         if paper_ratio is None and p_reg and p_mmd is not None:
             paper_ratio = p_mmd / p_reg
-        row += [number(ratio), number(paper_ratio)]
+        ratio_text = number(ratio)
+        if ratio_text is not None and isinstance(ratio_est, Mapping) and ci(ratio_est.get("lo"), ratio_est.get("hi")):
+            ratio_text += f" {ci(ratio_est.get('lo'), ratio_est.get('hi'))}"
+        row += [ratio_text, number(paper_ratio)]
         records.append({"variant": "ratio_mmd_over_regular", "pair": pair, "mean": ratio, "std": None, "n": None,
-                        "paper_mean": paper_ratio, "paper_std": None, "paper_n": None})
+                        "paper_mean": paper_ratio, "paper_std": None, "paper_n": None, "scale": "raw",
+                        "lo": finite(_get(ratio_est, "lo")), "hi": finite(_get(ratio_est, "hi"))})
         rows.append(row)
+    scale_free = any(isinstance(_get(ours, v, "scale_free"), Mapping) for v in variants)
+    for pair in PAIRS if scale_free else ():
+        row = [f"{labels[pair]}, scale-free"]
+        for v in variants:
+            e = _get(ours, v, "scale_free", pair)
+            text = estimate(e, std=True)
+            if text is not None and _n(_get(e, "n")):
+                text += f" (n={_n(_get(e, 'n'))})"
+            row += [text, None]
+            records.append({"variant": v, "pair": pair, "mean": finite(_get(e, "value")), "std": finite(_get(e, "std")),
+                            "n": finite(_get(e, "n")), "paper_mean": None, "paper_std": None, "paper_n": None,
+                            "scale": "scale_free", "lo": finite(_get(e, "lo")), "hi": finite(_get(e, "hi"))})
+        r = _get(ours, "ratios", "scale_free", pair)
+        row += [estimate(r), None]
+        records.append({"variant": "ratio_mmd_over_regular", "pair": pair, "mean": finite(_get(r, "value")),
+                        "std": None, "n": None, "paper_mean": None, "paper_std": None, "paper_n": None,
+                        "scale": "scale_free", "lo": finite(_get(r, "lo")), "hi": finite(_get(r, "hi"))})
+        rows.append(row)
+    level = finite(_get(ours, "bootstrap", "level"))
+    intervals = (f" Brackets: {level:.0%} bootstrap intervals over the flipped images (the ratio's with each model's "
+                 "images resampled independently)." if level else "")
+    scale_text = (" Scale-free rows: each distance divided by the model's latent scale (the median distance between "
+                  "two of its Y10 test latents), so that the two models can be compared; the paper has none."
+                  if scale_free else "")
     return Table("table2", "Table 2: Euclidean distances in each model's latent space between a Y10 test image "
                  f"and its Y1 observation, and between it and its {attacked} attacked version, over the images "
                  "the attack flipped (mean ± std, n images), beside the paper's; and the ratio of the domain-"
-                 "adapted model's mean to the regular one's.", header, rows, records)
+                 "adapted model's mean to the regular one's." + intervals + scale_text, header, rows, records)
+
+
+VERDICT_MARK = {"reproduced": "reproduced", "not reproduced": "NOT reproduced", "inconclusive": "inconclusive",
+                "not measured": "not measured"}
+
+
+def claims_table(rows: Any) -> Table:
+    """The paper's claims, one row each (analysis.json ``claims``, ``hpcmorph.analyze.claims``): the
+    claim, what measures it, the paper's value, ours with its interval and n, and the verdict."""
+    header = ["#", "Claim", "Measured as", "Paper", "Ours", "Interval", "n", "Verdict", "Notes"]
+    out, records = [], []
+    level = None
+    for r in rows if isinstance(rows, list) else []:
+        if not isinstance(r, Mapping):
+            continue
+        e = r.get("estimate") if isinstance(r.get("estimate"), Mapping) else {}
+        level = level or finite(e.get("level"))
+        unit = r.get("unit") or ""
+        scope = ", ".join(str(x) for x in (r.get("variant"), r.get("range") and f"{r.get('range')} range")
+                          if x)
+        measure = str(r.get("measure") or "") + (f" ({scope})" if scope else "")
+        value = number(e.get("value"))
+        if value is not None and unit == "seeds" and finite(e.get("std")) is not None:
+            value += f" ± {number(e.get('std'))}"
+        n = _n(e.get("n"))
+        parts = r.get("parts") if isinstance(r.get("parts"), Mapping) else {}
+        detail = "; ".join(f"{k}: {estimate(p, std=(unit == 'seeds'))}" for k, p in parts.items()
+                           if estimate(p) is not None)
+        notes = " ".join(x for x in (str(r.get("note") or "").strip(), detail and f"({detail})") if x) or None
+        out.append([str(r.get("id", "")), str(r.get("claim", "")), measure, r.get("paper_text"), value,
+                    ci(e.get("lo"), e.get("hi")), None if n is None else f"{n} {unit}".strip(),
+                    VERDICT_MARK.get(r.get("verdict"), str(r.get("verdict"))), notes])
+        records.append({"id": r.get("id"), "claim": r.get("claim"), "variant": r.get("variant"), "range": r.get("range"),
+                        "measure": r.get("measure"), "paper_text": r.get("paper_text"),
+                        "paper_value": finite(r.get("paper_value")), "no_effect": finite(r.get("no_effect")),
+                        "value": finite(e.get("value")), "lo": finite(e.get("lo")), "hi": finite(e.get("hi")),
+                        "std": finite(e.get("std")), "n": n, "unit": unit, "level": finite(e.get("level")),
+                        "method": e.get("method"), "verdict": r.get("verdict"), "paper_in_ci": r.get("paper_in_ci"),
+                        "note": r.get("note")})
+    caption = ("The paper's claims, each measured on this run. Verdict: reproduced when the interval of the effect "
+               "excludes no effect in the paper's direction; not reproduced when it does not and excludes the "
+               "paper's value; inconclusive when it covers both (or there is no interval); not measured when the run "
+               "has no evidence for it. Ours: mean (± std over seeds where measured over seeds) with "
+               f"its {'' if level is None else f'{level:.0%} '}interval (t over seeds, or bootstrap over images).")
+    return Table("claims", caption, header, out, records)
 
 
 def attack_table(summaries: Mapping[str, Mapping]) -> Table:
