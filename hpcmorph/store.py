@@ -186,6 +186,11 @@ def versions() -> dict[str, str]:
     for mod in ("torch", "torchvision", "sklearn", "horovod"):
         if mod in sys.modules:
             out[mod] = str(getattr(sys.modules[mod], "__version__", "unknown"))
+    if "torch" in sys.modules:
+        # The last bits of a network's output depend on these, and so does a trained model.
+        torch = sys.modules["torch"]
+        out["torch_threads"] = str(torch.get_num_threads())
+        out["cpu_capability"] = str(torch.backends.cpu.get_cpu_capability())
     return out
 
 

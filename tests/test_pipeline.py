@@ -13,6 +13,8 @@ from hpcmorph.stages import NAMES
 from test_report import needs_chromium
 
 SMALL = ["--config", "tiny", *sets(SMALL_RUN)]
+# Two seeds, each attacked in both value ranges: the analysis over seeds and the claims table.
+SEEDS = sets(["train.seeds=[0, 1]", "analyze.all_seeds=true", "analyze.compare_ranges=true"])
 
 
 def test_attack_configs_put_attack_pixels_first_and_run_each_k_once():
@@ -40,23 +42,33 @@ def _outputs(run):
 @pytest.mark.slow
 def test_run_chains_every_stage_and_a_rerun_redoes_nothing(tmp_path):
     run = tmp_path / "runs" / "tiny"
-    cli(["run", *SMALL, "--until", "train"], tmp_path)
-    assert (run / "galaxies.h5").exists() and (run / "mmd" / "seed0" / "model.pt").exists()
+    cli(["run", *SMALL, *SEEDS, "--until", "train"], tmp_path)
+    assert (run / "galaxies.h5").exists() and (run / "mmd" / "seed1" / "model.pt").exists()
     assert not (run / "attack.h5").exists()
     trained = _outputs(run)
 
     # The rest on two ranks: generate and train are current, so they are skipped, not redone.
-    res = cli(["run", *SMALL], tmp_path, ranks=2, timeout=600)
+    res = cli(["run", *SMALL, *SEEDS], tmp_path, ranks=2, timeout=600)
     after = _outputs(run)
     redone = [str(p) for p, t in trained.items() if after[p] != t]
     assert not redone, f"a finished stage was redone: {redone}"
-    for name in ("attack.h5", "attack-k2.h5", "analysis/analysis.json", "report/index.html"):
+    for name in ("attack.h5", "attack-k2.h5", "attack-r01.h5", "attack-s1.h5", "attack-s1-k2.h5", "attack-s1-r01.h5",
+                 "analysis/analysis.json", "analysis/seed1/latents.h5", "analysis/robustness.png",
+                 "report/index.html", "report/claims.md"):
         assert (run / name).exists(), f"{name} missing after hpcmorph run\n{res.stderr[-3000:]}"
+    analysis = json.loads((run / "analysis" / "analysis.json").read_text())
+    assert analysis["over_seeds"]["seeds"] == [0, 1]
+    over = analysis["over_seeds"]["models"]["regular"]
+    assert over["accuracy_y10"]["n"] == 2 and set(over["flipped"]) == {"data", "[0, 1]"}
+    assert over["accuracy_y10"]["values"][0] == analysis["test_accuracy"]["regular"]["y10"]
+    verdicts = {r["verdict"] for r in analysis["claims"]}
+    assert len(analysis["claims"]) >= 8 and verdicts <= {"reproduced", "not reproduced", "inconclusive",
+                                                         "not measured"}
     timings = json.loads((run / "timings.json").read_text())
     assert [t["stage"] for t in timings] == ["generate", "train", *NAMES]
     assert [t["ranks"] for t in timings] == [1, 1, 2, 2, 2, 2, 2]
 
-    res = cli(["run", *SMALL], tmp_path)
+    res = cli(["run", *SMALL, *SEEDS], tmp_path)
     assert _outputs(run) == after, "a rerun rewrote an output"
     assert res.stderr.count("up to date") >= 4, res.stderr[-3000:]
 

@@ -137,14 +137,21 @@ def distances(per_image: dict, path: Path) -> Path:
     return plots.save(fig, path)[0]
 
 
-def exposure(result: dict, test_accuracy: dict, y1_years: float, path: Path) -> Path:
+def exposure(result: dict, test_accuracy: dict, y1_years: float, path: Path, over_seeds: dict | None = None) -> Path:
     """Accuracy against exposure time (years = 10 f), per model; the Y1 and Y10 test accuracies as
-    hollow markers, the Y1 and Y10 exposures as dotted lines."""
+    hollow markers, the Y1 and Y10 exposures as dotted lines. With ``over_seeds`` (analysis.json's,
+    more than one seed) the band is the mean +- std over the seeds' models."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.2, 3.6))
     for i, (v, acc) in enumerate(result["accuracy"].items()):
         line, = ax.plot(result["years"], acc, "o-", label=f"{v} (re-observed)")
+        band = ((over_seeds or {}).get("models", {}).get(v) or {}).get("exposure")
+        if band and len(over_seeds["seeds"]) > 1:
+            mean = np.array([np.nan if b["mean"] is None else b["mean"] for b in band["accuracy"]])
+            std = np.array([np.nan if b["std"] is None else b["std"] for b in band["accuracy"]])
+            ax.fill_between(band["years"], mean - std, mean + std, color=line.get_color(), alpha=0.2, lw=0,
+                            label=f"{v}: mean ± std over {len(over_seeds['seeds'])} seeds")
         if v in test_accuracy:
             ax.plot([y1_years, 10.0], test_accuracy[v], "s", mfc="none", mec=line.get_color(), ms=8,
                     label=f"{v}: Y1, Y10 test sets")

@@ -11,7 +11,7 @@ import numpy as np
 from ..config import Config
 from ..generate.morphology import CLASS_NAMES
 from ..mpi import log
-from . import church, distances, exposure, isomap
+from . import church, claims, distances, exposure, isomap
 from .inputs import attack_command, attack_state
 
 
@@ -102,18 +102,18 @@ def analyse(cfg: Config, models: dict, variants: list[str], lat: dict, attacks: 
 
     # The isomaps' and church windows' "Y1 falls into another class region", counted over every test
     # image: the share whose Y1 image the model puts in another class than its Y10 image.
-    moved = {name: _share(lat["pred_y1"][:, v] != lat["pred_y10"][:, v]) for v, name in enumerate(variants)}
+    moved = {name: claims.class_change(lat["pred_y10"][:, v], lat["pred_y1"][:, v]) for v, name in enumerate(variants)}
+    accuracy = {name: {"y10": _acc(lat["pred_y10"][:, v], labels), "y1": _acc(lat["pred_y1"][:, v], labels)}
+                for v, name in enumerate(variants)}
+    for v, name in enumerate(variants):
+        per_image[name]["queries"] = attacks["queries"][per_image[name]["attack_row"]]
     return {"table2": table2, "exposure": exposure_result, "success_vs_k": success_vs_k(cfg, variants),
-            "triplet": triplet, "y1_class_change": moved,
+            "triplet": triplet, "test_accuracy": accuracy, "y1_class_change": moved,
             "_panels": {"church": church_panels, "isomap": iso_panels, "distances": per_image}}
 
 
 def _acc(pred: np.ndarray, labels: np.ndarray) -> float | None:
-    return _share(pred == labels)
-
-
-def _share(hits: np.ndarray) -> float | None:
-    return float(np.mean(hits)) if len(hits) else None
+    return float(np.mean(pred == labels)) if len(labels) else None
 
 
 def success_vs_k(cfg: Config, variants: list[str]) -> dict:

@@ -38,7 +38,7 @@ from ..generate.morphology import CLASS_NAMES
 from ..lock import locked
 from ..mpi import Context, device_for, log
 from ..train import saved
-from . import church, distances, latents, numbers, queries
+from . import church, claims, distances, latents, numbers, queries, seeds
 from .inputs import (ATTACK_SCALARS, TestSet, attack_ks, attack_state, read_attack, read_table1, read_test_set,
                      require_attack)
 
@@ -46,7 +46,8 @@ STAGE = "analyze"
 OUTPUT_DIR = "analysis"
 JSON_NAME = "analysis.json"
 LATENTS, ATTACK_LATENTS = "latents.h5", "attack_latents.h5"
-FIGURES = ("figure2", "church_windows", "isomaps", "exposure", "success_vs_k", "distances", "success_vs_queries")
+FIGURES = ("figure2", "church_windows", "isomaps", "exposure", "success_vs_k", "distances", "success_vs_queries",
+           "robustness")
 # Settings that change no number (batching is fixed per chunk; figures are drawn from the numbers).
 _NEUTRAL = ("batch_size", "threads", "figures")
 
@@ -203,15 +204,19 @@ def conclude(cfg: Config, out: Path, key: str, results: list[dict], table1: dict
     analysis). The first seed's numbers are the paper's single-model tables and figures."""
     result = dict(results[0])
     variants = result.pop("variants")
-    result = {"run": cfg.run.name, "digest": key, "table1": table1, **result}
+    evidence = seeds.evidence(results)
+    result = {"run": cfg.run.name, "digest": key, "table1": table1, **result,
+              "over_seeds": seeds.over_seeds(results), "claims": claims.claims(evidence, seed=cfg.run.seed)}
     panels = result.pop("_panels")
-    figures = _draw(cfg, out, variants, panels, result) if cfg.analyze.figures else {}
+    figures = _draw(cfg, out, variants, panels, result, seeds.robustness(results)) if cfg.analyze.figures else {}
     result["figures"] = {name: figures.get(name) for name in FIGURES}
     order = ("run", "digest", "seed", "provenance", "table1", "table2", "exposure", "success_vs_k", "triplet",
-             "attack", "methods", "figures")
+             "test_accuracy", "y1_class_change", "attack", "methods", "over_seeds", "claims", "figures")
     store.write_json(out / JSON_NAME, {k: result[k] for k in order})
     log.info("analyze: Table 2 (latent distances over the flipped images):\n%s",
              distances.format_table(result["table2"]))
+    log.info("analyze: the paper's claims over seeds %s: %s", result["over_seeds"]["seeds"],
+             claims.summary(result["claims"]))
     if result["exposure"] is not None:
         log.info("analyze: accuracy against exposure (years %s): %s", result["exposure"]["years"],
                  {v: [round(x, 3) for x in acc] for v, acc in result["exposure"]["accuracy"].items()})
@@ -229,7 +234,8 @@ def attrs_json(attrs: dict) -> dict:
             for k, v in attrs.items()}
 
 
-def _draw(cfg: Config, out: Path, variants: list[str], panels: dict, result: dict) -> dict[str, str]:
+def _draw(cfg: Config, out: Path, variants: list[str], panels: dict, result: dict,
+          robustness: tuple) -> dict[str, str]:
     from . import figures
 
     drawn = {
@@ -240,8 +246,10 @@ def _draw(cfg: Config, out: Path, variants: list[str], panels: dict, result: dic
         "distances": figures.distances(panels["distances"], out / "distances.png"),
         "success_vs_k": figures.success_vs_k(result["success_vs_k"], out / "success_vs_k.png"),
         "success_vs_queries": figures.success_vs_queries(result["methods"], out / "success_vs_queries.png"),
+        "robustness": figures.robustness(*robustness[:2], out / "robustness.png", budget=robustness[2]),
     }
     if result["exposure"] is not None:
         e = result["exposure"]
-        drawn["exposure"] = figures.exposure(e, e["test_accuracy_y1_y10"], e["y1_years"], out / "exposure.png")
+        drawn["exposure"] = figures.exposure(e, e["test_accuracy_y1_y10"], e["y1_years"], out / "exposure.png",
+                                             result["over_seeds"])
     return {name: path.name for name, path in drawn.items()}

@@ -1,0 +1,92 @@
+"""Numbers over training seeds: each analysed seed's numbers (:func:`.numbers.analyse`) side by side,
+the evidence of the claims table (:mod:`.claims`), and what the figures draw with error bars.
+
+With ``analyze.all_seeds`` every seed of ``train.seeds`` is one trained model per variant, attacked
+on its own correctly classified images; a quantity's spread over seeds is the honest error bar of a
+single run's number (the same seed on another CPU or thread count gives other weights: docs/train.md).
+Spreads are the sample standard deviation over seeds (ddof 1; 0 for one seed is not an error bar).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import claims
+from .stats import mean_std
+
+
+def _spread(values: list) -> dict:
+    """{"mean", "std", "n", "values"} of per-seed numbers, None entries left out."""
+    kept = [float(x) for x in values if x is not None]
+    e = mean_std(kept) if kept else None
+    return {"mean": None if e is None else e.value, "std": None if e is None or len(kept) < 2 else e.std,
+            "n": len(kept), "values": [None if x is None else float(x) for x in values]}
+
+
+def evidence(results: list[dict]) -> dict:
+    """The claims' evidence (:mod:`.claims`), one entry per analysed seed and model."""
+    ev: dict = {"configured_range": results[0]["methods"]["configured"]["range"]}
+    method = results[0]["methods"]["configured"]["method"]
+    for r in results:
+        for v in r["variants"]:
+            d = r["_panels"]["distances"][v]
+            attacks = {name: (per["models"][v][method]["attacked"], per["models"][v][method]["flipped"])
+                       for name, per in r["methods"]["ranges"].items() if method in per["models"][v]}
+            acc = r["test_accuracy"][v]
+            claims.add_seed(ev, v, r["seed"], accuracy_y10=acc["y10"], accuracy_y1=acc["y1"],
+                            class_change_y1=r["y1_class_change"][v], attacks=attacks, queries_per_flip=d["queries"],
+                            distance_y10_y1=d["y10_y1_scale_free"], distance_y10_attacked=d["y10_attacked_scale_free"],
+                            raw_distance_y10_y1=d["y10_y1"], raw_distance_y10_attacked=d["y10_attacked"])
+    return ev
+
+
+def over_seeds(results: list[dict]) -> dict:
+    """analysis.json's ``over_seeds``: per model, the test accuracies, accuracy against exposure,
+    success against k and images flipped per value range, each as mean, std and the per-seed values."""
+    variants = results[0]["variants"]
+    out: dict = {"seeds": [r["seed"] for r in results], "models": {}}
+    ks = sorted(set.intersection(*[set(r["success_vs_k"]["k"]) for r in results]))
+    exposures = [r["exposure"] for r in results]
+    for v in variants:
+        m = {"accuracy_y10": _spread([r["test_accuracy"][v]["y10"] for r in results]),
+             "accuracy_y1": _spread([r["test_accuracy"][v]["y1"] for r in results]),
+             "y1_class_change": _spread([r["y1_class_change"][v] for r in results]),
+             "success_vs_k": {"k": ks, "flipped_fraction": [
+                 _spread([r["success_vs_k"]["flipped_fraction"][v][r["success_vs_k"]["k"].index(k)] for r in results])
+                 for k in ks]},
+             "flipped": {}}
+        if all(e is not None for e in exposures):
+            m["exposure"] = {"years": exposures[0]["years"],
+                             "accuracy": [_spread([e["accuracy"][v][j] for e in exposures])
+                                          for j in range(len(exposures[0]["years"]))]}
+        for name in results[0]["methods"]["ranges"]:
+            rows = [_row(r, name, v) for r in results]
+            m["flipped"][name] = {"flipped": [None if x is None else x["flipped"] for x in rows],
+                                  "attacked": [None if x is None else x["attacked"] for x in rows],
+                                  "fraction": _spread([None if x is None or not x["attacked"]
+                                                       else x["flipped"] / x["attacked"] for x in rows])}
+        out["models"][v] = m
+    return out
+
+
+def _row(result: dict, range_: str, variant: str) -> dict | None:
+    """The methods-table row of the run's own attack method in value range ``range_`` for ``variant``."""
+    c = result["methods"]["configured"]
+    per = result["methods"]["ranges"].get(range_)
+    return None if per is None else per["models"][variant].get(c["method"])
+
+
+def robustness(results: list[dict]) -> tuple[dict, dict, float | None]:
+    """The inputs of :func:`.figures.robustness`: success against k and against the query budget of
+    the run's own attack, per model and seed; and that attack's budget."""
+    by_k, by_budget, budget = {}, {}, None
+    for v in results[0]["variants"]:
+        by_k[v] = [dict(zip(r["success_vs_k"]["k"], r["success_vs_k"]["flipped_fraction"][v])) for r in results]
+        by_budget[v] = []
+        for r in results:
+            row = _row(r, r["methods"]["configured"]["range"], v)
+            attacked = 0 if row is None else row["attacked"]
+            by_budget[v].append((np.asarray(r["_panels"]["distances"][v]["queries"], np.float64), attacked))
+            budget = budget if row is None else row.get("budget") or budget
+    return by_k, by_budget, budget
+
