@@ -7,9 +7,13 @@
 2. Ranking. The first-order gain of setting pixel p to corner c (see :mod:`.corners`) is
    ``sum_b g[b, p] (v_c[b] - x[b, p])``; every (position, corner) candidate is ranked by it,
    largest first (ties in scan order).
-3. Evaluation. The top-ranked candidates are classified in rank order, ``proposals`` per step, up
-   to ``top`` of them (k > 1: the top k - 1 distinct positions at their best corners stay fixed and
-   the k-th pixel walks down the ranking), stopping at the step of the first success.
+3. Evaluation. The top-ranked candidates are classified in rank order, up to ``top`` of them (k > 1:
+   the top k - 1 distinct positions at their best corners stay fixed and the k-th pixel walks down
+   the ranking), stopping at the step of the first success. Steps double: 1, 2, 4, ... candidates,
+   up to ``proposals`` per step. A good ranking puts a flip near the top, and an attack that
+   succeeds at rank r has then spent fewer than 2 r candidates; an attack the ranking does not help
+   soon puts ``proposals`` candidates in every forward pass, which keeps the passes large (a forward
+   pass of a few images costs nearly as much as one of hundreds on a CPU).
 4. Refinement. Without a success, Sparse-RS steps (:mod:`.sparse_rs`) start from the best ranked
    candidate (lowest margin loss) and use the rest of the budget.
 
@@ -42,7 +46,8 @@ GRADIENT_QUERIES = 3
 class Settings:
     """max_queries: the budget per attack, the gradient included (> GRADIENT_QUERIES). top: ranked
     candidates classified at most before the random search (>= 1). alpha_init, threshold, proposals:
-    as :class:`.sparse_rs.Settings` (proposals: also the ranked candidates classified per step)."""
+    as :class:`.sparse_rs.Settings` (proposals: also the most ranked candidates classified per step;
+    the ranked steps double up to it, :func:`ranked_step`)."""
 
     max_queries: int = 2000
     top: int = 500
@@ -59,6 +64,11 @@ class Settings:
 
     def walk(self) -> sparse_rs.Settings:
         return sparse_rs.Settings(self.max_queries, self.alpha_init, self.threshold, self.proposals)
+
+
+def ranked_step(proposals: int, step: int) -> int:
+    """Ranked candidates classified at ``step`` (0, 1, ...) of the ranked phase: 2^step, at most ``proposals``."""
+    return min(proposals, 1 << min(step, 30))
 
 
 def margin_gradient(logits_fn, images: torch.Tensor, true: Sequence[int], target: Sequence[int]) -> np.ndarray:
@@ -127,11 +137,13 @@ def search(objective: PixelObjective, box: Box, true: Sequence[int], target: Seq
     best_loss = np.full(n, np.inf)
     best: list = [None] * n
     done = np.zeros(n, np.int64)  # ranked candidates classified
+    step = 0  # every live attack is at the same step: all start together
     while True:
         live = [i for i in range(n) if results[i] is None and done[i] < len(ranked[i][0])]
         if not live:
             break
-        counts = [min(settings.proposals, len(ranked[i][0]) - int(done[i])) for i in live]
+        counts = [min(ranked_step(settings.proposals, step), len(ranked[i][0]) - int(done[i])) for i in live]
+        step += 1
         position = np.concatenate([ranked[i][0][done[i]:done[i] + r] for i, r in zip(live, counts)])
         corner = np.concatenate([ranked[i][1][done[i]:done[i] + r] for i, r in zip(live, counts)])
         loss, ok, probs, genome = sparse_rs.evaluate_flat(objective, box, live, counts, position, corner, true_t,
