@@ -33,6 +33,8 @@ LEVEL = 0.95
 N_BOOT = 4000
 # Bootstrap resamples drawn at once: bounds the (chunk, n) index array for large n.
 _CHUNK_ELEMENTS = 4_000_000
+# Statistics whose NaN-ignoring twin lets the bootstrap over several groups run vectorised.
+_NAN_AWARE = {np.mean: np.nanmean, np.median: np.nanmedian}
 
 
 class StatsError(ValueError):
@@ -150,12 +152,35 @@ def _replicates(groups: list[np.ndarray], statistic: Callable, n_boot: int, rng:
             m = min(chunk, n_boot - start)
             out[start:start + m] = statistic(x[rng.integers(0, n, size=(m, n))], axis=1)
         return out
+    nan_aware = _NAN_AWARE.get(statistic)
+    if nan_aware is not None:
+        return _two_stage(groups, nan_aware, n_boot, rng)
     out = np.empty(n_boot)
     for b in range(n_boot):
         picked = rng.integers(0, len(groups), size=len(groups))
         pool = np.concatenate([groups[g][rng.integers(0, len(groups[g]), size=len(groups[g]))] for g in picked])
         out[b] = statistic(pool)
     return out
+
+
+def _two_stage(groups: list[np.ndarray], nan_statistic: Callable, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """:func:`_replicates` over several groups for a statistic with a NaN-ignoring twin, all replicates
+    at once: each replicate's pool is a row, padded with NaN to the longest possible pool."""
+    sizes = np.array([len(g) for g in groups])
+    n_groups = len(groups)
+    picked = rng.integers(0, n_groups, size=(n_boot, n_groups))
+    pool = np.full((n_boot, n_groups * int(sizes.max())), np.nan)
+    filled = np.zeros(n_boot, np.int64)
+    for slot in range(n_groups):
+        for g in range(n_groups):
+            rows = np.flatnonzero(picked[:, slot] == g)
+            n = int(sizes[g])
+            if len(rows) == 0 or n == 0:
+                continue
+            cols = filled[rows, None] + np.arange(n)[None]
+            pool[rows[:, None], cols] = groups[g][rng.integers(0, n, size=(len(rows), n))]
+            filled[rows] += n
+    return nan_statistic(pool, axis=1)
 
 
 def _percentiles(reps: np.ndarray, level: float) -> tuple[float, float]:
