@@ -202,8 +202,8 @@ ATTACK_SETTINGS = [*TRAIN, "--set", "attack.population=12", "--set", "attack.gen
                    "--set", "attack.n_images=5", "--set", "attack.images_per_batch=2",
                    "--set", "attack.threshold=0.215"]
 ANALYZE = ["analyze", *ATTACK_SETTINGS, "--set", "analyze.threads=1", "--set", "analyze.batch_size=4"]
-TOP_KEYS = ["run", "digest", "provenance", "table1", "table2", "exposure", "success_vs_k", "triplet", "attack",
-            "methods", "figures"]
+TOP_KEYS = ["run", "digest", "seed", "provenance", "table1", "table2", "exposure", "success_vs_k", "triplet",
+            "test_accuracy", "y1_class_change", "attack", "methods", "over_seeds", "claims", "figures"]
 
 
 @pytest.fixture(scope="module")
@@ -292,6 +292,19 @@ def test_outputs_agree_with_the_inputs_and_each_other(serial, attacked):
         v: [summary[v]["flipped"] / summary[v]["attacked"]] for v in ("regular", "mmd")}}
     train = json.loads((attacked / "train_summary.json").read_text())
     assert found["table1"] == train["table1"]
+    # One seed's models: their test accuracies are train's, and "over seeds" is that one seed.
+    assert found["seed"] == 0 and found["over_seeds"]["seeds"] == [0]
+    for v, variant in enumerate(("regular", "mmd")):
+        run = next(r for r in train["runs"] if r["variant"] == variant and r["seed"] == 0)
+        assert found["test_accuracy"][variant]["y10"] == pytest.approx(run["y10"]["accuracy"])
+        assert found["test_accuracy"][variant]["y1"] == pytest.approx(run["y1"]["accuracy"])
+        changed = np.mean(lat["pred_y1"][:, v] != lat["pred_y10"][:, v])
+        assert found["y1_class_change"][variant] == pytest.approx(changed)
+        over = found["over_seeds"]["models"][variant]["accuracy_y1"]
+        assert over["values"] == [found["test_accuracy"][variant]["y1"]] and over["std"] is None
+    # One seed cannot tell an effect from the noise between seeds: those claims are inconclusive.
+    first = next(r for r in found["claims"] if r["id"] == "1")
+    assert first["verdict"] == "inconclusive"
 
     # Success against queries: the one k = 1 attack here (DE, the data's range), from its rows.
     m = found["methods"]
@@ -320,7 +333,7 @@ def test_outputs_agree_with_the_inputs_and_each_other(serial, attacked):
 
     # Figures: every one listed, PNG and PDF, not blank.
     assert set(found["figures"]) == {"figure2", "church_windows", "isomaps", "exposure", "success_vs_k", "distances",
-                                     "success_vs_queries"}
+                                     "success_vs_queries", "robustness"}
     for name in found["figures"].values():
         assert matplotlib.image.imread(out / name)[..., :3].std() > 0.02, name
         assert (out / name).with_suffix(".pdf").stat().st_size > 1000
