@@ -66,7 +66,7 @@ UNITS = {"generate": "galaxies/s", "train_regular": "images/s", "train_mmd": "la
 _UNSCALED = ("write",)
 # Fixed seconds (assumed: one tiny run on the 2-core test machine): loading models and data,
 # the figures, the report page. Per stage, or per model trained ("train") and per k ("attack").
-FIXED = {"generate": 1.0, "train": 2.0, "attack": 1.2, "analyze": 3.5, "report": 0.2}
+FIXED = {"generate": 1.0, "train": 2.0, "attack": 1.2, "analyze": 4.5, "report": 0.2}
 # Parallel efficiency assumed for more than one rank (the README's 2-rank benchmarks: generate
 # 0.94, attack 0.82, analyze 0.74; training's gradient all-reduce is not measured beyond 2 ranks).
 EFFICIENCY = {"generate": 0.9, "train": 0.85, "attack": 0.85, "analyze": 0.75, "report": 1.0}
@@ -427,23 +427,26 @@ def plan_attack(cfg, ranks: int, device: str, gpus: int, figures: Figures, data:
 
 
 def plan_analyze(cfg, ranks: int, device: str, gpus: int, figures: Figures, data: Dataset) -> StagePlan:
+    from .attack.stage import seed_configs
+
     a, at = cfg.analyze, cfg.attack
     variants = list(dict.fromkeys(at.variants))
+    seeds = len(seed_configs(cfg))  # each analysed seed's models embed every image again
     fractions = len(a.exposure_fractions) if data.has_clean else 0
     targets = 2 if at.mode == "targeted" else 1
     attack_rows = len(variants) * min(at.n_images, data.test) * targets
     chunks = -(-data.test // a.batch_size) + -(-attack_rows // a.batch_size)
     share = min(ranks, max(1, chunks))
-    latents = (data.test * len(variants) * (2 + fractions) + attack_rows) / share
-    observed = data.test * fractions / share
-    terms = [_term(f"latents: {data.test:,} test images x {len(variants)} models x (Y10, Y1 + {fractions} exposures)"
-                   f" + {attack_rows:,} attacked images", latents, figures("embed")),
-             _term(f"{data.test:,} test galaxies observed again at {fractions} exposures", observed,
+    latents = seeds * (data.test * len(variants) * (2 + fractions) + attack_rows) / share
+    observed = seeds * data.test * fractions / share
+    terms = [_term(f"latents: {seeds} seed(s) x ({data.test:,} test images x {len(variants)} models x (Y10, Y1 + "
+                   f"{fractions} exposures) + {attack_rows:,} attacked images)", latents, figures("embed")),
+             _term(f"{seeds} seed(s) x {data.test:,} test galaxies observed again at {fractions} exposures", observed,
                    figures("reobserve")),
-             Term("fixed: Table 2, church windows, isomaps, figures", 0, None, FIXED["analyze"])]
-    work = {"test_images": data.test, "attack_rows": attack_rows, "exposures": fractions, "chunks": chunks,
-            "forward_passes": data.test * len(variants) * (2 + fractions) + attack_rows,
-            "observations": data.test * fractions}
+             Term("fixed: Table 2, church windows, isomaps, claims, figures", 0, None, FIXED["analyze"] * seeds)]
+    work = {"seeds": seeds, "test_images": data.test, "attack_rows": attack_rows, "exposures": fractions,
+            "chunks": chunks, "forward_passes": seeds * (data.test * len(variants) * (2 + fractions) + attack_rows),
+            "observations": seeds * data.test * fractions}
     return StagePlan("analyze", ranks, device, gpus if device == "cuda" else 0, work, terms,
                      [] if share == ranks else [f"only {chunks} chunks for {ranks} ranks"])
 
