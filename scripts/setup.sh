@@ -13,6 +13,7 @@
 # Environment: PYTHON (interpreter for the venv, default python3), VENV (default .venv),
 # HPCMORPH_NO_APT=1 (never call apt), HPCMORPH_MPI=wheel (skip 1 and 2: take 3 even where the
 # machine has an MPI; default auto). Horovod is built separately: `make horovod`.
+# `scripts/setup.sh --check` only says whether $VENV is up to date (exit 0) or why not (exit 1).
 # pip's "Location 'file:...' is ignored" warnings (local indexes in this machine's pip config that
 # lack a project) are dropped from the output; every other line and pip's exit status are kept.
 set -euo pipefail
@@ -26,6 +27,12 @@ CONSTRAINTS=requirements/constraints.txt
 say() { printf 'setup: %s\n' "$*"; }
 die() { say "$*" >&2; exit 1; }
 
+check_only=
+case ${1:-} in
+    "") ;;
+    --check) check_only=1 ;;
+    *) die "unknown argument '$1' (the only one is --check)" ;;
+esac
 case $HPCMORPH_MPI in
     auto|wheel) ;;
     *) die "HPCMORPH_MPI must be auto or wheel, not '$HPCMORPH_MPI'" ;;
@@ -34,10 +41,46 @@ esac
 inputs_hash=$({ cat scripts/setup.sh pyproject.toml "$CONSTRAINTS"; echo "HPCMORPH_MPI=$HPCMORPH_MPI"; } \
     | sha256sum | cut -c1-16)
 stamp="$VENV/.setup-$inputs_hash"
-if [[ -f "$stamp" ]]; then
+
+# Why the venv at $VENV cannot be used where it is (nothing printed: it can). The stamp alone proves
+# nothing: a venv copied from elsewhere (another checkout, or into a container image by a build
+# context that took the working directory) carries its stamp, while its python link and the `#!`
+# lines of its scripts still point at the place it was made.
+venv_problem() {
+    [[ -e "$VENV/bin/python" || -L "$VENV/bin/python" ]] || return 0
+    local out
+    out=$("$VENV/bin/python" - "$VENV" 2>&1 <<'EOF'
+import os, sys
+venv = os.path.realpath(sys.argv[1])
+if os.path.realpath(sys.prefix) != venv:
+    sys.exit(f"problem: its python belongs to {sys.prefix}")
+# pip writes the venv's python into the #! line of every script it installs.
+script = os.path.join(venv, "bin", "hpcmorph")
+if os.path.exists(script):
+    with open(script, "rb") as f:
+        words = f.readline().decode(errors="replace")[2:].split()
+    if not words or os.path.realpath(os.path.dirname(words[0])) != os.path.join(venv, "bin"):
+        sys.exit(f"problem: bin/hpcmorph starts {words[0] if words else 'no interpreter'}, not this venv's python")
+EOF
+    ) && return 0
+    case $out in
+        problem:*) echo "${out#problem: }" ;;
+        *) echo "its python does not run here ($(tail -n1 <<<"$out" | sed "s/^[^:]*: line [0-9]*: //" | cut -c1-200))" ;;
+    esac
+}
+
+problem=$(venv_problem)
+if [[ -n "$problem" ]]; then
+    if [[ -n "$check_only" ]]; then say "$VENV must be rebuilt: $problem"; exit 1; fi
+    # Only what is surely a venv is removed (a VENV=/usr typed by mistake must survive).
+    [[ -f "$VENV/pyvenv.cfg" ]] || die "$VENV is not usable ($problem) and has no pyvenv.cfg: not removing it"
+    say "rebuilding $VENV: $problem"
+    rm -rf -- "$VENV"
+elif [[ -f "$stamp" ]]; then
     say "environment up to date ($VENV)"
     exit 0
 fi
+if [[ -n "$check_only" ]]; then say "$VENV is not set up for these inputs (no $stamp)"; exit 1; fi
 
 is_root() { [[ $(id -u) -eq 0 ]]; }
 can_apt() {
