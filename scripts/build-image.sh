@@ -14,7 +14,8 @@
 #
 # Environment:
 #   HPCMORPH_CACHE      kept between builds on this machine (default /var/cache/hpcmorph): the
-#                       debootstrap result as a tarball (refreshed after 30 days) and pip's cache
+#                       debootstrap result as a tarball (refreshed after 30 days), pip's cache and
+#                       the wheels scripts/setup.sh keeps there (the host's `make setup` too)
 #   HPCMORPH_BUILD_TMP  where the root file system is assembled (default /var/tmp; ~7 GB)
 #   HPCMORPH_SQUASHFS   mksquashfs compression options (default "-comp lz4", see below)
 #   HPCMORPH_NO_TEST=1  skip %test (apptainer build --notest)
@@ -163,11 +164,16 @@ build=/.hpcmorph-build            # inside the root file system; removed before 
 mkdir -p "$rootfs$build/pip-cache" "$rootfs$build/host"
 binds=$work/binds                 # host path <TAB> path in the root file system, mounted read-only
 : >"$binds"
+# pip's cache, and the wheels scripts/setup.sh keeps (the parallel h5py: taken only when built on
+# the same system, Python, MPI and HDF5, as the host's `make setup` on Debian 12 builds it), are
+# this machine's caches, read and written by the build.
+mkdir -p "$cache/wheels"
 post_env=(PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 TERM=dumb
           APPTAINER_ENVIRONMENT=/.singularity.d/env/91-environment.sh
           SINGULARITY_ENVIRONMENT=/.singularity.d/env/91-environment.sh
-          PIP_CACHE_DIR=$build/pip-cache PIP_DISABLE_PIP_VERSION_CHECK=1)
-printf '%s\t%s\n' "$cache/pip" "$build/pip-cache" >>"$binds"
+          PIP_CACHE_DIR=$build/pip-cache PIP_DISABLE_PIP_VERSION_CHECK=1 HPCMORPH_CACHE=$build/cache)
+mkdir -p "$rootfs$build/cache/wheels"
+printf '%s\t%s\n' "$cache/pip" "$build/pip-cache" "$cache/wheels" "$build/cache/wheels" >>"$binds"
 
 # A host path as %post sees it: bound read-only under $build/host. An index page (a PEP 503
 # "simple" folder) links to files beside it (../../files/...), so its parent is bound.
@@ -253,7 +259,7 @@ in_chroot() {
         while IFS=$'"'\t'"' read -r src dst; do
             [[ -d $src ]] && mkdir -p "$r$dst" || { mkdir -p "$(dirname "$r$dst")"; touch "$r$dst"; }
             mount --bind "$src" "$r$dst"
-            [[ $dst == */pip-cache ]] || mount -o remount,bind,ro "$r$dst"
+            [[ $dst == */pip-cache || $dst == */cache/wheels ]] || mount -o remount,bind,ro "$r$dst"
         done <"$binds"
         exec chroot "$r" /usr/bin/env -i "$@"' in_chroot "$rootfs" "$binds" "$@"
 }
