@@ -16,7 +16,8 @@
 #   HPCMORPH_CACHE      kept between builds on this machine (default /var/cache/hpcmorph): the
 #                       debootstrap result as a tarball (refreshed after 30 days), pip's cache and
 #                       the wheels scripts/setup.sh keeps there (the host's `make setup` too)
-#   HPCMORPH_BUILD_TMP  where the root file system is assembled (default /var/tmp; ~7 GB)
+#   HPCMORPH_BUILD_TMP  a folder to assemble the ~7 GB root file system in; by default it is
+#                       assembled in memory (tmpfs) when 16 GiB are available, else in /var/tmp
 #   HPCMORPH_SQUASHFS   mksquashfs compression options (default "-comp zstd -Xcompression-level 1", below)
 #   HPCMORPH_NO_TEST=1  skip %test (apptainer build --notest)
 #   HPCMORPH_NO_APT=1   never install the build tools with apt
@@ -39,6 +40,11 @@ image=${2:-$(basename "$def" .def).sqfs}
 [[ $image == *.sqfs ]] || usage_error "IMAGE must end in .sqfs (a SquashFS image), not '$image'"
 [[ -d "$(dirname "$image")" ]] || usage_error "no directory $(dirname "$image") for $image"
 [[ $(id -u) -eq 0 ]] || usage_error "build-image.sh must run as root (debootstrap, chroot and mounts), as apptainer build does"
+# The whole build runs in a mount namespace of its own: every mount it makes (the tmpfs it builds
+# in, the chroot's /proc, /dev and binds) is private to it and gone when it ends, however it ends.
+if [[ -z ${HPCMORPH_BUILD_NAMESPACE:-} ]]; then
+    HPCMORPH_BUILD_NAMESPACE=1 exec unshare --mount --propagation private -- /bin/bash "$0" "$@"
+fi
 def=$(cd "$(dirname "$def")" && pwd)/$(basename "$def")
 image=$(cd "$(dirname "$image")" && pwd)/$(basename "$image")
 
@@ -107,11 +113,23 @@ mkdir -p "$cache/rootfs" "$cache/pip"
 work=$(mktemp -d "${HPCMORPH_BUILD_TMP:-/var/tmp}/hpcmorph-image.XXXXXX")
 rootfs=$work/rootfs
 partial="$image.partial.$$"
+# In memory when there is room: faster to fill, and gone at once (deleting the 68,000 files of the
+# tree from this machine's disk took 1 to 2 minutes).
+in_memory=
+if [[ -z ${HPCMORPH_BUILD_TMP:-} ]] && (( $(awk '/^MemAvailable:/ { print $2 }' /proc/meminfo) >= 16 * 1024 * 1024 )); then
+    mount -t tmpfs -o size=12g,mode=0755 hpcmorph-build "$work"
+    in_memory=1
+fi
 cleanup() {
-    # Every mount of the build lives in a mount namespace of its own (in_chroot), gone with its
-    # processes, so nothing of the host's /dev or /proc is under $rootfs here; --one-file-system
-    # is the second guard.
-    rm -rf --one-file-system -- "$work" "$partial"
+    rm -f -- "$partial"
+    if [[ -n $in_memory ]]; then
+        umount "$work" 2>/dev/null || umount -l "$work"
+        rmdir "$work"
+    else
+        # The chroot's mounts lived in namespaces of their own (in_chroot), gone with their
+        # processes, so nothing of /dev or /proc is under $rootfs; --one-file-system is a second guard.
+        rm -rf --one-file-system -- "$work"
+    fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT
@@ -129,9 +147,9 @@ t0=$SECONDS
 # Refreshed monthly: %post upgrades nothing it does not install, so an old base would stay old.
 if [[ -f $tarball ]] && [[ -z $(find "$tarball" -mtime +30) ]]; then
     tar -C "$rootfs" --xattrs --xattrs-include='*' -xf "$tarball"
-    say "base system: $osversion from the cache ($tarball), $(elapsed $t0) s"
+    say "base system: $osversion from the cache ($tarball), $(elapsed $t0) s${in_memory:+ (building in memory)}"
 else
-    say "base system: debootstrap $osversion from $mirror"
+    say "base system: debootstrap $osversion from $mirror${in_memory:+ (building in memory)}"
     "${deboot[@]}" >"$work/debootstrap.log" 2>&1 \
         || { tail -n 20 "$work/debootstrap.log" >&2; fail "debootstrap failed (log above)"; }
     tar -C "$rootfs" --xattrs --xattrs-include='*' -cf "$tarball.$$" . && mv "$tarball.$$" "$tarball"

@@ -81,7 +81,7 @@ class Image:
 
 
 @pytest.fixture(scope="session")
-def image(checkout, tmp_path_factory) -> Image:
+def image(checkout, tmp_path_factory):
     """The CPU image, built once from ``checkout`` (the debootstrap result and pip's cache come from
     $HPCMORPH_CACHE when an earlier build on this machine left them)."""
     out = tmp_path_factory.mktemp("image")
@@ -89,7 +89,8 @@ def image(checkout, tmp_path_factory) -> Image:
     res = build(Path("apptainer/hpcmorph-cpu.def"), path, checkout, out / "build.log")
     assert res.returncode == 0, f"the image build failed:\n{res.stdout[-6000:]}"
     assert path.is_file()
-    return Image(path, res.stdout)
+    yield Image(path, res.stdout)
+    path.unlink()   # 3.5 GB: pytest keeps the temporary folders of the last three sessions
 
 
 def ch_env() -> dict[str, str]:
