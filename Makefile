@@ -14,12 +14,13 @@ export OMPI_MCA_rmaps_base_oversubscribe ?= 1
 MPIRUN  := $(if $(wildcard $(VENV)/bin/mpiexec),$(VENV)/bin/mpiexec,$(shell command -v mpirun))
 LAUNCH  := $(if $(filter 1,$(RANKS)),,$(MPIRUN) -n $(RANKS))
 
-.PHONY: setup horovod chromium image run test test-fast bench bench-generate bench-train bench-attack bench-analyze clean help
+.PHONY: setup horovod chromium image run test test-fast test-container bench bench-generate bench-train bench-attack bench-analyze clean help
 
 help:
 	@echo "make run    [CONFIG=laptop] [RANKS=1]  set up, then run the pipeline on the embedded default"
 	@echo "make test                              set up, then run the test suite"
 	@echo "make test-fast                         the unit tests only (no mpirun, no end-to-end runs): under 2 minutes"
+	@echo "make test-container                    the container tests only (build the CPU image, run it under ch-run)"
 	@echo "make bench                             every stage's benchmark (figures beside a bare baseline)"
 	@echo "make setup                             only bring the machine and .venv up to date"
 	@echo "make horovod                           build (once, cached) and install Horovod into .venv"
@@ -52,9 +53,14 @@ chromium:
 test: setup horovod chromium
 	$(PY) -m pytest -q -ra
 
-# Marks (pyproject.toml): slow = end-to-end runs of the CLI, mpi = launches mpirun, slurm = a real Slurm.
+# Marks (pyproject.toml): slow = end-to-end runs of the CLI, mpi = launches mpirun, slurm = a real Slurm,
+# container = builds the CPU image and runs it under ch-run.
 test-fast: setup
-	$(PY) -m pytest -q -ra -m "not slow and not mpi and not slurm"
+	$(PY) -m pytest -q -ra -m "not slow and not mpi and not slurm and not container"
+
+# Only the container tests: the image built from the def (as root), then run under Charliecloud.
+test-container: setup
+	$(PY) -m pytest -q -ra -m container
 
 bench: bench-generate bench-train bench-attack bench-analyze
 

@@ -18,7 +18,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import ROOT, SMALL_RUN, cli, env, mpirun, sets
+from conftest import ROOT, SMALL_RUN, cli, env, kill_session, mpirun, sets
 
 pytestmark = [pytest.mark.container, pytest.mark.timeout(3000)]
 
@@ -216,6 +216,25 @@ def test_tiny_pipeline_in_the_image_under_mpirun_equals_the_same_run_outside(ima
             continue
         compared[rel.suffix] += 1
     assert compared[".h5"] >= 5 and compared[".pt"] >= 4 and compared[".json"] >= 5, compared
+
+
+def test_large_mpi_messages_between_two_containers(image):
+    """One ch-run per rank puts the ranks in different user namespaces, where Open MPI's CMA single
+    copy is refused: with its default settings an 8 MB allreduce hung here. The image's Open MPI
+    configuration turns it off, so nothing needs to be set on the host."""
+    e = {k: v for k, v in ch_env().items() if not k.startswith("OMPI_MCA_btl")}
+    code = "from mpi4py import MPI; import numpy as np; print(MPI.COMM_WORLD.allreduce(np.ones(4_000_000))[0])"
+    proc = subprocess.Popen([mpirun(), "-n", "2", "ch-run", str(image.path), "--", "/opt/hpcmorph/.venv/bin/python",
+                             "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        kill_session(proc.pid)
+        out, err = proc.communicate()
+        pytest.fail(f"a 32 MB allreduce between two ch-run ranks hung\n{err[-3000:]}")
+    assert proc.returncode == 0 and out.split() == ["2.0", "2.0"], out + err[-3000:]
+    assert "CMA" not in err, err[-3000:]
 
 
 def h5_contents(path: Path) -> dict[str, np.ndarray]:
