@@ -6,7 +6,6 @@ session; marked `container` (needs root; the first build on a machine takes minu
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
 import shutil
@@ -19,6 +18,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, SMALL_RUN, cli, env, kill_session, mpirun, sets
+from test_setup import setup_stamp
 
 pytestmark = [pytest.mark.container, pytest.mark.timeout(3000)]
 
@@ -40,12 +40,6 @@ def build(def_file: Path, image: Path, cwd: Path, log: Path, **extra_env: str) -
                              stderr=subprocess.STDOUT, env={**env(), **extra_env}, timeout=BUILD_TIMEOUT)
     res.stdout = log.read_text(errors="replace")
     return res
-
-
-def setup_stamp(checkout: Path) -> str:
-    """The stamp name scripts/setup.sh writes into a venv it has set up from ``checkout``."""
-    parts = [(checkout / p).read_bytes() for p in ("scripts/setup.sh", "pyproject.toml", "requirements/constraints.txt")]
-    return ".setup-" + hashlib.sha256(b"".join(parts) + b"HPCMORPH_MPI=auto\n").hexdigest()[:16]
 
 
 @pytest.fixture(scope="session")
