@@ -3,8 +3,8 @@
 # Apptainer (it is not packaged for Debian 12): a root file system made by debootstrap from the
 # def's header, its %setup run on the host, %files copied, %post run in a chroot, %environment,
 # %runscript, %test, %labels and %help written where Apptainer puts them (/.singularity.d), %test
-# run in the chroot, and the result packed as a SquashFS image, which Charliecloud's ch-run (and
-# Apptainer) run as it is. Every section is read from the def file itself.
+# run in the chroot, and the result packed as a SquashFS image, which Charliecloud's ch-run runs as
+# it is. Every section is read from the def file itself.
 #
 #   bash scripts/build-image.sh [DEF] [IMAGE]      (as root; `make image` builds the CPU image)
 #
@@ -58,7 +58,6 @@ need=()
 command -v debootstrap >/dev/null || need+=(debootstrap)
 command -v mksquashfs >/dev/null || need+=(squashfs-tools)
 command -v ch-run >/dev/null || need+=(charliecloud-runtime)
-command -v unshare >/dev/null || need+=(util-linux)
 if [[ ${#need[@]} -gt 0 ]]; then
     if [[ -n "${HPCMORPH_NO_APT:-}" ]] || ! command -v apt-get >/dev/null; then
         [[ " ${need[*]} " == *" charliecloud-runtime "* && ${#need[@]} -eq 1 ]] \
