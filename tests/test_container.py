@@ -24,7 +24,8 @@ pytestmark = [pytest.mark.container, pytest.mark.timeout(3000)]
 
 BUILD = ROOT / "scripts" / "build-image.sh"
 CPU_DEF = ROOT / "apptainer" / "hpcmorph-cpu.def"
-# The seconds a build may take: ~12 min cold on a busy 2-core machine (docs/hpc.md).
+# The seconds a build may take: ~11 min on a busy 2-core machine where `make setup` left no h5py wheel
+# (docs/hpc.md), 4 min with it.
 BUILD_TIMEOUT = 2400
 
 
