@@ -14,15 +14,17 @@ export OMPI_MCA_rmaps_base_oversubscribe ?= 1
 MPIRUN  := $(if $(wildcard $(VENV)/bin/mpiexec),$(VENV)/bin/mpiexec,$(shell command -v mpirun))
 LAUNCH  := $(if $(filter 1,$(RANKS)),,$(MPIRUN) -n $(RANKS))
 
-.PHONY: setup horovod chromium run test test-fast bench bench-generate bench-train bench-attack bench-analyze clean help
+.PHONY: setup horovod chromium image run test test-fast test-container bench bench-generate bench-train bench-attack bench-analyze clean help
 
 help:
 	@echo "make run    [CONFIG=laptop] [RANKS=1]  set up, then run the pipeline on the embedded default"
 	@echo "make test                              set up, then run the test suite"
 	@echo "make test-fast                         the unit tests only (no mpirun, no end-to-end runs): under 2 minutes"
+	@echo "make test-container                    the container tests only (build the CPU image, run it under ch-run)"
 	@echo "make bench                             every stage's benchmark (figures beside a bare baseline)"
 	@echo "make setup                             only bring the machine and .venv up to date"
 	@echo "make horovod                           build (once, cached) and install Horovod into .venv"
+	@echo "make image  [IMAGE=hpcmorph-cpu.sqfs]  build the CPU container image from apptainer/hpcmorph-cpu.def (root)"
 
 setup:
 	@bash scripts/setup.sh
@@ -33,6 +35,12 @@ horovod: setup
 	  $(PY) -m pip install -q -c requirements/constraints.txt cmake packaging setuptools wheel && \
 	  wheel=$$(bash scripts/build-horovod.sh $(PY) .cache/wheels | sed -n 's/.*built: //p') && \
 	  $(PY) -m pip install -q -c requirements/constraints.txt "$$wheel"; }
+
+# The CPU image from its def file, the way apptainer build does, without Apptainer (scripts/build-image.sh;
+# the debootstrap result and pip's cache are kept in $$HPCMORPH_CACHE, default /var/cache/hpcmorph).
+IMAGE ?= hpcmorph-cpu.sqfs
+image:
+	bash scripts/build-image.sh apptainer/hpcmorph-cpu.def $(IMAGE)
 
 # Every stage in order; stages already done for this config are skipped, so a rerun resumes.
 run: setup
@@ -45,9 +53,14 @@ chromium:
 test: setup horovod chromium
 	$(PY) -m pytest -q -ra
 
-# Marks (pyproject.toml): slow = end-to-end runs of the CLI, mpi = launches mpirun, slurm = a real Slurm.
+# Marks (pyproject.toml): slow = end-to-end runs of the CLI, mpi = launches mpirun, slurm = a real Slurm,
+# container = builds the CPU image and runs it under ch-run.
 test-fast: setup
-	$(PY) -m pytest -q -ra -m "not slow and not mpi and not slurm"
+	$(PY) -m pytest -q -ra -m "not slow and not mpi and not slurm and not container"
+
+# Only the container tests: the image built from the def (as root), then run under Charliecloud.
+test-container: setup
+	$(PY) -m pytest -q -ra -m container
 
 bench: bench-generate bench-train bench-attack bench-analyze
 

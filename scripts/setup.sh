@@ -12,7 +12,10 @@
 #
 # Environment: PYTHON (interpreter for the venv, default python3), VENV (default .venv),
 # HPCMORPH_NO_APT=1 (never call apt), HPCMORPH_MPI=wheel (skip 1 and 2: take 3 even where the
-# machine has an MPI; default auto). Horovod is built separately: `make horovod`.
+# machine has an MPI; default auto), HPCMORPH_CACHE (the parallel h5py wheel is kept in its wheels/;
+# default /var/cache/hpcmorph as root, else ~/.cache/hpcmorph). Horovod is built separately:
+# `make horovod`.
+# `scripts/setup.sh --check` only says whether $VENV is up to date (exit 0) or why not (exit 1).
 # pip's "Location 'file:...' is ignored" warnings (local indexes in this machine's pip config that
 # lack a project) are dropped from the output; every other line and pip's exit status are kept.
 set -euo pipefail
@@ -22,10 +25,22 @@ cd "$here"
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 HPCMORPH_MPI=${HPCMORPH_MPI:-auto}
+# Built wheels kept between set-ups on this machine (the parallel h5py).
+if [[ $(id -u) -eq 0 ]]; then
+    HPCMORPH_CACHE=${HPCMORPH_CACHE:-/var/cache/hpcmorph}
+else
+    HPCMORPH_CACHE=${HPCMORPH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/hpcmorph}
+fi
 CONSTRAINTS=requirements/constraints.txt
 say() { printf 'setup: %s\n' "$*"; }
 die() { say "$*" >&2; exit 1; }
 
+check_only=
+case ${1:-} in
+    "") ;;
+    --check) check_only=1 ;;
+    *) die "unknown argument '$1' (the only one is --check)" ;;
+esac
 case $HPCMORPH_MPI in
     auto|wheel) ;;
     *) die "HPCMORPH_MPI must be auto or wheel, not '$HPCMORPH_MPI'" ;;
@@ -34,10 +49,46 @@ esac
 inputs_hash=$({ cat scripts/setup.sh pyproject.toml "$CONSTRAINTS"; echo "HPCMORPH_MPI=$HPCMORPH_MPI"; } \
     | sha256sum | cut -c1-16)
 stamp="$VENV/.setup-$inputs_hash"
-if [[ -f "$stamp" ]]; then
+
+# Why the venv at $VENV cannot be used where it is (nothing printed: it can). The stamp alone proves
+# nothing: a venv copied from elsewhere (another checkout, or into a container image by a build
+# context that took the working directory) carries its stamp, while its python link and the `#!`
+# lines of its scripts still point at the place it was made.
+venv_problem() {
+    [[ -e "$VENV/bin/python" || -L "$VENV/bin/python" ]] || return 0
+    local out
+    out=$("$VENV/bin/python" - "$VENV" 2>&1 <<'EOF'
+import os, sys
+venv = os.path.realpath(sys.argv[1])
+if os.path.realpath(sys.prefix) != venv:
+    sys.exit(f"problem: its python belongs to {sys.prefix}")
+# pip writes the venv's python into the #! line of every script it installs.
+script = os.path.join(venv, "bin", "hpcmorph")
+if os.path.exists(script):
+    with open(script, "rb") as f:
+        words = f.readline().decode(errors="replace")[2:].split()
+    if not words or os.path.realpath(os.path.dirname(words[0])) != os.path.join(venv, "bin"):
+        sys.exit(f"problem: bin/hpcmorph starts {words[0] if words else 'no interpreter'}, not this venv's python")
+EOF
+    ) && return 0
+    case $out in
+        problem:*) echo "${out#problem: }" ;;
+        *) echo "its python does not run here ($(tail -n1 <<<"$out" | sed "s/^[^:]*: line [0-9]*: //" | cut -c1-200))" ;;
+    esac
+}
+
+problem=$(venv_problem)
+if [[ -n "$problem" ]]; then
+    if [[ -n "$check_only" ]]; then say "$VENV must be rebuilt: $problem"; exit 1; fi
+    # Only what is surely a venv is removed (a VENV=/usr typed by mistake must survive).
+    [[ -f "$VENV/pyvenv.cfg" ]] || die "$VENV is not usable ($problem) and has no pyvenv.cfg: not removing it"
+    say "rebuilding $VENV: $problem"
+    rm -rf -- "$VENV"
+elif [[ -f "$stamp" ]]; then
     say "environment up to date ($VENV)"
     exit 0
 fi
+if [[ -n "$check_only" ]]; then say "$VENV is not set up for these inputs (no $stamp)"; exit 1; fi
 
 is_root() { [[ $(id -u) -eq 0 ]]; }
 can_apt() {
@@ -141,11 +192,42 @@ if [[ $mode == parallel ]]; then
         filter_pip "$VENV/bin/python" -m pip uninstall -q -y mpich
     fi
     if ! h5py_has_mpi; then
-        say "building h5py against parallel HDF5 ($hdf5_what, $mpicc_bin); takes a few minutes"
-        # Without --no-build-isolation the build pins an old mpi4py from source and hangs for 20+ min.
-        filter_pip env -u HDF5_DIR -u HDF5_INCLUDEDIR -u HDF5_LIBDIR -u HDF5_PKGCONFIG_NAME \
-            CC="$mpicc_bin" HDF5_MPI=ON "${hdf5_build[@]}" \
-            "${pip[@]}" --no-cache-dir --no-build-isolation --no-binary=h5py --force-reinstall --no-deps h5py
+        # The parallel h5py takes minutes to build, so the wheel is kept ($HPCMORPH_CACHE/wheels)
+        # under a name made of everything the build depends on: a rebuilt venv, another checkout or
+        # the image build (scripts/build-image.sh hands this folder to %post) on the same system,
+        # Python, MPI and HDF5 installs it in seconds, and a wheel built against anything else is
+        # never taken. (pip's own cache cannot be used: it would hand back a wheel built with other
+        # settings, hence --no-cache-dir.)
+        h5py_key=$({
+            grep -E '^(ID|VERSION_ID)=' /etc/os-release 2>/dev/null; uname -m
+            "$VENV/bin/python" -c 'import sys; print(sys.version_info[:2])'
+            grep -E '^(h5py|mpi4py|numpy)==' "$CONSTRAINTS"
+            readlink -f "$mpicc_bin"; "$mpicc_bin" -showme 2>/dev/null || "$mpicc_bin" -show 2>/dev/null || true
+            echo "$hdf5_what ${hdf5_build[*]}"
+            case $hdf5_what in
+                pkg-config*) pkg-config --modversion "${hdf5_what#pkg-config }" ;;
+                HDF5_INCLUDEDIR=*) grep -h 'define H5_VERSION' "$HDF5_INCLUDEDIR"/H5pubconf*.h ;;
+                HDF5_DIR=*) grep -h 'define H5_VERSION' "$HDF5_DIR"/include/H5pubconf*.h ;;
+            esac || true
+        } | sha256sum | cut -c1-16)
+        wheels=$HPCMORPH_CACHE/wheels/h5py-mpi-$h5py_key
+        wheel=$(compgen -G "$wheels/h5py-*.whl" | head -n1 || true)
+        if [[ -n $wheel ]]; then
+            say "installing the parallel h5py built earlier on this system ($wheel)"
+        else
+            say "building h5py against parallel HDF5 ($hdf5_what, $mpicc_bin); takes a few minutes"
+            mkdir -p "$wheels" 2>/dev/null || wheels=$(mktemp -d)
+            tmp=$(mktemp -d "$wheels/.building.XXXXXX")
+            # Without --no-build-isolation the build pins an old mpi4py from source and hangs for 20+ min.
+            filter_pip env -u HDF5_DIR -u HDF5_INCLUDEDIR -u HDF5_LIBDIR -u HDF5_PKGCONFIG_NAME \
+                CC="$mpicc_bin" HDF5_MPI=ON "${hdf5_build[@]}" \
+                "$VENV/bin/python" -m pip wheel -q -c "$CONSTRAINTS" --no-cache-dir --no-build-isolation \
+                --no-binary=h5py --no-deps -w "$tmp" h5py
+            wheel=$(compgen -G "$tmp/h5py-*.whl" | head -n1) || die "pip wheel made no h5py wheel in $tmp"
+            mv "$wheel" "$wheels/" && rm -rf "$tmp"
+            wheel=$wheels/$(basename "$wheel")
+        fi
+        filter_pip "${pip[@]}" --force-reinstall --no-deps "$wheel"
     fi
 else
     if [[ $HPCMORPH_MPI == wheel ]]; then
