@@ -348,3 +348,7 @@ def test_robustness_figure_from_small_arrays(tmp_path):
     np.testing.assert_allclose(mean, [0.55, 0.825, 0.9])
     np.testing.assert_allclose(std, [np.std([0.6, 0.5], ddof=1), np.std([0.8, 0.85], ddof=1), 0.0])
     assert n.tolist() == [2, 2, 1]
+    # A model with nothing attacked (no k = 1 output of the configured method) draws nothing, and
+    # the figure is still made (it once failed on its log axis: the Slurm chain's analysis).
+    empty = figures.robustness({"regular": [{}]}, {"regular": [(np.array([]), 0)]}, tmp_path / "empty.png")
+    assert empty.exists()

@@ -275,7 +275,10 @@ def robustness(by_k: dict, by_budget: dict, path: Path, budget: float | None = N
         line, = right.step(grid, mean, where="post", label=f"{v} ({len(seeds)} seeds)", **kw)
         right.fill_between(grid, np.clip(mean - std, 0, 1), np.clip(mean + std, 0, 1), step="post", alpha=0.25,
                            color=line.get_color(), lw=0)
+    # Limits set, not read from the curves: a model with nothing attacked draws only NaN, and a log
+    # axis cannot take its limits from no data.
     right.set_xscale("log")
+    right.set_xlim(1.0, max(end, 2.0))
     right.set_xlabel("query budget per attack (model queries)")
     right.set_ylabel("images flipped within the budget")
     right.set_ylim(0, 1.02)
