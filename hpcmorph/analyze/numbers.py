@@ -89,6 +89,9 @@ def analyse(cfg: Config, models: dict, variants: list[str], lat: dict, attacks: 
         tpos = None if image is None else int(np.searchsorted(sample, image))
         iso_panels[name] = {"isomap": iso, "labels": labels[pos].astype(int), "triplet_pos": tpos}
 
+    accuracy = {name: {"y10": _acc(lat["pred_y10"][:, v], labels), "y1": _acc(lat["pred_y1"][:, v], labels)}
+                for v, name in enumerate(variants)}
+
     # Accuracy against exposure.
     exposure_result = None
     if fractions:
@@ -96,16 +99,13 @@ def analyse(cfg: Config, models: dict, variants: list[str], lat: dict, attacks: 
                       for j in range(len(fractions))] for v, name in enumerate(variants)}
         exposure_result = {"fractions": fractions, "years": [exposure.YEARS * f for f in fractions], "accuracy": acc,
                            "y1_years": exposure.YEARS * y1_fraction,
-                           "test_accuracy_y1_y10": {name: [_acc(lat["pred_y1"][:, v], labels),
-                                                           _acc(lat["pred_y10"][:, v], labels)]
-                                                    for v, name in enumerate(variants)}}
+                           "test_accuracy_y1_y10": {name: [a["y1"], a["y10"]] for name, a in accuracy.items()}}
 
     # The isomaps' and church windows' "Y1 falls into another class region", counted over every test
     # image: the share whose Y1 image the model puts in another class than its Y10 image.
-    moved = {name: claims.class_change(lat["pred_y10"][:, v], lat["pred_y1"][:, v]) for v, name in enumerate(variants)}
-    accuracy = {name: {"y10": _acc(lat["pred_y10"][:, v], labels), "y1": _acc(lat["pred_y1"][:, v], labels)}
-                for v, name in enumerate(variants)}
+    moved = {}
     for v, name in enumerate(variants):
+        moved[name] = claims.class_change(lat["pred_y10"][:, v], lat["pred_y1"][:, v])
         per_image[name]["queries"] = attacks["queries"][per_image[name]["attack_row"]]
     return {"table2": table2, "exposure": exposure_result, "success_vs_k": success_vs_k(cfg, variants),
             "triplet": triplet, "test_accuracy": accuracy, "y1_class_change": moved,

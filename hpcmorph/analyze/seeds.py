@@ -26,12 +26,11 @@ def _spread(values: list) -> dict:
 def evidence(results: list[dict]) -> dict:
     """The claims' evidence (:mod:`.claims`), one entry per analysed seed and model."""
     ev: dict = {"configured_range": results[0]["methods"]["configured"]["range"]}
-    method = results[0]["methods"]["configured"]["method"]
     for r in results:
         for v in r["variants"]:
             d = r["_panels"]["distances"][v]
-            attacks = {name: (per["models"][v][method]["attacked"], per["models"][v][method]["flipped"])
-                       for name, per in r["methods"]["ranges"].items() if method in per["models"][v]}
+            rows = {name: _row(r, name, v) for name in r["methods"]["ranges"]}
+            attacks = {name: (row["attacked"], row["flipped"]) for name, row in rows.items() if row is not None}
             acc = r["test_accuracy"][v]
             claims.add_seed(ev, v, r["seed"], accuracy_y10=acc["y10"], accuracy_y1=acc["y1"],
                             class_change_y1=r["y1_class_change"][v], attacks=attacks, queries_per_flip=d["queries"],
