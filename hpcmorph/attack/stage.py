@@ -58,8 +58,8 @@ def output_stem(cfg: Config) -> str:
     model seeds (``-s<seed>``) get their own file."""
     a, seed = cfg.attack, model_seed(cfg)
     return ("attack" + ("" if seed == cfg.train.seeds[0] else f"-s{seed}")
-            + ("" if a.method == "de" else f"-{a.method}") + ("" if a.mode == "targeted" else "-untargeted") + ("" if a.pixels == 1 else f"-k{a.pixels}")
-            + range_suffix(a.pixel_range))
+            + ("" if a.method == "de" else f"-{a.method}") + ("" if a.mode == "targeted" else "-untargeted")
+            + ("" if a.pixels == 1 else f"-k{a.pixels}") + range_suffix(a.pixel_range))
 
 
 def range_suffix(pixel_range) -> str:
