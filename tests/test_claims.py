@@ -176,6 +176,50 @@ def test_scale_free_distances_do_not_see_a_scaled_copy_of_a_model():
     json.dumps(table, allow_nan=False)
 
 
+def _seed_result(seed: int, rng, n: dict[str, int], scale: dict[str, float]) -> dict:
+    """The part of one seed's analysis that seeds.table2 reads: its Table 2 and per-image distances."""
+    per = {}
+    for v in ("regular", "mmd"):
+        d = {kind: rng.gamma(4.0, 5.0, n[v]) for kind in distances.KINDS}
+        per[v] = {**d, **{kind + "_scale_free": d[kind] / scale[v] for kind in distances.KINDS},
+                  "latent_scale": scale[v]}
+    return {"seed": seed, "variants": ["regular", "mmd"], "table2": {"from": f"seed {seed}"},
+            "_panels": {"distances": per}}
+
+
+def test_table2_over_seeds_pools_every_seeds_flipped_images():
+    from hpcmorph.analyze import seeds
+
+    rng = np.random.default_rng(5)
+    results = [_seed_result(0, rng, {"regular": 10, "mmd": 5}, {"regular": 30.0, "mmd": 8.0}),
+               _seed_result(1, rng, {"regular": 9, "mmd": 7}, {"regular": 35.0, "mmd": 6.0}),
+               _seed_result(2, rng, {"regular": 0, "mmd": 8}, {"regular": 33.0, "mmd": 7.0})]
+    # One seed: that seed's own table.
+    assert seeds.table2(results[:1]) == {"from": "seed 0", "seeds": [0]}
+
+    table = seeds.table2(results, seed=3, n_boot=400)
+    assert table["seeds"] == [0, 1, 2] and table["bootstrap"]["resamples"] == "seeds, then images"
+    for v in ("regular", "mmd"):
+        for kind in distances.KINDS:
+            pooled = np.concatenate([r["_panels"]["distances"][v][kind] for r in results])
+            assert table[v][kind]["n"] == len(pooled) == {"regular": 19, "mmd": 20}[v]
+            assert table[v][kind]["mean"] == pytest.approx(pooled.mean())
+            assert table[v][kind]["std"] == pytest.approx(pooled.std())
+            lo, hi = table[v]["mean_ci"][kind]
+            assert lo < pooled.mean() < hi
+            # Scale-free: each seed's distances in its own model's scale, then pooled.
+            free = np.concatenate([r["_panels"]["distances"][v][kind] / r["_panels"]["distances"][v]["latent_scale"]
+                                   for r in results])
+            assert table[v]["scale_free"][kind]["value"] == pytest.approx(free.mean())
+            assert table[v]["scale_free"][kind]["method"] == "bootstrap (seeds, then images)"
+        assert table[v]["latent_scale"] == [r["_panels"]["distances"][v]["latent_scale"] for r in results]
+    ratio = table["mmd"]["y10_attacked"]["mean"] / table["regular"]["y10_attacked"]["mean"]
+    assert table["ratio_mmd_over_regular"]["y10_attacked"] == pytest.approx(ratio)
+    assert table["ratios"]["raw"]["y10_attacked"]["value"] == pytest.approx(ratio)
+    assert table == seeds.table2(results, seed=3, n_boot=400)  # seeded
+    json.dumps(table, allow_nan=False)
+
+
 # ------------------------------------------------------------------------------------------ claims
 
 def _evidence(regular_y1=(0.55, 0.58, 0.52), mmd_y1=(0.80, 0.82, 0.79), ranges=("data", "[0, 1]"), seeds=3,

@@ -73,6 +73,9 @@ def test_table2_with_null_ratio_and_missing_variant():
     assert "ratio_mmd_over_regular" not in t.header  # not a model
     assert "-- & 29.7 $\\pm$ 17.4 (n=136) & -- & 1.47" in tables.latex(t)
     assert "ratio_mmd_over_regular,y10_attacked,,,,2.267857" in tables.to_csv(t)  # null ratio: empty cells
+    assert "pooled" not in t.caption
+    pooled = tables.table2({**TABLE2, "seeds": [0, 1, 2], "bootstrap": {"level": 0.95}})
+    assert "seeds 0, 1, 2 are pooled" in pooled.caption and "resampling seeds, then images" in pooled.caption
     # Nothing at all: every cell a dash, never a crash.
     empty = tables.table2(None, pixels=2)
     assert empty.rows[1][0] == "Y10 – 2-pixel attacked" and empty.rows[0][1] is None and empty.rows[0][2]

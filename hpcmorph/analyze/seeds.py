@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import claims
-from .stats import mean_std
+from . import claims, distances
+from .stats import LEVEL, N_BOOT, mean_std
 
 
 def _spread(values: list) -> dict:
@@ -66,6 +66,32 @@ def over_seeds(results: list[dict]) -> dict:
                                                        else x["flipped"] / x["attacked"] for x in rows])}
         out["models"][v] = m
     return out
+
+
+def table2(results: list[dict], seed: int = 0, level: float = LEVEL, n_boot: int = N_BOOT) -> dict:
+    """Table 2 over every analysed seed: each model's flipped images of all seeds pooled (mean, population
+    std and n over them), the intervals from the two-stage bootstrap (seeds, then images), so that one
+    seed's few flips do not decide the table. One seed: that seed's own table. Adds "seeds" (the seeds
+    pooled) and each model's "latent_scale" becomes the list of its per-seed scales (each seed's
+    distances were divided by its own model's scale)."""
+    if len(results) == 1:
+        return {**results[0]["table2"], "seeds": [results[0]["seed"]]}
+    variants = results[0]["variants"]
+    keys = [*distances.KINDS, *(kind + "_scale_free" for kind in distances.KINDS)]
+    per = {v: {key: [np.asarray(r["_panels"]["distances"][v][key], np.float64) for r in results] for key in keys}
+           for v in variants}
+    table: dict = {}
+    for v in variants:
+        table[v] = {kind: distances.stats(np.concatenate(per[v][kind])) for kind in distances.KINDS}
+        table[v].update(distances.cell_intervals(per[v], v, seed, level, n_boot))
+        table[v]["latent_scale"] = [None if np.isnan(s) else float(s)
+                                    for s in (r["_panels"]["distances"][v]["latent_scale"] for r in results)]
+    table["ratio_mmd_over_regular"] = {kind: distances.ratio(table, kind) for kind in distances.KINDS}
+    table["ratios"] = distances.ratios(per, seed, level, n_boot)
+    table["bootstrap"] = {"level": level, "n_boot": n_boot, "seed": seed, "resamples": "seeds, then images"}
+    table["seeds"] = [r["seed"] for r in results]
+    table["paper"] = distances.PAPER
+    return table
 
 
 def _row(result: dict, range_: str, variant: str) -> dict | None:

@@ -201,12 +201,13 @@ def embed(cfg: Config, ctx: Context, models: dict, device, test: TestSet, attack
 
 def conclude(cfg: Config, out: Path, key: str, results: list[dict], table1: dict) -> None:
     """Rank 0: the numbers over seeds, the figures, and analysis.json last (the mark of a complete
-    analysis). The first seed's numbers are the paper's single-model tables and figures."""
+    analysis). Table 2 pools the flipped images of every analysed seed; the first seed's numbers are
+    the paper's single-model figures (church windows, isomaps, the triplet)."""
     result = dict(results[0])
     variants = result.pop("variants")
     evidence = seeds.evidence(results)
     result = {"run": cfg.run.name, "digest": key, "table1": table1, **result,
-              "over_seeds": seeds.over_seeds(results), "claims": claims.claims(evidence, seed=cfg.run.seed)}
+              "table2": seeds.table2(results, seed=cfg.run.seed), "over_seeds": seeds.over_seeds(results), "claims": claims.claims(evidence, seed=cfg.run.seed)}
     panels = result.pop("_panels")
     figures = _draw(cfg, out, variants, panels, result, seeds.robustness(results)) if cfg.analyze.figures else {}
     result["figures"] = {name: figures.get(name) for name in FIGURES}

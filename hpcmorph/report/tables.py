@@ -244,7 +244,11 @@ def table2(ours: Mapping | None, pixels: int = 1) -> Table:
                         "scale": "scale_free", "lo": finite(_get(r, "lo")), "hi": finite(_get(r, "hi"))})
         rows.append(row)
     level = finite(_get(ours, "bootstrap", "level"))
-    intervals = (f" Brackets: {level:.0%} bootstrap intervals over the flipped images (the ratio's with each model's "
+    seeds = ours.get("seeds") if isinstance(ours.get("seeds"), list) else []
+    pooled = (f" The flipped images of the models of seeds {', '.join(str(s) for s in seeds)} are pooled (n counts "
+              "them all)." if len(seeds) > 1 else "")
+    over = "seeds, then images within each seed" if len(seeds) > 1 else "the flipped images"
+    intervals = (f" Brackets: {level:.0%} bootstrap intervals resampling {over} (the ratio's with each model's "
                  "images resampled independently)." if level else "")
     scale_text = (" Scale-free rows: each distance divided by the model's latent scale (the median distance between "
                   "two of its Y10 test latents), so that the two models can be compared; the paper has none."
@@ -252,7 +256,7 @@ def table2(ours: Mapping | None, pixels: int = 1) -> Table:
     return Table("table2", "Table 2: Euclidean distances in each model's latent space between a Y10 test image "
                  f"and its Y1 observation, and between it and its {attacked} attacked version, over the images "
                  "the attack flipped (mean ± std, n images), beside the paper's; and the ratio of the domain-"
-                 "adapted model's mean to the regular one's." + intervals + scale_text, header, rows, records)
+                 "adapted model's mean to the regular one's." + pooled + intervals + scale_text, header, rows, records)
 
 
 VERDICT_MARK = {"reproduced": "reproduced", "not reproduced": "NOT reproduced", "inconclusive": "inconclusive",
