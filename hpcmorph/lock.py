@@ -40,6 +40,7 @@ from .errors import DiskFull, OutputLocked, StageError, UserError, out_of_space
 from .mpi import log
 
 SUFFIX = ".lock"
+_CLAIM_WAIT = 0.05  # seconds to wait while another run takes a dead lock over (a few file operations)
 _ATTEMPTS = 5  # acquire rounds: each either takes the lock, takes over a dead one, or reports
 
 
@@ -197,25 +198,31 @@ def _read(lock: Path) -> Holder | str | None:
     return problem
 
 
-def _take_over(lock: Path, stale: Holder, me: Holder) -> bool:
-    """Remove ``lock`` if it still holds ``stale``. Renaming first makes the check and the removal one
-    step: a lock another run created meanwhile is put back."""
-    aside = lock.with_name(f"{lock.name}.{me.token}.stale")
+def _claim_path(lock: Path, stale: Holder) -> Path:
+    return lock.with_name(f"{lock.name}.{stale.token}.takeover")
+
+
+def _take_over(lock: Path, stale: Holder, me: Holder) -> bool | None:
+    """Remove ``lock`` if it still holds ``stale``: True if this call removed it, False if it holds
+    another lock by now, None if another run is taking it over at this moment.
+
+    One taker per stale lock: takers race to create ``<lock>.<stale token>.takeover`` (atomically, as
+    the lock itself), and only its creator looks at the lock again and removes it. Only that claim's
+    holder removes the stale lock and a removed lock never comes back (its token is unique), so what
+    the claim's holder reads is still there when it removes it: a live lock is never removed (moving
+    the lock aside to look at it, as this once did, could lose a lock that a third run had just made).
+    """
+    claim = _claim_path(lock, stale)
+    if not _link_new(claim, me):
+        return None
     try:
-        os.rename(lock, aside)
-    except FileNotFoundError:
-        return False  # someone else removed it first
-    try:
-        moved = _read(aside)
-        if isinstance(moved, Holder) and moved.token == stale.token:
+        found = _read(lock)
+        if isinstance(found, Holder) and found.token == stale.token:
+            lock.unlink(missing_ok=True)
             return True
-        try:
-            os.link(aside, lock)  # not the stale lock after all: put it back
-        except FileExistsError:
-            pass
         return False
     finally:
-        aside.unlink(missing_ok=True)
+        claim.unlink(missing_ok=True)
 
 
 def _prepare(folder: Path, subfolders: Sequence[str]) -> None:
@@ -240,6 +247,7 @@ def acquire(output: Path, subfolders: Sequence[str] = ()) -> Holder:
     lock = lock_path(output)
     _prepare(output.parent, subfolders)
     me = Holder.me()
+    busy = None
     for _ in range(_ATTEMPTS):
         if _link_new(lock, me):
             log.debug("locked %s (%s)", output, lock)
@@ -253,8 +261,15 @@ def acquire(output: Path, subfolders: Sequence[str] = ()) -> Holder:
         why = found.gone(me)
         if why is None:
             raise OutputLocked(_message(output, lock, found, me))
-        if _take_over(lock, found, me):
+        taken = _take_over(lock, found, me)
+        if taken:
             log.warning("%s: took over the lock of a run that has ended (%s: %s)", output, found.describe(), why)
+        elif taken is None:
+            busy = _claim_path(lock, found)
+            time.sleep(_CLAIM_WAIT)  # another run is taking the dead lock over: look again when it is done
+    if busy is not None and busy.exists():
+        raise OutputLocked(f"{busy}: a takeover of {lock} (left by a run that has ended) was interrupted; if no other "
+                           f"run is writing {output}, remove {busy} and {lock} and run again")
     raise OutputLocked(f"{output}: could not take {lock} in {_ATTEMPTS} tries: other runs keep taking it")
 
 

@@ -121,6 +121,23 @@ def test_exactly_one_of_many_simultaneous_takers_wins(tmp_path, stale):
         assert sorted(p.name for p in out.parent.iterdir()) == ["galaxies.h5.lock"]  # no temporary left
 
 
+def test_an_interrupted_takeover_is_reported_naming_what_to_remove(tmp_path):
+    """A taker killed while it held the claim on a dead lock: later runs say so instead of spinning."""
+    out = tmp_path / "galaxies.h5"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = lock.Holder(socket.gethostname(), dead.pid, "earlier", boot=lock._boot_id())
+    lock.lock_path(out).write_text(stale.to_json())
+    claim = lock._claim_path(lock.lock_path(out), stale)
+    claim.write_text(lock.Holder(socket.gethostname(), dead.pid, "a taker").to_json())
+    with pytest.raises(OutputLocked, match="takeover .* was interrupted") as err:
+        lock.acquire(out)
+    assert str(claim) in str(err.value) and str(lock.lock_path(out)) in str(err.value)
+    claim.unlink()
+    with lock.output_lock(out):  # once removed, the dead lock is taken over as usual
+        assert json.loads(lock.lock_path(out).read_text())["pid"] == os.getpid()
+
+
 def test_the_lock_of_a_killed_run_on_this_host_is_taken_over(tmp_path, warnings_logged):
     out = tmp_path / "galaxies.h5"
     holder = _holder_process(out)
