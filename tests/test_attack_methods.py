@@ -475,31 +475,34 @@ def test_stage_runs_each_method(outputs, trained, method):
 
 @pytest.mark.slow
 @pytest.mark.mpi
-def test_two_ranks_give_the_same_file(outputs, trained, tmp_path):
+@pytest.mark.parametrize("method,ranks", [("saliency", 2), ("sparse-rs", 4), ("exhaustive", 4)])
+def test_more_ranks_give_the_same_file(outputs, trained, tmp_path, method, ranks):
+    """The 1-rank files of ``outputs`` again on 2 or 4 ranks (4 oversubscribed on 2 cores)."""
     cwd = _workdir(tmp_path, trained)
-    cli([*ATTACK, *METHOD["saliency"]], cwd, ranks=2)
-    assert_same_data(outputs["saliency"][1], cwd / "runs" / "tiny" / "attack-saliency.h5")
+    cli([*ATTACK, *METHOD[method]], cwd, ranks=ranks)
+    assert_same_data(outputs[method][1], cwd / "runs" / "tiny" / f"attack-{method}.h5")
 
 
 @pytest.mark.slow
 @pytest.mark.mpi
-def test_resume_after_a_kill_gives_the_same_file(outputs, trained, tmp_path):
+@pytest.mark.parametrize("method", ["sparse-rs", "saliency"])
+def test_resume_after_a_kill_gives_the_same_file(outputs, trained, tmp_path, method):
     # One image per block: many small checkpoints to kill between.
-    args = [*ATTACK, *METHOD["sparse-rs"], "--set", "attack.images_per_batch=1"]
+    args = [*ATTACK, *METHOD[method], "--set", "attack.images_per_batch=1"]
     cwd = _workdir(tmp_path, trained)
     run = cwd / "runs" / "tiny"
-    ref_file = outputs["sparse-rs"][1]  # two images per block there: a setting that changes no result
+    ref_file = outputs[method][1]  # two images per block there: a setting that changes no result
     proc = subprocess.Popen(command(args, ranks=2), cwd=cwd, env=env(), start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while time.time() < deadline and len(list(run.glob("attack-sparse-rs.h5.parts-*/block-*.h5"))) < 2:
+    while time.time() < deadline and len(list(run.glob(f"attack-{method}.h5.parts-*/block-*.h5"))) < 2:
         time.sleep(0.02)
     kill_session(proc.pid)
     proc.wait(timeout=30)
-    done_before = len(list(run.glob("attack-sparse-rs.h5.parts-*/block-*.h5")))
+    done_before = len(list(run.glob(f"attack-{method}.h5.parts-*/block-*.h5")))
     n_blocks = 2 * len(np.unique(h5py.File(ref_file, "r")["index"][...]))
     assert 2 <= done_before < n_blocks, "the kill should land mid-run"
-    assert not (run / "attack-sparse-rs.h5").exists()
+    assert not (run / f"attack-{method}.h5").exists()
     res = cli(args, cwd, ranks=2)
     assert f"{done_before} already on disk" in res.stderr
-    assert_same_data(ref_file, run / "attack-sparse-rs.h5")
+    assert_same_data(ref_file, run / f"attack-{method}.h5")
