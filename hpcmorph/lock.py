@@ -207,10 +207,11 @@ def _take_over(lock: Path, stale: Holder, me: Holder) -> bool | None:
     another lock by now, None if another run is taking it over at this moment.
 
     One taker per stale lock: takers race to create ``<lock>.<stale token>.takeover`` (atomically, as
-    the lock itself), and only its creator looks at the lock again and removes it. Only that claim's
-    holder removes the stale lock and a removed lock never comes back (its token is unique), so what
-    the claim's holder reads is still there when it removes it: a live lock is never removed (moving
-    the lock aside to look at it, as this once did, could lose a lock that a third run had just made).
+    the lock itself), and only its creator looks at the lock again and removes it. As no one else may
+    remove the stale lock and a removed lock never comes back (its token is unique), the stale lock the
+    claim's holder reads is still there when it removes it: a live lock is never removed. (Moving the
+    lock aside to look at it would not do: a third run could make a new lock meanwhile, and putting
+    the moved one back would then fail, losing a live lock.)
     """
     claim = _claim_path(lock, stale)
     if not _link_new(claim, me):

@@ -207,7 +207,8 @@ def conclude(cfg: Config, out: Path, key: str, results: list[dict], table1: dict
     variants = result.pop("variants")
     evidence = seeds.evidence(results)
     result = {"run": cfg.run.name, "digest": key, "table1": table1, **result,
-              "table2": seeds.table2(results, seed=cfg.run.seed), "over_seeds": seeds.over_seeds(results), "claims": claims.claims(evidence, seed=cfg.run.seed)}
+              "table2": seeds.table2(results, seed=cfg.run.seed), "over_seeds": seeds.over_seeds(results),
+              "claims": claims.claims(evidence, seed=cfg.run.seed)}
     panels = result.pop("_panels")
     figures = _draw(cfg, out, variants, panels, result, seeds.robustness(results)) if cfg.analyze.figures else {}
     result["figures"] = {name: figures.get(name) for name in FIGURES}
