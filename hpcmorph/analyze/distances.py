@@ -138,7 +138,6 @@ def table2(attacks: dict[str, np.ndarray], z_attacked: np.ndarray, test_index: n
     "latent_scale"}}.
     """
     where = {int(r): i for i, r in enumerate(test_index)}
-    table: dict = {}
     per_image: dict = {}
     for v, name in enumerate(variants):
         rows = chosen_attacks(attacks["variant"], attacks["index"], attacks["success"], attacks["queries"],
@@ -152,12 +151,30 @@ def table2(attacks: dict[str, np.ndarray], z_attacked: np.ndarray, test_index: n
         per_image[name]["latent_scale"] = scale
         for kind in KINDS:
             per_image[name][kind + "_scale_free"] = scale_free(per_image[name][kind], scale)
-        table[name] = {"y10_y1": stats(d_y1), "y10_attacked": stats(d_att), **cell_intervals(
-            per_image[name], name, seed, level, n_boot), "latent_scale": None if math.isnan(scale) else scale}
+    return summary(per_image, variants, seed, level, n_boot), per_image
+
+
+def summary(per_image: dict, variants: list[str], seed: int = 0, level: float = LEVEL,
+            n_boot: int = N_BOOT) -> dict:
+    """Table 2 from each model's per-image distances: per_image = {variant: {kind and kind + "_scale_free":
+    a 1-d array, or a list of per-seed arrays (pooled: n counts every seed's images, the intervals
+    resample seeds, then images), "latent_scale": a float, or the list of per-seed scales}}. The layout
+    :func:`table2` documents (a missing latent scale as None)."""
+    table: dict = {}
+    for name in variants:
+        p = per_image[name]
+        scale = p["latent_scale"]
+        scale = [_json_scale(s) for s in scale] if isinstance(scale, list) else _json_scale(scale)
+        table[name] = {**{kind: stats(_pool(p[kind])) for kind in KINDS},
+                       **cell_intervals(p, name, seed, level, n_boot), "latent_scale": scale}
     table["ratio_mmd_over_regular"] = {kind: ratio(table, kind) for kind in KINDS}
     table["ratios"] = ratios(per_image, seed, level, n_boot)
     table["bootstrap"] = {"level": level, "n_boot": n_boot, "seed": seed}
-    return table, per_image
+    return table
+
+
+def _json_scale(scale: float) -> float | None:
+    return None if math.isnan(scale) else float(scale)
 
 
 def cell_intervals(per_image: dict, name: str, seed: int = 0, level: float = LEVEL,

@@ -76,19 +76,11 @@ def table2(results: list[dict], seed: int = 0, level: float = LEVEL, n_boot: int
     distances were divided by its own model's scale)."""
     if len(results) == 1:
         return {**results[0]["table2"], "seeds": [results[0]["seed"]]}
-    variants = results[0]["variants"]
-    keys = [*distances.KINDS, *(kind + "_scale_free" for kind in distances.KINDS)]
-    per = {v: {key: [np.asarray(r["_panels"]["distances"][v][key], np.float64) for r in results] for key in keys}
-           for v in variants}
-    table: dict = {}
-    for v in variants:
-        table[v] = {kind: distances.stats(np.concatenate(per[v][kind])) for kind in distances.KINDS}
-        table[v].update(distances.cell_intervals(per[v], v, seed, level, n_boot))
-        table[v]["latent_scale"] = [None if np.isnan(s) else float(s)
-                                    for s in (r["_panels"]["distances"][v]["latent_scale"] for r in results)]
-    table["ratio_mmd_over_regular"] = {kind: distances.ratio(table, kind) for kind in distances.KINDS}
-    table["ratios"] = distances.ratios(per, seed, level, n_boot)
-    table["bootstrap"] = {"level": level, "n_boot": n_boot, "seed": seed, "resamples": "seeds, then images"}
+    keys = [*distances.KINDS, *(kind + "_scale_free" for kind in distances.KINDS), "latent_scale"]
+    per = {v: {key: [r["_panels"]["distances"][v][key] for r in results] for key in keys}
+           for v in results[0]["variants"]}
+    table = distances.summary(per, results[0]["variants"], seed, level, n_boot)
+    table["bootstrap"]["resamples"] = "seeds, then images"
     table["seeds"] = [r["seed"] for r in results]
     table["paper"] = distances.PAPER
     return table
