@@ -14,11 +14,12 @@ export OMPI_MCA_rmaps_base_oversubscribe ?= 1
 MPIRUN  := $(if $(wildcard $(VENV)/bin/mpiexec),$(VENV)/bin/mpiexec,$(shell command -v mpirun))
 LAUNCH  := $(if $(filter 1,$(RANKS)),,$(MPIRUN) -n $(RANKS))
 
-.PHONY: setup horovod chromium image run test test-fast test-container bench bench-generate bench-train bench-attack bench-analyze clean help
+.PHONY: setup horovod chromium lint image run test test-fast test-container bench bench-generate bench-train bench-attack bench-analyze clean help
 
 help:
 	@echo "make run    [CONFIG=laptop] [RANKS=1]  set up, then run the pipeline on the embedded default"
-	@echo "make test                              set up, then run the test suite"
+	@echo "make test                              set up, lint, then run the test suite"
+	@echo "make lint                              ruff on the Python, shellcheck on scripts/ and jobs/"
 	@echo "make test-fast                         the unit tests only (no mpirun, no end-to-end runs): under 2 minutes"
 	@echo "make test-container                    the container tests only (build the CPU image, run it under ch-run)"
 	@echo "make bench                             every stage's benchmark (figures beside a bare baseline)"
@@ -48,10 +49,21 @@ run: setup
 
 # Headless Chromium for the report's browser check (tests/test_report.py; report.screenshot).
 chromium:
-	@bash scripts/setup-chromium.sh
+	@bash scripts/apt-tool.sh chromium chromium fonts-liberation
 
-test: setup horovod chromium
-	$(PY) -m pytest -q -ra
+# ruff (pinned in requirements/constraints.txt, settings in pyproject.toml) on the Python, shellcheck
+# (settings in .shellcheckrc) on the shell scripts and job scripts.
+SHELL_SCRIPTS := scripts/*.sh jobs/slurm/*.sbatch jobs/pbs/*.pbs .ci/run
+lint: setup
+	@bash scripts/apt-tool.sh shellcheck shellcheck
+	$(VENV)/bin/ruff check .
+	@if command -v shellcheck >/dev/null; then shellcheck $(SHELL_SCRIPTS) && echo "shellcheck: ok"; \
+	elif [ -n "$$CI" ]; then echo "lint: no shellcheck in CI" >&2; exit 1; \
+	else echo "lint: no shellcheck here; the shell scripts were not checked"; fi
+
+# --durations: every log says where the suite's time went.
+test: setup horovod chromium lint
+	$(PY) -m pytest -q -ra --durations=25
 
 # Marks (pyproject.toml): slow = end-to-end runs of the CLI, mpi = launches mpirun, slurm = a real Slurm,
 # container = builds the CPU image and runs it under ch-run.

@@ -409,7 +409,8 @@ def plan_attack(cfg, ranks: int, device: str, gpus: int, figures: Figures, data:
                            data.test * len(variants) / ranks, infer,
                            None if expected is None else min(data.test, 1.5 * images) * len(variants) / ranks))
         terms.append(Term(f"fixed {label}: models, output, figures", 0, None, FIXED["attack"]))
-        work_k.append({"k": a.pixels, "method": a.method, "output": attack_output(k_cfg).name, "images_at_most": images, "images_expected": expected_images,
+        work_k.append({"k": a.pixels, "method": a.method, "output": attack_output(k_cfg).name,
+                       "images_at_most": images, "images_expected": expected_images,
                        "targets": targets, "variants": variants, "population": a.population,
                        "generations": a.generations, "queries_per_attack_at_most": budget,
                        "queries_at_most": len(variants) * images * targets * budget,

@@ -4,9 +4,10 @@
     hpcmorph submit --scheduler pbs --config paper --account myproj --queue prod --nodes 8 --dry-run
 
 Each stage is submitted with its script from ``jobs/<scheduler>/`` (``generate``, ``train``, ``attack``,
-``analyze``, ``report``), the next one with an ``afterok`` dependency on the previous job id (``sbatch --dependency=afterok:ID``,
-``qsub -W depend=afterok:ID``). The config and the overrides reach the jobs as environment variables
-(``HPCMORPH_CONFIG``, ``HPCMORPH_SET``, ``HPCMORPH_VENV``/``HPCMORPH_IMAGE``, ...), named in
+``analyze``, ``report``), the next one with an ``afterok`` dependency on the previous job id
+(``sbatch --dependency=afterok:ID``, ``qsub -W depend=afterok:ID``). The config and the overrides
+reach the jobs as environment variables (``HPCMORPH_CONFIG``, ``HPCMORPH_SET``,
+``HPCMORPH_VENV``/``HPCMORPH_IMAGE``, ...), named in
 ``--export=ALL,NAME,...`` / ``-v NAME,...`` and given their values in the submitting process's
 environment, so values holding commas (``[0.7,0.2,0.1]``) survive. Prints one line per stage:
 the stage and its job id. ``--dry-run`` prints each script and the exact command and submits nothing.
@@ -85,7 +86,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     where.add_argument("--venv", help="virtualenv holding hpcmorph (HPCMORPH_VENV)")
     p.add_argument("--launcher", help="how ranks are started in every job (HPCMORPH_LAUNCHER)")
     p.add_argument("--scheduler-arg", action="append", default=[], metavar="ARG",
-                   help="one more argument for every sbatch/qsub call, e.g. --scheduler-arg=--time=00:30:00 (repeatable)")
+                   help="one more argument for every sbatch/qsub call, e.g. --scheduler-arg=--time=00:30:00 "
+                   "(repeatable)")
     p.add_argument("--time", action="append", default=[], metavar="[STAGE=]HH:MM:SS",
                    help="wall time of every job, or of one stage's job (repeatable); default: the plan's "
                    "prediction for the job's ranks with its margin (hpcmorph plan)")

@@ -180,8 +180,7 @@ start_munge() {
         --log-file="$dir/munge/munged.log" \
         --seed-file="$dir/munge/munged.seed" \
         || { logs; die "munged did not start"; }
-    local i
-    for i in $(seq 50); do
+    for _ in $(seq 50); do
         [[ -S $dir/munge/munge.socket.2 ]] && munge_pid >/dev/null && return 0
         sleep 0.1
     done
@@ -232,9 +231,9 @@ start() {
 
 # Daemons get a few seconds to save their state before they are killed.
 kill_wait() {
-    local pid=$1 name=$2 i
+    local pid=$1 name=$2
     kill -TERM "$pid" 2>/dev/null || return 0
-    for i in $(seq 50); do
+    for _ in $(seq 50); do
         [[ $(cat "/proc/$pid/comm" 2>/dev/null) == "$name" ]] || return 0
         [[ $(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) != Z ]] || return 0
         sleep 0.1
@@ -248,7 +247,7 @@ our_stepds() {
     local pid
     for pid in $(pgrep -x slurmstepd); do
         [[ $(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) != Z ]] || continue
-        if ls -l "/proc/$pid/fd" 2>/dev/null | grep -qF -- " $dir/"; then echo "$pid"; fi
+        if find "/proc/$pid/fd" -lname "$dir/*" 2>/dev/null | grep -q .; then echo "$pid"; fi
     done
 }
 
@@ -261,12 +260,12 @@ descendants() {
 }
 
 stop() {
-    local i pid
+    local pid
     # Cancel the jobs first: their slurmstepd ends them and their processes (TERM, then KILL after
     # KillWait), then exits itself.
     if [[ -f $conf ]] && ctld_pid >/dev/null && munge_pid >/dev/null; then
         scancel --full --quiet --partition=local 2>/dev/null || true
-        for i in $(seq 150); do
+        for _ in $(seq 150); do
             [[ -z $(our_stepds) ]] && break
             sleep 0.1
         done
@@ -275,6 +274,7 @@ stop() {
     if pid=$(ctld_pid); then kill_wait "$pid" slurmctld; fi
     # A step whose slurmd or slurmctld was already gone: end its processes by hand.
     for pid in $(our_stepds); do
+        # shellcheck disable=SC2046  # one pid per word
         kill -KILL $(descendants "$pid") 2>/dev/null || true
         kill_wait "$pid" slurmstepd
     done

@@ -286,7 +286,8 @@ def test_outputs_agree_with_the_inputs_and_each_other(serial, attacked):
     e = found["exposure"]
     assert e["fractions"] == [0.1, 0.2, 0.3, 0.5, 0.7, 1.0] and e["years"] == pytest.approx([1, 2, 3, 5, 7, 10])
     for v, variant in enumerate(("regular", "mmd")):
-        assert e["accuracy"][variant] == pytest.approx(list((lat["pred_exposure"][:, v] == lat["label"][:, None]).mean(0)))
+        correct = lat["pred_exposure"][:, v] == lat["label"][:, None]
+        assert e["accuracy"][variant] == pytest.approx(list(correct.mean(0)))
     summary = found["attack"]["variants"]
     assert found["success_vs_k"] == {"k": [1], "missing_k": [], "flipped_fraction": {
         v: [summary[v]["flipped"] / summary[v]["attacked"]] for v in ("regular", "mmd")}}
@@ -380,7 +381,8 @@ def test_rerun_is_a_no_op_and_other_settings_are_refused_unless_forced(serial, a
     # Settings that change no number are not part of the digest; the k = 2 attack appearing is.
     cfg = config.load("tiny", [*(s for s in other if "=" in s), f"run.root={cwd / 'runs'}"])
     assert found["digest"] == stage.digest(cfg)
-    assert stage.digest(cfg.updated({"analyze.batch_size": 3, "analyze.figures": True, "analyze.threads": 2})) == found["digest"]
+    neutral = {"analyze.batch_size": 3, "analyze.figures": True, "analyze.threads": 2}
+    assert stage.digest(cfg.updated(neutral)) == found["digest"]
     assert stage.digest(cfg.updated({"analyze.church_step": 0.02})) != found["digest"]
     shutil.copy(cwd / "runs" / "tiny" / "attack.h5", cwd / "runs" / "tiny" / "attack-k2.h5")
     assert stage.digest(cfg) == found["digest"], "a k=2 file from other settings is no attack of this config"

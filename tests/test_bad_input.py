@@ -111,7 +111,8 @@ def test_observed_labels_that_are_not_one_hot(tmp_path, kind):
 def test_observed_labels_not_one_hot_on_two_ranks(tmp_path):
     labels = GOOD.copy()
     labels[7] = [.2, .3, .5]
-    refused(cli(_observed(tmp_path, labels, "soft"), tmp_path, ranks=2, check=False), "soft.npy", "row 7", "not one-hot")
+    refused(cli(_observed(tmp_path, labels, "soft"), tmp_path, ranks=2, check=False),
+            "soft.npy", "row 7", "not one-hot")
 
 
 def test_observed_class_indices_are_accepted_when_integer_and_in_range(tmp_path):

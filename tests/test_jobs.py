@@ -105,7 +105,8 @@ echo "$*" >>"$LAUNCH_LOG"
 """
 
 
-def run_attack_script(path: Path, tmp_path: Path, sets: str, **extra: str) -> tuple[subprocess.CompletedProcess, list[str]]:
+def run_attack_script(path: Path, tmp_path: Path, sets: str,
+                      **extra: str) -> tuple[subprocess.CompletedProcess, list[str]]:
     """Run an attack job script's body here, its launcher only recording what it would start."""
     launcher = tmp_path / "launch"
     launcher.write_text(LAUNCHER)

@@ -170,8 +170,8 @@ def test_force_retrains_a_finished_run_to_the_same_weights(tmp_path, galaxies):
 @pytest.mark.mpi
 @pytest.mark.slow
 def test_a_batch_the_ranks_do_not_divide_is_one_line_and_exit_2(tmp_path, galaxies):
-    res = cli(["train", *TRAIN, "--set", "train.backend=ddp", "--set", "train.batch_size=7"], _workdir(tmp_path, galaxies),
-              ranks=2, check=False)
+    res = cli(["train", *TRAIN, "--set", "train.backend=ddp", "--set", "train.batch_size=7"],
+              _workdir(tmp_path, galaxies), ranks=2, check=False)
     assert res.returncode == 2, res.stderr[-3000:]
     assert "train.batch_size 7 is not divisible by the 2 ranks" in res.stderr and "Traceback" not in res.stderr
 

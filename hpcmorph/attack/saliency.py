@@ -28,7 +28,7 @@ for each target of an image, since the margin depends on the target. Batching as
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

@@ -73,7 +73,7 @@ class StopFlag:
         self.raised = False
         self._old: dict = {}
 
-    def __enter__(self) -> "StopFlag":
+    def __enter__(self) -> StopFlag:
         self._old = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
 
@@ -117,7 +117,8 @@ def _fingerprint(model: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def _evaluate(model, images: np.ndarray, labels: np.ndarray, stretch, device, batch: int, weight) -> tuple[float, float, np.ndarray]:
+def _evaluate(model, images: np.ndarray, labels: np.ndarray, stretch, device, batch: int,
+              weight) -> tuple[float, float, np.ndarray]:
     """(sum of weighted CE, sum of weights, confusion counts) of this rank's images."""
     model.eval()
     loss, norm = 0.0, 0.0
@@ -340,8 +341,8 @@ def test(cfg: Config, backend, variant: str, seed: int, model, shard: Shard, sta
         test_rows = data.split_rows(f)[TEST][backend.rank::backend.size]
         labels = f["label"][test_rows].astype(np.int64)
         for domain in ("y10", "y1"):
-            _, _, conf = _evaluate(model, f[domain][test_rows], labels, shard.stretch, device, cfg.train.eval_batch_size,
-                                   shard.weight)
+            _, _, conf = _evaluate(model, f[domain][test_rows], labels, shard.stretch, device,
+                                   cfg.train.eval_batch_size, shard.weight)
             conf = backend.allreduce_sum(conf.ravel()).reshape(3, 3).astype(np.int64)
             results[domain] = metrics.from_confusion(conf)
     return results
