@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import assert_same_data, cli
+from helpers import assert_same_data, cli
 
 TINY = ["--config", "tiny"]
 # Train stops at its input check; were it to start, one short epoch.

@@ -17,7 +17,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import ROOT, SMALL_RUN, cli, env, kill_session, mpirun, sets
+from helpers import ROOT, SMALL_RUN, cli, env, kill_session, mpirun, sets
 from test_setup import setup_stamp
 
 pytestmark = [pytest.mark.container, pytest.mark.timeout(3000)]

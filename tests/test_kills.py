@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import cli, env, sets
+from helpers import cli, env, sets
 from hpcmorph import store
 
 pytestmark = pytest.mark.slow

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import assert_same_data, cli, command, env, kill_session
+from helpers import assert_same_data, cli, command, env, kill_session
 from hpcmorph import lock
 from hpcmorph.errors import OutputLocked, StageError
 

@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import ROOT, SMALL_RUN, cli, env, sets
+from helpers import ROOT, SMALL_RUN, cli, env, sets
 from hpcmorph import config, plan
 
 STAGES = ("generate", "train", "attack", "analyze", "report")

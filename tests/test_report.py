@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from conftest import ROOT, cli, env, serial
+from helpers import ROOT, cli, env, serial
 from hpcmorph import config
 from hpcmorph.errors import StageError, UserError
 from hpcmorph.report import browser, stage, tables

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import ROOT, env
+from helpers import ROOT, env
 
 SETUP = ROOT / "scripts" / "setup.sh"
 

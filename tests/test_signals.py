@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from conftest import TINY_TRAIN, cli, env, sets
+from helpers import TINY_TRAIN, cli, env, sets
 
 pytestmark = pytest.mark.slow
 
@@ -38,7 +38,7 @@ def _metrics(cwd):
 
 @pytest.fixture(scope="module")
 def reference(tiny_galaxies, tmp_path_factory):
-    from conftest import workdir
+    from helpers import workdir
 
     cwd = workdir(tmp_path_factory.mktemp("reference"), tiny_galaxies, "")
     cli(ARGS, cwd)
@@ -52,7 +52,7 @@ def reference(tiny_galaxies, tmp_path_factory):
     ("write_summary", "nothing is left to do"),
 ])
 def test_signal_in_each_phase_exits_75_and_the_rerun_matches(phase, says, reference, tiny_galaxies, tmp_path):
-    from conftest import workdir
+    from helpers import workdir
 
     cwd = workdir(tmp_path, tiny_galaxies)
     res = subprocess.run([sys.executable, "-c", SIGNAL_AT, phase, *ARGS], cwd=cwd, env=env(), capture_output=True,
