@@ -14,12 +14,13 @@ export OMPI_MCA_rmaps_base_oversubscribe ?= 1
 MPIRUN  := $(if $(wildcard $(VENV)/bin/mpiexec),$(VENV)/bin/mpiexec,$(shell command -v mpirun))
 LAUNCH  := $(if $(filter 1,$(RANKS)),,$(MPIRUN) -n $(RANKS))
 
-.PHONY: setup horovod chromium lint image run test test-fast test-container bench bench-generate bench-train bench-attack bench-analyze clean help
+.PHONY: setup horovod chromium lint image run test test-fast test-cpu-kinds test-cpu-kinds-quick test-container bench bench-generate bench-train bench-attack bench-analyze clean help
 
 help:
 	@echo "make run    [CONFIG=laptop] [RANKS=1]  set up, then run the pipeline on the embedded default"
 	@echo "make test                              set up, lint, then run the test suite"
 	@echo "make lint                              ruff on the Python, shellcheck on scripts/ and jobs/"
+	@echo "make test-cpu-kinds                    the tests that compare numbers, under avx2 + 2 threads and default + 1"
 	@echo "make test-fast                         the unit tests only (no mpirun, no end-to-end runs): under 2 minutes"
 	@echo "make test-container                    the container tests only (build the CPU image, run it under ch-run)"
 	@echo "make bench                             every stage's benchmark (figures beside a bare baseline)"
@@ -61,9 +62,22 @@ lint: setup
 	elif [ -n "$$CI" ]; then echo "lint: no shellcheck in CI" >&2; exit 1; \
 	else echo "lint: no shellcheck here; the shell scripts were not checked"; fi
 
-# --durations: every log says where the suite's time went.
+# --durations: every log says where the suite's time went. Then the comparing unit tests once more
+# with other kernels (test-cpu-kinds' quick leg).
 test: setup horovod chromium lint
 	$(PY) -m pytest -q -ra --durations=25
+	$(MAKE) --no-print-directory test-cpu-kinds-quick
+
+# The tests that compare numbers (batched against one at a time, ranks, resumes, weights), with
+# other CPU kernels and thread counts, as another machine would run them: ATEN_CPU_CAPABILITY picks
+# PyTorch's kernels (default, avx2, avx512), HPCMORPH_TEST_THREADS the threads of every run.
+COMPARING := tests/test_attack.py tests/test_attack_methods.py tests/test_train_core.py tests/test_train.py \
+             tests/test_analyze.py tests/test_signals.py
+test-cpu-kinds-quick: setup
+	ATEN_CPU_CAPABILITY=avx2 HPCMORPH_TEST_THREADS=2 $(PY) -m pytest -q -m "not slow and not mpi" $(COMPARING)
+test-cpu-kinds: setup horovod
+	ATEN_CPU_CAPABILITY=avx2 HPCMORPH_TEST_THREADS=2 $(PY) -m pytest -q -ra $(COMPARING)
+	ATEN_CPU_CAPABILITY=default HPCMORPH_TEST_THREADS=1 $(PY) -m pytest -q -ra $(COMPARING)
 
 # Marks (pyproject.toml): slow = end-to-end runs of the CLI, mpi = launches mpirun, slurm = a real Slurm,
 # container = builds the CPU image and runs it under ch-run.

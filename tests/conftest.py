@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import (SLURM_LOCAL, TINY_ANALYZE, TINY_ATTACK, TINY_GEN, TINY_TRAIN, Slurm, cli, slurm_installed,
-                     workdir)
+from helpers import (SLURM_LOCAL, THREADS, TINY_ANALYZE, TINY_ATTACK, TINY_GEN, TINY_TRAIN, Slurm, cli,
+                     slurm_installed, workdir)
 
 
 @pytest.fixture(scope="session")
@@ -52,12 +52,13 @@ def tiny_analyzed(tiny_attacked, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def one_thread():
-    """In-process forward passes on one thread: with two threads on a busy two-core machine every
-    layer waits for a descheduled OpenMP worker (0.8 s per tiny forward pass instead of 10 ms)."""
+    """In-process forward passes on helpers.THREADS threads (1 unless the run asks for more): with two
+    threads on a busy two-core machine every layer waits for a descheduled OpenMP worker (0.8 s per
+    tiny forward pass instead of 10 ms)."""
     import torch
 
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(THREADS)
     yield
     torch.set_num_threads(before)
 

@@ -20,23 +20,28 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+# Torch threads of every run the tests make (train.threads, attack.threads, OMP_NUM_THREADS, the
+# in-process passes). Another count changes the kernels as another machine would:
+# `make test-cpu-kinds` runs the comparing tests with 2 and ATEN_CPU_CAPABILITY=avx2.
+THREADS = int(os.environ.get("HPCMORPH_TEST_THREADS", "1"))
 
-# The tiny run the stage tests start from: 40 galaxies, both models barely trained (2 epochs), one
-# thread. conftest.py makes it once per session; each test works on a copy.
+# The tiny run the stage tests start from: 40 galaxies, both models barely trained (2 epochs), on
+# THREADS threads. conftest.py makes it once per session; each test works on a copy.
 TINY_GEN = ["--config", "tiny", "--set", "generate.n_galaxies=40"]
 TINY_TRAIN = [*TINY_GEN, "--set", "train.epochs=2", "--set", "train.batch_size=8", "--set", "train.lr=0.001",
-              "--set", "train.threads=1"]
+              "--set", f"train.threads={THREADS}"]
 # Its attack: DE with a small budget on 5 images, in blocks of 2, one thread. Threshold 0: every
 # targeted attack succeeds with its first candidates (a softmax is never 0), so every model has
 # flipped images for the analysis, whatever the trained weights.
 TINY_ATTACK = [*TINY_TRAIN, "--set", "attack.population=12", "--set", "attack.generations=6",
-               "--set", "attack.n_images=5", "--set", "attack.images_per_batch=2", "--set", "attack.threads=1",
+               "--set", "attack.n_images=5", "--set", "attack.images_per_batch=2", "--set", f"attack.threads={THREADS}",
                "--set", "attack.threshold=0"]
-TINY_ANALYZE = [*TINY_ATTACK, "--set", "analyze.threads=1", "--set", "analyze.batch_size=4"]
+TINY_ANALYZE = [*TINY_ATTACK, "--set", f"analyze.threads={THREADS}", "--set", "analyze.batch_size=4"]
 # The same settings as key=value overrides, and an analysis small enough for every stage in a minute.
-SMALL_RUN = ["generate.n_galaxies=40", "train.epochs=2", "train.batch_size=8", "train.lr=0.001", "train.threads=1",
-             "attack.population=12", "attack.generations=6", "attack.n_images=5", "attack.images_per_batch=2",
-             "attack.threads=1", "attack.threshold=0", "analyze.k_sweep=[1,2]", "analyze.isomap_images=20"]
+SMALL_RUN = ["generate.n_galaxies=40", "train.epochs=2", "train.batch_size=8", "train.lr=0.001",
+             f"train.threads={THREADS}", "attack.population=12", "attack.generations=6", "attack.n_images=5",
+             "attack.images_per_batch=2", f"attack.threads={THREADS}", "attack.threshold=0",
+             "analyze.k_sweep=[1,2]", "analyze.isomap_images=20"]
 
 
 # ------------------------------------------------------------------------------- the CLI, run
@@ -51,7 +56,7 @@ def mpirun() -> str:
 def env(**extra: str) -> dict[str, str]:
     e = dict(os.environ)
     e.update({"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
-              "OMPI_MCA_rmaps_base_oversubscribe": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+              "OMPI_MCA_rmaps_base_oversubscribe": "1", "OMP_NUM_THREADS": str(THREADS), "PYTHONUNBUFFERED": "1",
               "PYTHONPATH": str(ROOT) + os.pathsep + e.get("PYTHONPATH", "")})
     e.update(extra)
     return e

@@ -12,19 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import H, W, Bumps, Counted, assert_same_data, blocks_on_disk, cli, killed_at, workdir
+from helpers import THREADS, H, W, Bumps, Counted, assert_same_data, blocks_on_disk, cli, killed_at, workdir
 from helpers import flat as _flat
 from hpcmorph import config
 from hpcmorph.attack import corners, evolution, exhaustive, goal, methods, pixels, saliency, sparse_rs, stage
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread, as tests/test_attack.py (a busy two-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def box(k=1, value_range=(0.0, 1.0), bands=3, height=H, width=W):
@@ -380,9 +374,10 @@ def test_config_methods_validation_and_digest():
 # when); tests above build the immediate, searched and impossible cases by construction.
 GEN = ["--config", "tiny", "--set", "generate.n_galaxies=40", "--set", "generate.image_size=16"]
 TRAIN = [*GEN, "--set", "train.epochs=2", "--set", "train.batch_size=8", "--set", "train.lr=0.001",
-         "--set", "train.threads=1"]
+         "--set", f"train.threads={THREADS}"]
 ATTACK = ["attack", *TRAIN, "--set", "attack.n_images=5", "--set", "attack.images_per_batch=2",
-          "--set", "attack.threshold=0.25", "--set", "attack.threads=1", "--set", "attack.figures=false"]
+          "--set", "attack.threshold=0.25", "--set", f"attack.threads={THREADS}",
+          "--set", "attack.figures=false"]
 METHOD = {"exhaustive": ["--set", "attack.method=exhaustive", "--set", "attack.early_exit=false"],
           "sparse-rs": ["--set", "attack.method=sparse-rs", "--set", "attack.max_queries=200",
                         "--set", "attack.proposals=8"],

@@ -9,11 +9,12 @@ import h5py
 import numpy as np
 import pytest
 
-from helpers import assert_same_data, cli
+from helpers import THREADS, assert_same_data, cli
 
 TINY = ["--config", "tiny"]
 # Train stops at its input check; were it to start, one short epoch.
-TRAIN = ["train", *TINY, "--set", "train.epochs=1", "--set", "train.threads=1", "--set", "train.batch_size=8"]
+TRAIN = ["train", *TINY, "--set", "train.epochs=1", "--set", f"train.threads={THREADS}",
+         "--set", "train.batch_size=8"]
 
 
 def refused(res, *words: str) -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 import h5py
 import pytest
 
-from helpers import ROOT, SMALL_RUN, assert_same_data, env, job_logs, sets, workdir
+from helpers import ROOT, SMALL_RUN, THREADS, assert_same_data, env, job_logs, sets, workdir
 
 SLURM_DIR = ROOT / "jobs" / "slurm"
 PBS_DIR = ROOT / "jobs" / "pbs"
@@ -373,7 +373,7 @@ def test_submit_chain_on_slurm(slurm, tmp_path):
 @pytest.mark.slurm
 def test_train_job_checkpoints_and_requeues_itself_on_usr1(slurm, tmp_path, tiny_galaxies):
     sets = ["generate.n_galaxies=40", "train.variants=[regular]", "train.epochs=3", "train.batch_size=2",
-            "train.threads=1"]
+            f"train.threads={THREADS}"]
     tmp_path = workdir(tmp_path, tiny_galaxies)  # the job's working folder: the session's tiny data
     e = slurm.env(HPCMORPH_CONFIG="tiny", HPCMORPH_SET=" ".join(sets))
     res = subprocess.run(["sbatch", "--parsable", "--ntasks-per-node=1", "--gpus-per-task=0",
