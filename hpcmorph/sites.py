@@ -139,7 +139,11 @@ POLARIS = Site(
         # Running MPI+OpenMP applications: --depth hardware threads per rank, bound by depth.
         Fact("--depth={cpus} --cpu-bind depth", POLARIS_JOBS),
     ),
-    container=(Fact("apptainer exec --fakeroot -B /opt -B /var/run/palsd/", POLARIS_CONTAINERS),),
+    # The containers page binds all of /opt (`-B /opt -B /var/run/palsd/`), which would hide the image's
+    # own /opt/hpcmorph; ALCF's MPI container job (job_submission.sh) binds only what Cray MPICH needs
+    # there, which also holds the page's ADDITIONAL_PATH. --fakeroot: the page's "Always use".
+    container=(Fact("apptainer exec --fakeroot", POLARIS_CONTAINERS),
+               Fact("-B /var/run/palsd/ -B /opt/cray/pe -B /opt/cray/libfabric", POLARIS_REGISTRY)),
     # The GPU driver: ALCF's MPI container README runs `apptainer exec ... --nv --fakeroot`.
     container_gpu=(Fact("--nv", POLARIS_REGISTRY),),
     # The queues of Running Jobs on Polaris (nodes per job); prod routes to small/medium/large.

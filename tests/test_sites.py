@@ -32,6 +32,9 @@ POLARIS_MODULES = ["ml use /soft/modulefiles", "ml spack-pe-base", "ml apptainer
 POLARIS_EXPORTS = ["export ADDITIONAL_PATH=/opt/cray/pe/pals/1.2.12/lib",
                    'export APPTAINERENV_LD_LIBRARY_PATH="$CRAY_LD_LIBRARY_PATH:$LD_LIBRARY_PATH:$ADDITIONAL_PATH"']
 POLARIS_LAUNCH = "mpiexec -hostfile $PBS_NODEFILE -n $PROCS -ppn $PPN apptainer exec --fakeroot -B /opt -B /var/run/palsd/ $CONTAINER"
+# https://github.com/argonne-lcf/container-registry/blob/main/containers/mpi/Polaris/job_submission.sh: the binds
+# of ALCF's MPI container job, which leave the image's own /opt (where hpcmorph lives) visible.
+POLARIS_REGISTRY_BINDS = "-B /opt/nvidia -B /var/run/palsd/ -B /opt/cray/pe -B /opt/cray/libfabric"
 POLARIS_DIRECTIVES = ["-l select=2:system=polaris", "-l place=scatter", "-l filesystems=home:eagle"]
 # https://docs.alcf.anl.gov/polaris/running-jobs/using-gpus/ (binding: depth hardware threads per rank)
 POLARIS_BINDING = "mpiexec -n ${NTOTRANKS} --ppn ${NRANKS_PER_NODE} --depth=${NDEPTH} --cpu-bind depth"
@@ -178,14 +181,16 @@ def test_polaris_jobs_load_cray_mpich_abi_and_launch_as_alcf_documents(bench, ca
             ppn = 1
         for launch in launches:
             assert launch["program"] == "mpiexec"
-            # The container page's form with its numbers filled in, the binding of Running Jobs
-            # between the launcher and the container, the GPU driver (--nv) on GPU jobs.
-            want = POLARIS_LAUNCH.replace("$PBS_NODEFILE", str(bench.tmp / "nodefile")) \
-                .replace("$PROCS", str(nodes * ppn)).replace("$PPN", str(ppn)).split()[1:]
-            depth = 64 // ppn
-            want[6:6] = [f"--depth={depth}", "--cpu-bind", "depth"]
-            want[-1:-1] = ["--nv"] if gpu else []
-            want[-1] = str(image)
+            # The container page's launch with its numbers filled in, the binding of Running Jobs
+            # between the launcher and the container, `apptainer exec --fakeroot` with the binds of
+            # ALCF's MPI container job (not its /opt/nvidia: the image carries its CUDA libraries), the
+            # GPU driver (--nv) on GPU jobs, then the image.
+            launch_words = POLARIS_LAUNCH.replace("$PBS_NODEFILE", str(bench.tmp / "nodefile")) \
+                .replace("$PROCS", str(nodes * ppn)).replace("$PPN", str(ppn)).split()
+            binds = [w for pair in re.findall(r"-B (\S+)", POLARIS_REGISTRY_BINDS) if "nvidia" not in pair
+                     for w in ("-B", pair)]
+            want = [*launch_words[1:7], f"--depth={64 // ppn}", "--cpu-bind", "depth",
+                    *launch_words[7:10], *binds, *(["--nv"] if gpu else []), str(image)]
             assert launch["argv"][:len(want)] == want, (stage, launch["argv"])
             assert launch["argv"][len(want):len(want) + 2] == ["hpcmorph", stage]
             # The site's MPICH ABI library first inside the container, as the page sets it.
