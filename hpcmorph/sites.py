@@ -249,14 +249,15 @@ def _words(facts: tuple[Fact, ...], **sizes: int) -> str:
 
 def block(site: Site, *, gpu: bool, nodes: int, ranks: int, ppn: int, image: str | None,
           launcher: bool = True) -> list[str]:
-    """The shell lines a job of this site runs before the job script's own body: modules, exports,
-    then HPCMORPH_LAUNCHER (unless the user gave one: ``launcher=False``) and, with an image,
-    HPCMORPH_CONTAINER (what the script runs each rank in). Empty for the generic site."""
+    """The shell lines a job of this site runs before the job script's own body: with an image, the
+    modules and exports of the site's container model and HPCMORPH_CONTAINER (what the script runs
+    each rank in); then HPCMORPH_LAUNCHER (unless the user gave one: ``launcher=False``). Without an
+    image (a venv) only the launch line: the rest is the container model's. Empty for generic."""
     if site is GENERIC:
         return []
     sizes = {"nodes": nodes, "ranks": ranks, "ppn": ppn, "cpus": cpus_per_rank(site, gpu, ppn)}
-    modules = (*site.modules, *(site.modules_gpu if gpu else ()))
-    env = (*site.env, *(site.env_gpu if gpu else site.env_cpu))
+    modules = (*site.modules, *(site.modules_gpu if gpu else ())) if image else ()
+    env = (*site.env, *(site.env_gpu if gpu else site.env_cpu)) if image else ()
     launch = (*site.launcher, *(site.launcher_gpu if gpu else ())) if launcher else ()
     container = (*site.container, *(site.container_gpu if gpu else ())) if image else ()
     node = site.node(gpu)

@@ -313,6 +313,13 @@ def test_polaris_prod_queue_takes_ten_nodes(capsys, tmp_path, monkeypatch):
         in res.stdout
 
 
+def test_without_an_image_a_site_gives_only_its_launch_line():
+    for site in (sites.POLARIS, sites.FRONTIER, sites.PERLMUTTER):
+        lines = [line for line in sites.block(site, gpu=True, nodes=1, ranks=4, ppn=4, image=None)
+                 if not line.startswith("#")]
+        assert len(lines) == 1 and lines[0].startswith('export HPCMORPH_LAUNCHER="'), lines
+
+
 def test_plan_sizes_nodes_as_the_site_does(capsys):
     from hpcmorph.cli import main
 
