@@ -61,11 +61,13 @@ class Fact:
 
 @dataclass(frozen=True)
 class Node:
-    """One kind of compute node: its GPUs, the cores a job may use and hardware threads per core."""
+    """One kind of compute node: its GPUs, the cores a job may use, and how many CPUs per core the
+    launcher's CPUs-per-rank option counts (PALS' --depth and Perlmutter's -c count hardware
+    threads, 2 per core; Frontier's -c counts cores, one hardware thread each by default)."""
 
     gpus: int
     cores: int
-    threads_per_core: int
+    cpus_per_core: int
     facts: tuple[Fact, ...]
 
 
@@ -92,6 +94,7 @@ class Site:
     scheduler_args_gpu: tuple[Fact, ...] = ()
     queue_flag: str = "--partition"            # what --queue becomes on the sbatch line
     queues: dict[str, tuple[int, int]] = field(default_factory=dict)  # queue: (min, max) nodes
+    queues_source: str | None = None
     default_queue: Fact | None = None
     notes: tuple[str, ...] = ()         # what the dry run says beside the job (caveats)
 
@@ -149,6 +152,7 @@ POLARIS = Site(
     # The queues of Running Jobs on Polaris (nodes per job); prod routes to small/medium/large.
     queues={"debug": (1, 2), "debug-scaling": (1, 10), "prod": (10, 496), "preemptable": (1, 10),
             "demand": (1, 56), "capacity": (1, 4)},
+    queues_source=POLARIS_JOBS,
     notes=("GPUs: Cray MPICH does not bind ranks to GPUs on Polaris; each rank takes GPU (PMI_LOCAL_RANK "
            "mod 4), where ALCF's set_affinity_gpu_polaris.sh would take them in reverse order",),
 )
@@ -156,7 +160,7 @@ POLARIS = Site(
 # --- OLCF Frontier -----------------------------------------------------------------------------
 FRONTIER = Site(
     "frontier", "OLCF Frontier", "slurm",
-    gpu_node=Node(8, 56, 2, (
+    gpu_node=Node(8, 56, 1, (
         Fact("8 GCDs per node", FRONTIER_GUIDE),                       # 4 MI250X, 2 GCDs each: 8 GPUs to Slurm
         Fact("-S 8", FRONTIER_GUIDE),                                  # core specialization: 64 - 8 cores
         Fact("-c7", FRONTIER_PYTORCH))),                               # srun -N2 -n16 -c7 ...
@@ -229,10 +233,9 @@ def ranks_per_node(site: Site, gpu: bool) -> int | None:
 
 
 def cpus_per_rank(site: Site, gpu: bool, ppn: int) -> int:
-    """Hardware threads (Polaris' --depth, Perlmutter's -c) or cores (Frontier's -c) per rank."""
+    """The node's CPUs shared out among its ranks: Polaris' --depth, Frontier's and Perlmutter's -c."""
     node = site.node(gpu)
-    threads = node.cores * (node.threads_per_core if site.name in ("polaris", "perlmutter") else 1)
-    return max(1, threads // max(1, ppn))
+    return max(1, node.cores * node.cpus_per_core // max(1, ppn))
 
 
 def check_queue(site: Site, queue: str | None, nodes: int) -> None:
@@ -240,7 +243,7 @@ def check_queue(site: Site, queue: str | None, nodes: int) -> None:
         low, high = site.queues[queue]
         if not low <= nodes <= high:
             raise SiteError(f"--site {site.name}: queue {queue} takes {low} to {high} nodes per job, not {nodes} "
-                            f"({POLARIS_JOBS if site is POLARIS else site.title})")
+                            f"({site.queues_source})")
 
 
 def _words(facts: tuple[Fact, ...], **sizes: int) -> str:
