@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import sys
 import time
 from contextlib import contextmanager
@@ -88,6 +89,24 @@ def launcher_local_rank() -> int | None:
         if var in os.environ:
             return int(os.environ[var])
     return None
+
+
+# MPI libraries as they are named on disk: MPICH's libmpi.so.12 (Debian: libmpich.so.12), Open MPI's
+# libmpi.so.40, Cray MPICH's libmpi_gnu_123.so.12 and the like; not the C++ or Fortran bindings.
+_MPI_LIBRARY = re.compile(r"^lib(mpi|mpich)(_(?!cxx|mpifh|usempi)[a-z]+_?\d*)?\.so(\.|$)")
+
+
+def library_files() -> list[str]:
+    """The MPI library files this process has mapped (after importing mpi4py), from /proc/self/maps:
+    in a container they show whether the site's library replaced the image's (the hybrid model)."""
+    from mpi4py import MPI  # noqa: F401 - loads the library
+
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {fields[5] for fields in (line.split(None, 5) for line in f) if len(fields) == 6}
+    except OSError:
+        return []
+    return sorted(p.strip() for p in paths if _MPI_LIBRARY.match(os.path.basename(p.strip())))
 
 
 def device_for(local_rank: int):

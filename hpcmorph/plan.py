@@ -596,7 +596,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "(report: 1); default 1")
     p.add_argument("--gpus-per-rank", default=None, metavar="G", help="GPUs per rank with --device cuda (default 1)")
     p.add_argument("--ranks-per-node", default=None, metavar="R",
-                   help="ranks per node, for node-hours (default: 4 with cuda, 32 with cpu)")
+                   help="ranks per node, for node-hours (default: the --site's nodes, else 4 with cuda, 32 with cpu)")
+    p.add_argument("--site", default=None, metavar="NAME",
+                   help="size nodes as this facility's (hpcmorph/sites.py: polaris, frontier, perlmutter): one "
+                   "rank per GPU with cuda, one per usable core with cpu, as hpcmorph submit --site runs them")
     p.add_argument("--device", default=None, metavar="cpu|cuda",
                    help="device of train, attack and analyze (default: cuda where this machine has one, else cpu)")
     p.add_argument("--calibrate", action="store_true",
@@ -642,7 +645,12 @@ def run(args: argparse.Namespace) -> int:
         if device not in DEVICES:
             raise PlanError(f"--device {device!r}: expected one of {', '.join(DEVICES)}")
         gpus = _positive(args.gpus_per_rank, "--gpus-per-rank", 1 if device == "cuda" else 0, zero_ok=True)
-        rpn = _positive(args.ranks_per_node, "--ranks-per-node", 4 if device == "cuda" else 32)
+        default_rpn = 4 if device == "cuda" else 32
+        if args.site:
+            from . import sites
+
+            default_rpn = sites.ranks_per_node(sites.get(args.site), device == "cuda") or default_rpn
+        rpn = _positive(args.ranks_per_node, "--ranks-per-node", default_rpn)
         cfg = config_mod.load(args.config, args.overrides)
         calibration = None
         if args.calibrate:

@@ -18,6 +18,20 @@ from helpers import (SLURM_LOCAL, THREADS, TINY_ANALYZE, TINY_ATTACK, TINY_GEN, 
                      slurm_installed, workdir)
 
 
+# Tests that share one expensive thing of a session (a Slurm cluster, the image) run in one xdist
+# worker (`pytest -n 2 --dist loadgroup`, make test): one cluster, one image build.
+GROUPS = ("slurm", "container", "multinode")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    for item in items:
+        for group in GROUPS:
+            if item.get_closest_marker(group):
+                item.add_marker(pytest.mark.xdist_group(group))
+                break
+
+
 @pytest.fixture(scope="session")
 def tiny_galaxies(tmp_path_factory) -> Path:
     """``runs/tiny`` holding ``galaxies.h5`` of the tiny run."""
