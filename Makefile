@@ -71,12 +71,16 @@ lint: setup
 	elif [ -n "$$CI" ]; then echo "lint: no shellcheck in CI" >&2; exit 1; \
 	else echo "lint: no shellcheck here; the shell scripts were not checked"; fi
 
+# Two pytest workers per two cores (pytest-xdist): one runs while the other waits on Slurm, mpirun
+# start-up or the image build; tests that share a cluster or the image stay on one worker
+# (tests/conftest.py). XDIST= runs the suite in one process.
+XDIST ?= -n auto --dist loadgroup
 # --durations: every log says where the suite's time went. Then the comparing unit tests once more
 # with other kernels (test-cpu-kinds' quick leg). The MPICH image's tests (marker mpich) are left
 # out: its cold build alone takes longer than the suite's budget allows (docs/testing.md);
 # `make test-mpich` runs them.
 test: setup horovod chromium lint
-	$(PY) -m pytest -q -ra --durations=25 -m "not mpich"
+	$(PY) -m pytest -q -ra --durations=25 -m "not mpich" $(XDIST)
 	$(MAKE) --no-print-directory test-cpu-kinds-quick
 
 # The tests that compare numbers (batched against one at a time, ranks, resumes, weights), with
