@@ -10,6 +10,7 @@ stop requests, checkpoints). Rank and size come from the backend itself, so the 
 from __future__ import annotations
 
 import os
+import socket
 
 import numpy as np
 import torch
@@ -36,6 +37,10 @@ class Single:
     name = "none"
     rank, size, local_rank = 0, 1, 0
 
+    def describe(self) -> str:
+        """The backend and how its ranks talk, for the log."""
+        return self.name
+
     def wrap(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer):
         return model, optimizer
 
@@ -52,6 +57,55 @@ class Single:
         pass
 
 
+def rendezvous(size: int) -> tuple[str, str]:
+    """Where DDP's ranks meet rank 0 (MASTER_ADDR, MASTER_PORT).
+
+    The launcher's values where it set them (torchrun). Under an MPI launcher (mpirun, srun
+    --mpi=pmix) rank 0 tells every rank its own: 127.0.0.1 when every rank is on rank 0's host, else
+    the address rank 0's host name resolves to (on another node, 127.0.0.1 would be that node's own);
+    and a port free on rank 0's host, so two jobs sharing a node do not meet in each other's store.
+    Without either, one host is assumed: 127.0.0.1:29511.
+    """
+    given = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
+    if all(given):
+        return given[0], given[1]
+    from ..mpi import world
+
+    ctx = world()
+    if ctx.size != size or size == 1:
+        return given[0] or "127.0.0.1", given[1] or "29511"
+    hosts = ctx.hosts()  # collective: every rank
+    found: tuple[str, str, str | None] = ("", "", None)
+    if ctx.is_root:
+        found = _rank0_address(given[0], given[1], hosts)
+    addr, port, error = ctx.bcast(found)
+    if error:
+        raise BackendError(error)
+    return addr, port
+
+
+def _rank0_address(addr: str | None, port: str | None, hosts: list[str]) -> tuple[str, str, str | None]:
+    """(address, port, error) for :func:`rendezvous`, worked out on rank 0."""
+    if not addr:
+        if len(set(hosts)) == 1:
+            addr = "127.0.0.1"
+        else:
+            try:
+                addr = socket.gethostbyname(hosts[0])
+            except OSError as err:
+                return "", "", (f"train.backend ddp: rank 0's host name {hosts[0]!r} does not resolve ({err}), and the "
+                                "ranks on the other hosts must reach it: set MASTER_ADDR to an address of rank 0's host")
+            if addr.startswith("127."):
+                return "", "", (f"train.backend ddp: rank 0's host name {hosts[0]!r} resolves to {addr}, a loopback "
+                                f"address the ranks on {', '.join(sorted(set(hosts) - {hosts[0]}))} cannot reach: set "
+                                "MASTER_ADDR to an address of rank 0's host")
+    if not port:
+        with socket.socket() as s:
+            s.bind(("", 0))
+            port = str(s.getsockname()[1])
+    return addr, port, None
+
+
 class Horovod(Single):
     """Horovod over MPI or Gloo (NCCL on GPU builds)."""
 
@@ -66,6 +120,12 @@ class Horovod(Single):
         hvd.init()
         self.hvd = hvd
         self.rank, self.size, self.local_rank = hvd.rank(), hvd.size(), hvd.local_rank()
+
+    def describe(self) -> str:
+        hvd = self.hvd
+        controller = "MPI" if hvd.mpi_enabled() else "Gloo" if hvd.gloo_enabled() else "?"
+        ops = "NCCL" if torch.cuda.is_available() and hvd.nccl_built() else controller
+        return f"horovod ({controller} controller, {ops} allreduce)"
 
     def wrap(self, model, optimizer):
         hvd = self.hvd
@@ -104,11 +164,13 @@ class DDP(Single):
                 break
         else:
             self.rank, self.size, self.local_rank = 0, 1, 0
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", "29511")
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend, rank=self.rank, world_size=self.size)
+        os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = rendezvous(self.size)
+        self.transport = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(self.transport, rank=self.rank, world_size=self.size)
         self.dist = dist
+
+    def describe(self) -> str:
+        return f"ddp ({self.transport}, rank 0 at {os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']})"
 
     def wrap(self, model, optimizer):
         from torch.nn.parallel import DistributedDataParallel

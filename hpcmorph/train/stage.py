@@ -396,7 +396,8 @@ def init_backend(cfg: Config) -> distributed.Single:
         backend.shutdown()
         raise BackendError(f"train.batch_size {cfg.train.batch_size} is not divisible by the {backend.size} ranks; "
                            "choose a batch size that is a multiple of the rank count")
-    log.info("train: backend %s, %d rank(s), device %s", backend.name, backend.size, device_for(backend.local_rank))
+    log.info("train: backend %s, %d rank(s), device %s", backend.describe(), backend.size,
+             device_for(backend.local_rank))
     return backend
 
 
