@@ -44,6 +44,12 @@ class Single:
     def wrap(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer):
         return model, optimizer
 
+    def evaluating(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The module to run evaluation passes through: its forward starts no collective, so ranks
+        holding different numbers of images (3 validation images on 4 ranks) do not wait on each
+        other. Collective itself: every rank calls it."""
+        return getattr(model, "module", model)
+
     def allreduce_sum(self, values) -> np.ndarray:
         return np.asarray(values, dtype=np.float64)
 
@@ -93,8 +99,9 @@ def _rank0_address(addr: str | None, port: str | None, hosts: list[str]) -> tupl
             try:
                 addr = socket.gethostbyname(hosts[0])
             except OSError as err:
-                return "", "", (f"train.backend ddp: rank 0's host name {hosts[0]!r} does not resolve ({err}), and the "
-                                "ranks on the other hosts must reach it: set MASTER_ADDR to an address of rank 0's host")
+                return "", "", (f"train.backend ddp: rank 0's host name {hosts[0]!r} does not resolve ({err}), and "
+                                "the ranks on the other hosts must reach it: set MASTER_ADDR to an address of rank 0's "
+                                "host")
             if addr.startswith("127."):
                 return "", "", (f"train.backend ddp: rank 0's host name {hosts[0]!r} resolves to {addr}, a loopback "
                                 f"address the ranks on {', '.join(sorted(set(hosts) - {hosts[0]}))} cannot reach: set "
@@ -178,6 +185,17 @@ class DDP(Single):
         ids = [self.local_rank % torch.cuda.device_count()] if torch.cuda.is_available() else None
         # DDP broadcasts rank 0's parameters and buffers at construction.
         return DistributedDataParallel(model, device_ids=ids), optimizer
+
+    def evaluating(self, model):
+        # DDP's forward broadcasts rank 0's buffers (BatchNorm's running statistics) before every
+        # pass: a collective per batch, which left a rank with fewer batches to evaluate than the
+        # others (or none) in a different collective: the job hung at its first validation (seen
+        # with 3 validation images on 4 ranks). Broadcast them once, then evaluate the bare module:
+        # the same numbers, and no collective per batch.
+        module = getattr(model, "module", model)
+        for buffer in module.buffers():
+            self.dist.broadcast(buffer, src=0)
+        return module
 
     def allreduce_sum(self, values) -> np.ndarray:
         t = torch.as_tensor(np.asarray(values, dtype=np.float64))
