@@ -140,7 +140,22 @@ class Horovod(Single):
         # No broadcast_optimizer_state: on a fresh Adam it takes a dummy step with zero gradients,
         # which weight decay turns into a real update (the weights then differ from DDP's). Every
         # rank builds the same fresh optimizer, or loads the same checkpoint, so there is nothing to send.
-        return model, hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters(), op=hvd.Average)
+        wrapped = hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters(), op=hvd.Average)
+        # DistributedOptimizer is a new optimizer over the same parameters, with no state: a resumed
+        # run's Adam moments, loaded from its checkpoint into `optimizer`, were dropped, and the run
+        # went on as if freshly started (seen: a 4-rank run resumed at epoch 4 ended with other
+        # weights than the uninterrupted one).
+        if optimizer.state:
+            wrapped.load_state_dict(optimizer.state_dict())
+        return model, wrapped
+
+    def evaluating(self, model):
+        # Each rank's BatchNorm running statistics follow its own batches; the checkpoint and
+        # best.pt keep rank 0's. Evaluating with rank 0's on every rank (as DDP does) scores the
+        # weights that are saved, and leaves every rank as a resumed run starts.
+        module = getattr(model, "module", model)
+        self.hvd.broadcast_parameters(list(module.named_buffers()), root_rank=0)
+        return module
 
     def allreduce_sum(self, values) -> np.ndarray:
         t = torch.as_tensor(np.asarray(values, dtype=np.float64))
