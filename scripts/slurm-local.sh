@@ -23,13 +23,12 @@
 # (host name nodek; private /run, /tmp, /dev/shm; its own /etc/hosts naming every node, and Open
 # MPI's site settings: TCP between nodes, on that subnet). The other ends meet on a bridge in a
 # "fabric" namespace; slurmctld and munged stay in the root namespace, which reaches the nodes over
-# one more veth pair holding 169.254.S.1. S is drawn from DIR's path, never 0, 169 or 255, and one
-# no route of this machine uses: the addresses are link-local and exist only on links this script
-# made, so nothing leaves the machine. Everything else is shared, as a cluster's parallel file
+# one more veth pair holding 169.254.S.1. S is drawn from DIR's path: never 0, 169 or 255, nor a
+# /24 that an address or route of this machine already uses. The addresses are link-local and exist
+# only on links this script made, so nothing leaves the machine. Everything else is shared, as a cluster's parallel file
 # system is: DIR and every path outside /run, /tmp and /dev/shm. A job's working folder must
-# therefore be outside /tmp (or under DIR): the nodes' /tmp is their own. `sbatch`, `squeue`,
-# `scontrol` and `scancel` work from the root namespace; `srun` is run on a node (`exec DIR node1
-# srun ...`, or inside a job), as on a cluster's login node it would be.
+# therefore be outside /tmp (or under DIR): the nodes' /tmp is their own. Slurm's clients (sbatch,
+# squeue, scontrol, scancel, srun) work from the root namespace with the printed SLURM_CONF.
 #
 # Messages go to stderr; stdout carries only the export line, so `eval "$(... start DIR)"` works.
 # Environment: HPCMORPH_NO_APT=1 (never call apt), SLURM_LOCAL_TIMEOUT (seconds to wait for the

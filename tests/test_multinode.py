@@ -37,7 +37,8 @@ import test_slurm
 from conftest import ROOT, SMALL_RUN, env, mpirun, sets
 from test_container import csv_data, drop_provenance, h5_contents
 
-pytestmark = [pytest.mark.multinode, pytest.mark.slurm, pytest.mark.slow]
+# The first test to use the chain waits for it: five jobs and the same five stages on one host.
+pytestmark = [pytest.mark.multinode, pytest.mark.slurm, pytest.mark.slow, pytest.mark.timeout(2400)]
 
 SCRIPT = ROOT / "scripts" / "slurm-local.sh"
 JOBS = ROOT / "jobs" / "slurm"
