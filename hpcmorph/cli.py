@@ -147,6 +147,7 @@ def cmd_stage(args) -> int:
 
     ctx = mpi.world()
     mpi.setup_logging(ctx, args.verbose)
+    mpi.log_placement(ctx)
     with mpi.abort_on_error(ctx, user_errors=(UserError,)):
         cfg = load(args.config, args.overrides)
         try:

@@ -11,10 +11,11 @@ import errno
 import logging
 import os
 import re
+import socket
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from collections.abc import Iterable
@@ -31,6 +32,7 @@ class Context:
     """Rank bookkeeping around an ``mpi4py`` communicator."""
 
     comm: Any
+    _hosts: list[str] | None = field(default=None, repr=False, compare=False)
 
     @property
     def rank(self) -> int:
@@ -51,6 +53,12 @@ class Context:
         if found is not None:
             return found
         return self.comm.Split_type(_mpi().COMM_TYPE_SHARED).Get_rank() if self.size > 1 else 0
+
+    def hosts(self) -> list[str]:
+        """Every rank's host name, by rank. Collective the first time (every rank must call it)."""
+        if self._hosts is None:
+            self._hosts = self.allgather(socket.gethostname()) if self.size > 1 else [socket.gethostname()]
+        return self._hosts
 
     def barrier(self) -> None:
         self.comm.Barrier()
@@ -81,6 +89,25 @@ class Context:
         if self.size > 1:
             self.comm.Abort(code)
         sys.exit(code)
+
+
+def placement(hosts: list[str], local_ranks: list[int]) -> str:
+    """Which ranks run on which host, with their node-local ranks (which pick the GPUs), as one line:
+    ``2 hosts: node1 ranks 0, 1 (local 0, 1); node2 ranks 2, 3 (local 0, 1)``."""
+    by_host: dict[str, list[int]] = {}
+    for rank, host in enumerate(hosts):
+        by_host.setdefault(host, []).append(rank)
+    parts = [f"{host} rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))} "
+             f"(local {', '.join(str(local_ranks[r]) for r in ranks)})" for host, ranks in by_host.items()]
+    return f"{len(by_host)} host{'s' if len(by_host) > 1 else ''}: {'; '.join(parts)}"
+
+
+def log_placement(ctx: Context) -> None:
+    """Log (rank 0) where every rank runs: on a job of several nodes, the proof that it spans them."""
+    if ctx.size == 1:
+        return
+    hosts, local = ctx.hosts(), ctx.allgather(ctx.local_rank)
+    log.info("%d ranks on %s", ctx.size, placement(hosts, local))
 
 
 def launcher_local_rank() -> int | None:
