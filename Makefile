@@ -23,7 +23,7 @@ help:
 	@echo "make test-cpu-kinds                    the tests that compare numbers, under avx2 + 2 threads and default + 1"
 	@echo "make test-fast                         the unit tests only (no mpirun, no end-to-end runs): under 2 minutes"
 	@echo "make test-container                    the container tests only (build the CPU image, run it under ch-run)"
-	@echo "make test-multinode                    the two-node tests only (a two-node Slurm in namespaces, as root; ~20 min)"
+	@echo "make test-multinode                    the two-node tests only (a two-node Slurm in namespaces, as root; ~23 min)"
 	@echo "make bench                             every stage's benchmark (figures beside a bare baseline)"
 	@echo "make setup                             only bring the machine and .venv up to date"
 	@echo "make horovod                           build (once, cached) and install Horovod into .venv"
@@ -79,7 +79,7 @@ XDIST ?= -n auto --dist loadgroup
 # --durations: every log says where the suite's time went. Then the comparing unit tests once more
 # with other kernels (test-cpu-kinds' quick leg). The MPICH image's tests (marker mpich) are left
 # out: its cold build alone takes longer than the suite's budget allows (docs/testing.md);
-# `make test-mpich` runs them. So are the two-node tests (marker multinode, about 20 minutes):
+# `make test-mpich` runs them. So are the two-node tests (marker multinode, about 23 minutes):
 # `make test-multinode`.
 test: setup horovod chromium lint
 	$(PY) -m pytest -q -ra --durations=25 -m "not mpich and not multinode" $(XDIST)
@@ -113,7 +113,7 @@ test-mpich: setup
 
 # Only the two-node tests (as root): the chain across a two-node Slurm (scripts/slurm-local.sh
 # --nodes 2) against the same ranks on one host, a node lost mid-attack and mid-train, a lock held
-# from the other node. About 20 minutes on 2 cores: too slow for `make test` (docs/testing.md).
+# from the other node. About 23 minutes on 2 cores: too slow for `make test` (docs/testing.md).
 test-multinode: setup horovod
 	$(PY) -m pytest -q -ra --durations=0 -m multinode
 
