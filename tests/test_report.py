@@ -4,6 +4,8 @@ headless Chromium."""
 
 from __future__ import annotations
 
+import csv
+import html
 import json
 import os
 import shutil
@@ -177,7 +179,7 @@ def test_report_writes_every_file_and_a_rerun_does_nothing(tmp_path, figure_temp
     assert nums["digest"] == stage.digest(cfg, {"digest": "d1"})
     assert nums["table1"]["ours"]["regular"]["y1"]["f1"][0] is None
     assert nums["attack"]["attack"]["variants"]["regular"]["flipped"] == 4
-    assert "attack,targeted,1,regular,5,4,10,4,0.4,24.0,30.5,500" in (out / "attack.csv").read_text()
+    assert '"seed ?, de, k=1, data",targeted,1,regular,5,4,10,4,0.4,24.0,30.5,500' in (out / "attack.csv").read_text()
     assert (out / "exposure.csv").read_text() == "fraction,years,regular,mmd\n0.1,1.0,0.4,0.6\n1.0,10.0,0.7,\n"
     assert not list(tmp_path.joinpath("fake").glob("report.*"))
 
@@ -185,6 +187,31 @@ def test_report_writes_every_file_and_a_rerun_does_nothing(tmp_path, figure_temp
     with caplog.at_level("INFO", logger="hpcmorph"):
         stage.run(cfg, serial())
     assert "report: up to date" in caplog.text and (out / "index.html").stat().st_mtime_ns == before
+
+
+def test_attack_rows_of_a_three_seed_run_name_seed_method_k_and_range(tmp_path, figure_template):
+    """A laptop-like run: three seeds x (k = 1, 2, 3 in the data's range, k = 1 in [0, 1]), two models:
+    24 rows, every label unique, sorted by seed, method, k and range."""
+    cfg = make_run(tmp_path, figure_template)
+    run = tmp_path / "fake"
+    (run / "attack_summary.json").unlink()
+    for seed in (0, 1, 2):
+        for k, suffix in ((1, ""), (2, "-k2"), (3, "-k3"), (1, "-r01")):
+            stem = "attack" + ("" if seed == 0 else f"-s{seed}") + "-saliency" + suffix
+            summary = {"method": "saliency", "mode": "targeted", "pixels": k, "model_seed": seed,
+                       "variants": {v: {"attacked": 24, "flipped": 10 + seed + k} for v in ("regular", "mmd")}}
+            if suffix != "-r01" or seed != 2:  # seed 2's [0, 1] summary as written before value_range was kept
+                summary["value_range"] = "[0, 1]" if suffix == "-r01" else "data"
+            (run / f"{stem}_summary.json").write_text(json.dumps(summary))
+    out = stage.run(cfg, serial())
+    with open(out / "attack.csv") as f:
+        records = list(csv.DictReader(f))
+    labels = [r["label"] for r in records]
+    assert len(records) == 24 and len(set(zip(labels, (r["variant"] for r in records)))) == 24
+    assert labels[::2] == [f"seed {s}, saliency, k={k}, {r}" for s in (0, 1, 2)
+                           for k, r in ((1, "data"), (1, "[0, 1]"), (2, "data"), (3, "data"))]
+    page = (out / "index.html").read_text()
+    assert all(html.escape(label) in page for label in set(labels)) and "targeted, k=1<" not in page
 
 
 def test_an_analysis_alone_is_enough(tmp_path):

@@ -94,7 +94,7 @@ from .distances import PAPER as PAPER_TABLE2
 from .stats import LEVEL, N_BOOT, Estimate, bootstrap_ci, mean_std, ratio_ci, stream_of, t_ci, welch_ci
 
 VERDICTS = ("reproduced", "not reproduced", "inconclusive", "not measured")
-RANGES = ("data", "[0, 1]")  # the value ranges claim 3 always has a row for (queries.range_name)
+RANGES = ("data", "[0, 1]")  # the value ranges claim 3 always has a row for (attack.stage.range_name)
 MODELS = ("regular", "mmd")
 
 # The paper's numbers the claims use (Table 1 accuracies; 136 of 150 flipped; Table 2 via distances).

@@ -23,15 +23,11 @@ from .. import store
 from ..attack.compare import all_k1_configs
 from ..attack.stage import digest as attack_digest
 from ..attack.stage import output_path as attack_path
+from ..attack.stage import range_name
 from ..config import Config
 from ..mpi import log
 
 ORACLE = "exhaustive"
-
-
-def range_name(pixel_range) -> str:
-    """``data`` for the data's value range (attack.pixel_range null), ``[lo, hi]`` otherwise."""
-    return "data" if pixel_range is None else f"[{pixel_range[0]:g}, {pixel_range[1]:g}]"
 
 
 def first_flip_queries(index: np.ndarray, success: np.ndarray, queries: np.ndarray) -> np.ndarray:

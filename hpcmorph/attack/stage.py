@@ -71,6 +71,11 @@ def range_suffix(pixel_range) -> str:
     return "-r01" if (lo, hi) == (0.0, 1.0) else f"-r{lo:g}_{hi:g}"
 
 
+def range_name(pixel_range) -> str:
+    """``data`` for the data's value range (attack.pixel_range null), ``[lo, hi]`` otherwise."""
+    return "data" if pixel_range is None else f"[{pixel_range[0]:g}, {pixel_range[1]:g}]"
+
+
 def output_path(cfg: Config) -> Path:
     return Path(cfg.run.root) / cfg.run.name / f"{output_stem(cfg)}.h5"
 
@@ -481,7 +486,7 @@ def summarize_blocks(cfg: Config, ctx: Context, variants: list[str], choice: dic
         kinds = columns(a.pixels, 1, 1)
         scal = {k: np.concatenate(v) if v else np.zeros(0, kinds[k].dtype) for k, v in scal.items()}
         summary = {"method": a.method, "budget": budget, "mode": a.mode, "pixels": a.pixels,
-                   "population": a.population, "generations": a.generations,
+                   "value_range": range_name(a.pixel_range), "population": a.population, "generations": a.generations,
                    "threshold": a.threshold, "model_seed": model_seed(cfg), "images": int(len(choice["rows"])),
                    "examined": int(choice["examined"]), "skipped_misclassified": int(choice["skipped"]),
                    "misclassified_by_model": {k: int(v) for k, v in choice["misclassified"].items()},

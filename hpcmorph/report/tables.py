@@ -306,13 +306,29 @@ def claims_table(rows: Any) -> Table:
     return Table("claims", caption, header, out, records)
 
 
+def attack_label(stem: str, s: Mapping) -> tuple[tuple, str]:
+    """(sort key, row label) of the attack output ``stem`` with summary ``s``: the models' seed, the
+    method, untargeted where it is, k and the value range, e.g. "seed 1, saliency, k=2, [0, 1]".
+    Summaries written before the value range was recorded get it from the file name (``-r01``)."""
+    seed, k = s.get("model_seed"), s.get("pixels")
+    value_range = s.get("value_range") or ("[0, 1]" if stem.endswith("-r01") else "data")
+    parts = [f"seed {'?' if seed is None else seed}", str(s.get("method") or "de")]
+    if s.get("mode", "targeted") != "targeted":
+        parts.append(str(s.get("mode")))
+    parts += [f"k={'?' if k is None else k}", value_range]
+    key = (finite(seed) if finite(seed) is not None else -1, str(s.get("method") or "de"), str(s.get("mode")),
+           finite(k) if finite(k) is not None else -1, value_range != "data", value_range, stem)
+    return key, ", ".join(parts)
+
+
 def attack_table(summaries: Mapping[str, Mapping]) -> Table:
-    """Per attack output (attack, attack-k2, ...) and model: images attacked and flipped, queries."""
+    """Per attack output (attack, attack-k2, ...) and model: images attacked and flipped, queries; a
+    row per output and model, named by :func:`attack_label` and sorted by seed, method, k and range."""
     header = ["Attack", "Model", "Images attacked", "Images flipped", "Attacks", "Successful attacks",
               "Median queries to flip", "Mean queries to flip"]
     rows, records = [], []
-    for stem, s in summaries.items():
-        label = f"{s.get('mode', '?')}, k={s.get('pixels', '?')}"
+    labelled = sorted((attack_label(stem, s), stem, s) for stem, s in summaries.items())
+    for (_, label), stem, s in labelled:
         for variant, v in (s.get("variants") or {}).items():
             rate = finite(v.get("success_rate"))
             succ = v.get("successful_attacks")
@@ -320,7 +336,8 @@ def attack_table(summaries: Mapping[str, Mapping]) -> Table:
                          _int(v.get("attacks")),
                          None if succ is None else f"{succ}" + ("" if rate is None else f" ({rate:.0%})"),
                          number(v.get("median_queries_to_flip")), number(v.get("mean_queries_to_flip"))])
-            records.append({"attack": stem, "mode": s.get("mode"), "pixels": s.get("pixels"), "variant": variant,
+            records.append({"attack": stem, "label": label, "mode": s.get("mode"), "pixels": s.get("pixels"),
+                            "variant": variant,
                             **{k: v.get(k) for k in ("attacked", "flipped", "attacks", "successful_attacks",
                                                      "success_rate", "median_queries_to_flip",
                                                      "mean_queries_to_flip", "queries_total")}})
