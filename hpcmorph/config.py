@@ -175,6 +175,18 @@ SCHEMA: dict[str, Any] = {
                              "H x W x 2^bands candidates per image.", low=1),
         "early_exit": Field(True, bool, "Exhaustive search: stop an attack at its first success; false scans every "
                             "candidate and counts those that succeed (column flips)."),
+        "certify": Field(False, bool, "At k = 1: for every image the attack failed on, classify every single-pixel "
+                         "corner candidate (the exhaustive search's) and store whether any reaches each target "
+                         "(columns certified*): the exact one-pixel (corner) vulnerability and the search's "
+                         "coverage. The exhaustive method is its own certificate."),
+        "certify_precision": Field("auto", str, "Certification's screening precision: 'float32' (every candidate "
+                                   "classified as the attack does), 'bfloat16' (a bfloat16 copy of the model screens, "
+                                   "every candidate near success is classified again in float32, which alone decides) "
+                                   "or 'auto' (bfloat16 where the device computes it natively, else float32).",
+                                   choices=("auto", "float32", "bfloat16")),
+        "certify_tolerance": Field(0.5, float, "Certification with a bfloat16 screen: candidates whose screened goal "
+                                   "margin (nats) comes within this of success are classified again in float32 "
+                                   "(at least 4x the screen's error measured on each image).", low=1e-6),
         "rs_alpha": Field(0.8, float, "Sparse-RS (and saliency's refinement): fraction of the k pixels moved per step "
                           "at the start of the paper's schedule (alpha_init; the authors' code: 0.8).",
                           low=0.001, high=1.0),

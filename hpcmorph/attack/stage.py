@@ -39,7 +39,7 @@ from ..generate.morphology import CLASS_NAMES
 from ..lock import locked
 from ..mpi import Context, device_for, log
 from ..train import saved
-from . import evolution, methods, pixels
+from . import certify, evolution, methods, pixels
 from .corners import Box
 
 STAGE = "attack"
@@ -115,7 +115,7 @@ def digest(cfg: Config) -> str:
     from ..train.stage import digest as train_digest
 
     # model_seed enters resolved (null means the first seed), so both spellings give one file.
-    skip = (*_NEUTRAL, "model_seed", *methods.unused(cfg.attack.method))
+    skip = (*_NEUTRAL, "model_seed", *methods.unused(cfg.attack.method), *methods.certify_unused(cfg.attack))
     keys = [f"attack.{k}" for k in cfg.attack.to_dict() if k not in skip]
     parts = {"config": cfg.digest("run.seed", "generate", *keys), "train": train_digest(cfg),
              "model_seed": model_seed(cfg)}
@@ -141,6 +141,13 @@ def columns(pixels_k: int, bands: int, size: int, n_classes: int = 3) -> dict[st
                      "(H x W x 2^bands without one)"),
         "flips": c((), "i8", "exhaustive search without early exit: single-pixel corner candidates that reach the "
                    "goal; -1 where not counted (other methods, or the scan stopped at the first success)"),
+        "certified": c((), "i1", "attack.certify (k = 1): 1 one pixel reaches the goal (the attack succeeded, or a corner "
+                       "candidate of the certifying scan does), 0 no single-pixel corner candidate does (scanned), -1 "
+                       "not decided (certification off, or the image was flipped at another target and not scanned)"),
+        "certified_flips": c((), "i8", "attack.certify: corner candidates of the certifying scan that reach the goal; "
+                             "-1 where the image was not scanned"),
+        "certified_first": c((), "i8", "attack.certify: scan index (position y W + x, times 2^bands, plus the corner) "
+                             "of the first corner candidate reaching the goal; -1 none or not scanned"),
         "pixel_xy": c((pixels_k, 2), "i4", "attacked pixels (column x, row y), counted from the image's "
                       "first column and row"),
         "pixel_values": c((pixels_k, bands), "f4", "values set at those pixels, per band, normalised "
@@ -280,6 +287,7 @@ def attack_images(model, stretch, images: np.ndarray, rows, labels, prob_before:
     box = Box.of(a.pixels, c, h, w, pixel_range(a, stretch))
     results, objective = methods.attack(a, lambda x: model(x)[1], task_images.to(device), which, true, target, seeds,
                                         box)
+    certificates = methods.certify(a, model, task_images.to(device), which, true, target, results, box, device)
 
     genomes = np.stack([r.genome for r in results])
     x, y, values = pixels.decode(torch.from_numpy(genomes), a.pixels, h, w)
@@ -295,6 +303,8 @@ def attack_images(model, stretch, images: np.ndarray, rows, labels, prob_before:
             "prob_before": before.astype(np.float32), "prob_after": prob_after,
             "pred_before": before.argmax(1).astype(np.int8), "pred_after": prob_after.argmax(1).astype(np.int8),
             "attacked": attacked.numpy().astype(np.float32),
+            "certified": certificates.certified, "certified_flips": certificates.flips,
+            "certified_first": certificates.first, "_certify": certificates.cost,
             "_forward_seconds": np.array(objective.forward_seconds), "_queries": np.array(objective.queries)}
 
 
@@ -334,6 +344,34 @@ def summarize(cols: dict[str, np.ndarray], variants: list[str], mode: str) -> di
     return out
 
 
+def certification(cols: dict[str, np.ndarray], variants: list[str]) -> dict:
+    """Per variant, from the columns ``variant, index, success, certified``: images attacked, flipped by the
+    attack, flippable by one corner pixel (the attack flipped them or the scan found a corner
+    candidate), certified out of one pixel's reach (every target scanned, none reached), undecided,
+    and the attack's coverage (flipped / flippable; None without a flippable image or while some
+    image is undecided)."""
+    out = {}
+    for v_index, variant in enumerate(variants):
+        sel = cols["variant"] == v_index
+        index, success, cert = cols["index"][sel], cols["success"][sel], cols["certified"][sel]
+        images = np.unique(index)
+        pos = np.searchsorted(images, index)
+        flipped = np.zeros(len(images), bool)
+        flippable = np.zeros(len(images), bool)
+        safe = np.ones(len(images), bool)
+        np.logical_or.at(flipped, pos, success)
+        np.logical_or.at(flippable, pos, (cert == 1) | success)
+        np.logical_and.at(safe, pos, cert == 0)
+        undecided = int((~flippable & ~safe).sum())
+        n_flippable = int(flippable.sum())
+        out[variant] = {"attacked": int(len(images)), "flipped": int(flipped.sum()), "flippable": n_flippable,
+                        "safe": int(safe.sum()), "undecided": undecided,
+                        "vulnerable_fraction": (n_flippable / len(images) if len(images) and not undecided else None),
+                        "coverage": (int(flipped.sum()) / n_flippable if n_flippable and not undecided else None),
+                        "missed_rows": [int(r) for r in images[flippable & ~flipped]]}
+    return {"variants": out}
+
+
 def format_summary(summary: dict) -> str:
     lines = ["| model | attacked | flipped | attacks | successful | median queries to flip |",
              "|---|---|---|---|---|---|"]
@@ -345,6 +383,14 @@ def format_summary(summary: dict) -> str:
                      f"({num(s['success_rate'], '.0%')}) | {num(s['median_queries_to_flip'], '.0f')} |")
     lines.append(f"skipped (misclassified by a model before any attack): {summary['skipped_misclassified']} of "
                  f"{summary['examined']} test images examined")
+    cert = summary.get("certification")
+    for variant, c in ((cert or {}).get("variants") or {}).items():
+        spent = (cert.get("cost") or {}).get(variant) or {}
+        lines.append(f"certified ({variant}): {c['flippable']} of {c['attacked']} images flippable by one corner pixel, "
+                     f"{c['safe']} not, {c['undecided']} undecided; the attack flipped {c['flipped']} (coverage "
+                     f"{num(c['coverage'], '.2f')}); scan: {spent.get('images', 0)} images, "
+                     f"{spent.get('candidates', 0)} candidates, {spent.get('float32', 0)} in float32, "
+                     f"{spent.get('seconds', 0):.1f} s")
     return "\n".join(lines)
 
 
@@ -402,6 +448,7 @@ def make(cfg: Config, ctx: Context, out: Path, key: str) -> None:
         "mode": a.mode, "pixels": a.pixels, "population": a.population, "generations": a.generations,
         "mutation": a.mutation, "crossover": a.crossover, "threshold": a.threshold,
         "method": a.method, "budget": methods.budget(a, box), "gradient_queries": methods.gradient_queries(a.method),
+        "certified": methods.certified(a),
         **{k: getattr(a, k) for k in methods.SETTINGS[a.method] if k not in ("population", "generations", "mutation",
                                                                               "crossover")},
         "pixel_range": "data range (data_range_<variant>)" if a.pixel_range is None else
@@ -455,8 +502,13 @@ def attack_blocks(cfg: Config, ctx: Context, models: dict, variants: list[str], 
                                  choice["probs"][variants[v]][lo:hi], cfg, device)
             queries += int(data.pop("_queries"))
             forward_s += float(data.pop("_forward_seconds"))
+            cost = data.pop("_certify")
+            if cost.images:
+                log.info("attack: block %d: %d images certified in %.1f s (%d of %d candidates classified in float32%s)",
+                         b, cost.images, cost.seconds, cost.float32, cost.candidates,
+                         f", {cost.rescanned} scanned again in float32" if cost.rescanned else "")
             data["variant"] = np.full(len(data["index"]), v, np.int8)
-            blocks.write(b, data)
+            blocks.write(b, data, {"certify": json.dumps(cost.to_json())})
             bar.update(1)
     elapsed = time.perf_counter() - t0
     ctx.barrier()
@@ -473,11 +525,13 @@ def summarize_blocks(cfg: Config, ctx: Context, variants: list[str], choice: dic
     a = cfg.attack
     summary = None
     if ctx.is_root:
-        scal = {name: [] for name in ("variant", "index", "label", "target", "success", "queries")}
+        scal = {name: [] for name in ("variant", "index", "label", "target", "success", "queries", "certified")}
+        cost = {v: certify.Cost() for v in range(len(variants))}
         for b in range(len(plan)):
             with blocks.open(b) as bf:
                 for name in scal:
                     scal[name].append(bf[name][...])
+                cost[plan[b][0]] = cost[plan[b][0]].add(certify.Cost(**json.loads(bf.attrs["certify"])))
         kinds = columns(a.pixels, 1, 1)
         scal = {k: np.concatenate(v) if v else np.zeros(0, kinds[k].dtype) for k, v in scal.items()}
         summary = {"method": a.method, "budget": budget, "mode": a.mode, "pixels": a.pixels,
@@ -486,6 +540,11 @@ def summarize_blocks(cfg: Config, ctx: Context, variants: list[str], choice: dic
                    "examined": int(choice["examined"]), "skipped_misclassified": int(choice["skipped"]),
                    "misclassified_by_model": {k: int(v) for k, v in choice["misclassified"].items()},
                    "variants": summarize(scal, variants, a.mode)}
+        if methods.certified(a):
+            summary["certification"] = {
+                "precision": certify.resolve_precision(a.certify_precision, device_for(ctx.local_rank))
+                if methods.certifies(a) else None, **certification(scal, variants),
+                "cost": {variants[v]: c.to_json() for v, c in cost.items()}}
     return ctx.bcast(summary)
 
 

@@ -1,0 +1,228 @@
+"""Certification of the k = 1 attacks (hpcmorph/attack/certify.py): on toy models whose corner
+candidates that flip are known, against the exhaustive search's count, with the model's own count of
+what it classified; the bfloat16 screen against float32, including a screen that errs; the stage's
+summary and columns; and one short end-to-end run (saliency + certify against the exhaustive search
+on the same images, on 1 and 2 ranks)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from conftest import assert_same_data, cli
+from hpcmorph import config
+from hpcmorph.attack import certify, corners, exhaustive, goal, methods, pixels, stage
+from hpcmorph.attack.evolution import Result
+from test_attack import H, W, Bumps, _flat
+from test_attack_methods import Counted
+
+SPOT = (7, 3)
+# Bumps([SPOT], need=0.3) reaches class 1 only with band 1 at its upper bound at SPOT: the 4 corners
+# with bit 1 set, at scan indices (3 W + 7) 8 + {2, 3, 6, 7}.
+HITS = [(SPOT[1] * W + SPOT[0]) * 8 + c for c in (2, 3, 6, 7)]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def box(value_range=(0.0, 1.0)):
+    return corners.Box.of(1, 3, H, W, value_range)
+
+
+def objective(model, base):
+    return pixels.PixelObjective(model, base, 1, 256, logits=True)
+
+
+def test_goal_margin_is_positive_exactly_when_the_goal_is_reached():
+    rng = np.random.default_rng(0)
+    logits = torch.tensor(rng.normal(0.0, 3.0, (4, 2000, 3)))
+    true, target = torch.tensor([0, 1, 2, 1]), torch.tensor([1, 2, -1, 0])
+    for threshold in (0.5, 0.3, 0.8):
+        margin = certify.goal_margin(logits, true, target, threshold)
+        reached = goal.reached(torch.softmax(logits, 2), true, target, threshold)
+        assert torch.equal(margin > 0, reached)
+        assert margin.dtype == torch.float64 and bool((margin > 0).any()) and bool((margin < 0).any())
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_certify_counts_the_corner_pixels_that_flip_and_skips_flipped_images(precision):
+    base = _flat(3, noise=0.01, seed=4)
+    # Image 0: both targets (only class 1 is reachable); image 1: the search flipped it already;
+    # image 2: untargeted.
+    groups, true, target, success = [0, 0, 1, 2], [0, 0, 0, 0], [1, 2, 1, -1], [False, False, True, False]
+    model = Counted(Bumps([SPOT], need=0.3))
+    rows = torch.tensor(groups)
+    found = certify.certify(model, objective(model, base[rows]), box(), groups, true, target, success,
+                            certify.Settings(precision=precision, chunk=200))
+    reference = exhaustive.search(objective(Bumps([SPOT], need=0.3), base[rows]), box(), true, target, groups,
+                                  exhaustive.Settings(early_exit=False))
+    assert found.certified.tolist() == [1, 0, 1, 1]
+    assert found.flips.tolist() == [4, 0, -1, 4] == [r.flips if i != 2 else -1 for i, r in enumerate(reference)]
+    assert found.first.tolist() == [HITS[0], -1, -1, HITS[0]]
+    n = exhaustive.candidates(box())
+    assert found.cost.images == 2 and found.cost.candidates == 2 * n
+    if precision == "float32":
+        # Every candidate of the two unflipped images, once for all their targets; none of image 1's.
+        assert model.images == found.cost.float32 == 2 * n
+    else:
+        # The screen (a bfloat16 copy) saw every candidate; float32 only the sample and those near success.
+        sample = len(range(0, n, certify.SAMPLE_STRIDE))
+        assert model.images == found.cost.float32 and 2 * (sample + 4) <= model.images < 2 * (sample + 40)
+        assert 0 < found.cost.max_error < found.cost.max_tolerance / certify.SAFETY + 1e-12
+        assert found.cost.max_tolerance == 0.5 and found.cost.rescanned == 0
+
+
+class Lying(torch.nn.Module):
+    """Bumps([SPOT], need=0.3), whose bfloat16 copy is off: by ``everywhere`` nats on class 1's logit on
+    every image, and by ``bright`` more where band 1 at SPOT is bright (the candidates near success)."""
+
+    def __init__(self, everywhere: float = 0.0, bright: float = 0.0):
+        super().__init__()
+        self.bumps = Bumps([SPOT], need=0.3)
+        self.everywhere, self.bright = everywhere, bright
+
+    def forward(self, x):
+        out = self.bumps(x.float())
+        if x.dtype == torch.bfloat16:
+            lit = (x[:, 1, SPOT[1], SPOT[0]].float() > 0.9).float()
+            out = out + torch.stack([torch.zeros_like(lit), -(self.everywhere + self.bright * lit),
+                                     torch.zeros_like(lit)], 1)
+        return out.to(x.dtype)
+
+
+def test_a_screen_that_errs_widens_the_tolerance_or_falls_back_to_float32():
+    base = _flat(1)
+    n = exhaustive.candidates(box())
+    # Off by 2 nats everywhere: the sample sees it, the tolerance becomes 4 x 2 nats, and the answer stands.
+    model = Lying(everywhere=2.0)
+    found = certify.certify(model, objective(model, base), box(), [0], [0], [1], [False],
+                            certify.Settings(precision="bfloat16"))
+    assert found.flips.tolist() == [4] and found.first.tolist() == [HITS[0]]
+    assert found.cost.max_tolerance >= certify.SAFETY * 2.0 - 0.1 and found.cost.rescanned == 0
+    # Off by 1 nat only near success, where the strided sample does not look: the candidates
+    # classified again show it, and the image is scanned again in float32 throughout.
+    model = Counted(Lying(bright=1.0))
+    found = certify.certify(model, objective(model, base), box(), [0], [0], [1], [False],
+                            certify.Settings(precision="bfloat16"))
+    assert found.flips.tolist() == [4] and found.cost.rescanned == 1 and model.images >= n
+
+
+def test_precision_auto_and_validation():
+    assert certify.resolve_precision("float32", torch.device("cpu")) == "float32"
+    assert certify.resolve_precision("auto", torch.device("cpu")) in ("float32", "bfloat16")
+    with pytest.raises(ValueError, match="unknown precision"):
+        certify.resolve_precision("half", torch.device("cpu"))
+    with pytest.raises(ValueError, match="k = 1"):
+        certify.certify(Bumps([SPOT], 0.3), objective(Bumps([SPOT], 0.3), _flat(1)), corners.Box.of(2, 3, H, W, (0, 1)),
+                        [0], [0], [1], [False], certify.Settings())
+    with pytest.raises(config.ConfigError, match="certify_precision"):
+        config.load("tiny", ["attack.certify_precision=half"])
+
+
+def _results(success, flips=None, queries=None):
+    return [Result(bool(s), 0, int(q if q is not None else 5), np.zeros(5), np.zeros(3), int(f if f is not None else -1))
+            for s, f, q in zip(success, flips or [None] * len(success), queries or [None] * len(success))]
+
+
+def test_which_attacks_certify_and_what_enters_the_digest():
+    cfg = config.load("tiny", ["attack.method=saliency", "attack.certify=true"])
+    assert methods.certifies(cfg.attack) and methods.certified(cfg.attack)
+    for change in ({"attack.pixels": 2}, {"attack.certify": False}):
+        assert not methods.certifies(cfg.updated(change).attack)
+    # The exhaustive search is its own certificate: certified from its results, nothing scanned.
+    ex = config.load("tiny", ["attack.method=exhaustive", "attack.certify=true"]).attack
+    assert not methods.certifies(ex) and methods.certified(ex)
+    got = methods.certify(ex, None, None, [0, 0], [0, 0], [1, 2], _results([True, False], [-1, 0], [347, 1152]),
+                          box(), torch.device("cpu"))
+    assert got.certified.tolist() == [1, 0] and got.first.tolist() == [346, -1] and got.cost.images == 0
+    # Certification settings change the digest only where a scan runs, the precision and tolerance never.
+    base = config.load("tiny", ["attack.method=saliency"])
+    on = base.updated({"attack.certify": True})
+    assert stage.digest(on) != stage.digest(base)
+    assert stage.digest(on.updated({"attack.certify_precision": "float32", "attack.certify_tolerance": 2.0})) == \
+        stage.digest(on)
+    assert stage.digest(base.updated({"attack.pixels": 2})) == stage.digest(on.updated({"attack.pixels": 2}))
+    # Compared methods are not certified: the run's own method is.
+    from hpcmorph.attack.compare import variant
+    assert not variant(on, "de", None).attack.certify and variant(on, "saliency", [0.0, 1.0]).attack.certify
+
+
+def test_summary_counts_flippable_safe_and_undecided_images():
+    # Rows: (variant, image, success, certified) for two targets per image.
+    rows = [(0, 10, True, 1), (0, 10, False, -1),   # flipped by the search, other target not scanned
+            (0, 11, False, 1), (0, 11, False, 0),   # missed: one pixel flips it at one target
+            (0, 12, False, 0), (0, 12, False, 0),   # certified safe
+            (1, 10, False, -1), (1, 10, False, -1)]  # undecided (not certified)
+    cols = {k: np.array(v) for k, v in zip(("variant", "index", "success", "certified"), zip(*rows))}
+    got = stage.certification(cols, ["regular", "mmd"])["variants"]
+    assert got["regular"] == {"attacked": 3, "flipped": 1, "flippable": 2, "safe": 1, "undecided": 0,
+                              "vulnerable_fraction": 2 / 3, "coverage": 0.5, "missed_rows": [11]}
+    assert got["mmd"]["undecided"] == 1 and got["mmd"]["coverage"] is None
+    assert got["mmd"]["vulnerable_fraction"] is None
+
+
+# ------------------------------------------------------------------------------------------ stage
+
+# tests/test_attack_methods.py's 16 x 16 run (2,048 corner candidates per image; at a threshold of 0.25
+# some attacks succeed at once, some need a pixel, some cannot), with a saliency search too short to
+# find every flippable image, so that the certifying scan has images to scan and flips to find.
+GEN = ["--config", "tiny", "--set", "generate.n_galaxies=40", "--set", "generate.image_size=16"]
+TRAIN = [*GEN, "--set", "train.epochs=2", "--set", "train.batch_size=8", "--set", "train.lr=0.001",
+         "--set", "train.threads=1"]
+ATTACK = ["attack", *TRAIN, "--set", "attack.n_images=5", "--set", "attack.images_per_batch=2",
+          "--set", "attack.threshold=0.25", "--set", "attack.threads=1", "--set", "attack.figures=false"]
+SALIENCY = ["--set", "attack.method=saliency", "--set", "attack.max_queries=12", "--set", "attack.proposals=4",
+            "--set", "attack.saliency_top=4", "--set", "attack.certify=true"]
+ORACLE = ["--set", "attack.method=exhaustive", "--set", "attack.early_exit=false"]
+
+
+@pytest.mark.slow
+def test_stage_certifies_what_the_search_missed_as_the_exhaustive_search_counts(tmp_path):
+    cwd = tmp_path / "w"
+    cwd.mkdir()
+    cli(["generate", *GEN], cwd)
+    cli(["train", *TRAIN], cwd)
+    run = cwd / "runs" / "tiny"
+    res = cli([*ATTACK, *SALIENCY, "--set", "attack.certify_precision=bfloat16"], cwd)
+    cli([*ATTACK, *ORACLE], cwd)
+    with h5py.File(run / "attack-saliency.h5", "r") as f:
+        got = {k: f[k][...] for k in ("variant", "index", "target", "success", "certified", "certified_flips",
+                                      "certified_first")}
+        summary = json.loads(f.attrs["summary"])
+        assert bool(f.attrs["certified"])
+    with h5py.File(run / "attack-exhaustive.h5", "r") as f:
+        oracle = {k: f[k][...] for k in ("variant", "index", "target", "success", "flips", "queries")}
+    for k in ("variant", "index", "target"):
+        assert np.array_equal(got[k], oracle[k])
+    # Per image: flipped by the search, or scanned; a scanned image's counts are the oracle's.
+    keys = np.stack([got["variant"], got["index"]], 1)
+    flipped = {tuple(k) for k, s in zip(keys, got["success"]) if s}
+    scanned = np.array([tuple(k) not in flipped for k in keys])
+    assert scanned.any() and (~scanned).any(), "the fixture no longer has both kinds of image"
+    np.testing.assert_array_equal(got["certified_flips"][scanned], oracle["flips"][scanned])
+    np.testing.assert_array_equal(got["certified"][scanned], (oracle["flips"][scanned] > 0).astype(np.int8))
+    hit = scanned & oracle["success"]
+    np.testing.assert_array_equal(got["certified_first"][hit], oracle["queries"][hit] - 1)
+    assert (got["certified"][got["success"]] == 1).all() and (got["certified_flips"][~scanned] == -1).all()
+    # The summary: flippable = the oracle's flipped images, coverage = the search's share of them.
+    for v, variant in enumerate(("regular", "mmd")):
+        c = summary["certification"]["variants"][variant]
+        mine = got["variant"] == v
+        assert c["flippable"] == len(np.unique(oracle["index"][mine & oracle["success"]]))
+        assert c["flipped"] == len(np.unique(got["index"][mine & got["success"]])) and c["undecided"] == 0
+    assert summary["certification"]["precision"] == "bfloat16" and "certified in" in res.stderr
+    # Two ranks deal the blocks differently and write the same file.
+    other = tmp_path / "two"
+    shutil.copytree(run, other / "runs" / "tiny", ignore=shutil.ignore_patterns("attack*", "*.lock"))
+    cli([*ATTACK, *SALIENCY, "--set", "attack.certify_precision=bfloat16"], other, ranks=2)
+    assert_same_data(run / "attack-saliency.h5", other / "runs" / "tiny" / "attack-saliency.h5")
