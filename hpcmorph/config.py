@@ -179,14 +179,15 @@ SCHEMA: dict[str, Any] = {
                          "corner candidate (the exhaustive search's) and store whether any reaches each target "
                          "(columns certified*): the exact one-pixel (corner) vulnerability and the search's "
                          "coverage. The exhaustive method is its own certificate."),
-        "certify_precision": Field("auto", str, "Certification's screening precision: 'float32' (every candidate "
-                                   "classified as the attack does), 'bfloat16' (a bfloat16 copy of the model screens, "
-                                   "every candidate near success is classified again in float32, which alone decides) "
-                                   "or 'auto' (bfloat16 where the device computes it natively, else float32).",
-                                   choices=("auto", "float32", "bfloat16")),
-        "certify_tolerance": Field(0.5, float, "Certification with a bfloat16 screen: candidates whose screened goal "
-                                   "margin (nats) comes within this of success are classified again in float32 "
-                                   "(at least 4x the screen's error measured on each image).", low=1e-6),
+        "certify_precision": Field("auto", str, "Certification's screen, which picks the candidates the model "
+                                   "classifies (only the model in float32 decides): 'float32' (the model's own "
+                                   "arithmetic, recomputing only what the pixel reaches), 'bfloat16' (a bfloat16 copy "
+                                   "of the model) or 'auto' (bfloat16 where the device computes it natively, else "
+                                   "float32).", choices=("auto", "float32", "bfloat16")),
+        "certify_tolerance": Field(0.5, float, "Certification with the bfloat16 screen: candidates whose screened "
+                                   "goal margin (nats) comes within this of success are classified by the model (at "
+                                   "least 4x the screen's error measured on each image; the float32 screen's is 1e-3 "
+                                   "nats).", low=1e-9),
         "rs_alpha": Field(0.8, float, "Sparse-RS (and saliency's refinement): fraction of the k pixels moved per step "
                           "at the start of the paper's schedule (alpha_init; the authors' code: 0.8).",
                           low=0.001, high=1.0),

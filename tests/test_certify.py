@@ -16,7 +16,7 @@ import torch
 
 from conftest import assert_same_data, cli
 from hpcmorph import config
-from hpcmorph.attack import certify, corners, exhaustive, goal, methods, pixels, stage
+from hpcmorph.attack import certify, corners, exhaustive, goal, local, methods, pixels, stage
 from hpcmorph.attack.evolution import Result
 from test_attack import H, W, Bumps, _flat
 from test_attack_methods import Counted
@@ -63,7 +63,7 @@ def test_certify_counts_the_corner_pixels_that_flip_and_skips_flipped_images(pre
     model = Counted(Bumps([SPOT], need=0.3))
     rows = torch.tensor(groups)
     found = certify.certify(model, objective(model, base[rows]), box(), groups, true, target, success,
-                            certify.Settings(precision=precision, chunk=200))
+                            certify.Settings(precision=precision, tolerance=0.5, chunk=200))
     reference = exhaustive.search(objective(Bumps([SPOT], need=0.3), base[rows]), box(), true, target, groups,
                                   exhaustive.Settings(early_exit=False))
     assert found.certified.tolist() == [1, 0, 1, 1]
@@ -80,6 +80,63 @@ def test_certify_counts_the_corner_pixels_that_flip_and_skips_flipped_images(pre
         assert model.images == found.cost.float32 and 2 * (sample + 4) <= model.images < 2 * (sample + 40)
         assert 0 < found.cost.max_error < found.cost.max_tolerance / certify.SAFETY + 1e-12
         assert found.cost.max_tolerance == 0.5 and found.cost.rescanned == 0
+
+
+def _galaxynet(seed=0):
+    """A GalaxyNet with random weights and batch-norm statistics, and a head large enough for the
+    class probabilities to move with one pixel."""
+    from hpcmorph.train.model import build_model
+
+    model = build_model(seed).eval()
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1, generator=g)
+            m.running_var.uniform_(0.5, 1.5, generator=g)
+            m.weight.data.uniform_(0.5, 1.5, generator=g)
+            m.bias.data.uniform_(-0.2, 0.2, generator=g)
+    torch.nn.init.normal_(model.bottleneck.weight, 0.0, 0.1, generator=g)
+    torch.nn.init.normal_(model.head.weight, 0.0, 0.5, generator=g)
+    return model
+
+
+def test_local_logits_are_the_whole_forward_pass():
+    """Every position of a 20 x 16 image (not square: rows and columns cannot be mixed up), corners and
+    borders included, at random values: the windows recomputed agree with whole forward passes."""
+    model = _galaxynet()
+    image = torch.rand(3, 20, 16, generator=torch.Generator().manual_seed(1))
+    position = np.arange(20 * 16)
+    values = torch.rand(len(position), 3, generator=torch.Generator().manual_seed(2))
+    images = image.expand(len(position), -1, -1, -1).clone()
+    images[torch.arange(len(position)), :, torch.as_tensor(position // 16), torch.as_tensor(position % 16)] = values
+    with torch.inference_mode():
+        whole = model(images)[1]
+    local_logits = local.Local(model, image).logits(position, values)
+    scale = float(whole.abs().max())
+    assert scale > 1.0 and float((whole - whole[:1]).abs().max()) > 1e-3 * scale  # pixels move the logits
+    torch.testing.assert_close(local_logits, whole, rtol=0, atol=1e-5 * scale)
+    assert local.supports(model) and not local.supports(Bumps([SPOT], 0.3))
+
+
+def test_float32_screen_on_a_resnet_counts_what_the_exhaustive_search_counts():
+    model = _galaxynet(3)
+    base = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    b = corners.Box.of(1, 3, 16, 16, (0.0, 1.0))
+    logits_fn = lambda x: model(x)[1]  # noqa: E731
+    obj = pixels.PixelObjective(logits_fn, base, 1, 256, logits=True)
+    # A threshold in a wide gap between the target probabilities of the candidates: a dozen succeed.
+    probs = torch.softmax(certify._classify(obj, b, 0, np.arange(exhaustive.candidates(b)), 512), 1)[:, 1]
+    top = np.sort(probs.numpy())[::-1][:40]
+    gap = int(np.argmax(top[4:-1] - top[5:])) + 4
+    threshold = float(top[gap] + top[gap + 1]) / 2
+    assert 0.0 < threshold < 1.0
+    reference = exhaustive.search(obj, b, [0], [1], [0], exhaustive.Settings(threshold=threshold, early_exit=False))
+    found = certify.certify(model, obj, b, [0], [0], [1], [False], certify.Settings(threshold, "float32"))
+    assert found.flips.tolist() == [reference[0].flips] == [gap + 1]
+    assert found.first.tolist() == [reference[0].queries - 1]
+    # The screen spared the model all but the sample and the candidates near success.
+    assert found.cost.float32 < len(range(0, exhaustive.candidates(b), certify.SAMPLE_STRIDE)) + 100
+    assert found.cost.max_error < 1e-4 and found.cost.max_tolerance == certify.FLOAT32_TOLERANCE
 
 
 class Lying(torch.nn.Module):
@@ -106,14 +163,14 @@ def test_a_screen_that_errs_widens_the_tolerance_or_falls_back_to_float32():
     # Off by 2 nats everywhere: the sample sees it, the tolerance becomes 4 x 2 nats, and the answer stands.
     model = Lying(everywhere=2.0)
     found = certify.certify(model, objective(model, base), box(), [0], [0], [1], [False],
-                            certify.Settings(precision="bfloat16"))
+                            certify.Settings(precision="bfloat16", tolerance=0.5))
     assert found.flips.tolist() == [4] and found.first.tolist() == [HITS[0]]
     assert found.cost.max_tolerance >= certify.SAFETY * 2.0 - 0.1 and found.cost.rescanned == 0
     # Off by 1 nat only near success, where the strided sample does not look: the candidates
     # classified again show it, and the image is scanned again in float32 throughout.
     model = Counted(Lying(bright=1.0))
     found = certify.certify(model, objective(model, base), box(), [0], [0], [1], [False],
-                            certify.Settings(precision="bfloat16"))
+                            certify.Settings(precision="bfloat16", tolerance=0.5))
     assert found.flips.tolist() == [4] and found.cost.rescanned == 1 and model.images >= n
 
 

@@ -118,9 +118,10 @@ def certify(a, model, images: torch.Tensor, groups, true, target, results, box: 
         none = np.full(n, -1, np.int64)
         return certification.Certificates(none.astype(np.int8), none, none.copy())
     objective = pixels.PixelObjective(lambda x: model(x)[1], images, 1, a.forward_batch, logits=True)
-    settings = certification.Settings(a.threshold, certification.resolve_precision(a.certify_precision, device),
-                                      a.certify_tolerance, a.forward_batch)
-    return certification.certify(certification.Logits(model), objective, box, groups, true, target, success, settings)
+    precision = certification.resolve_precision(a.certify_precision, device)
+    settings = certification.Settings(a.threshold, precision,
+                                      certification.tolerance_for(precision, a.certify_tolerance), a.forward_batch)
+    return certification.certify(model, objective, box, groups, true, target, success, settings)
 
 
 def as_arrays(results) -> dict[str, np.ndarray]:

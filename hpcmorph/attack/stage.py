@@ -504,8 +504,8 @@ def attack_blocks(cfg: Config, ctx: Context, models: dict, variants: list[str], 
             forward_s += float(data.pop("_forward_seconds"))
             cost = data.pop("_certify")
             if cost.images:
-                log.info("attack: block %d: %d images certified in %.1f s (%d of %d candidates classified in float32%s)",
-                         b, cost.images, cost.seconds, cost.float32, cost.candidates,
+                log.info("attack: block %d: %d images certified in %.1f s (%d candidates screened, %d classified by the model%s)",
+                         b, cost.images, cost.seconds, cost.candidates, cost.float32,
                          f", {cost.rescanned} scanned again in float32" if cost.rescanned else "")
             data["variant"] = np.full(len(data["index"]), v, np.int8)
             blocks.write(b, data, {"certify": json.dumps(cost.to_json())})
