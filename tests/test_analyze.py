@@ -202,8 +202,9 @@ ATTACK_SETTINGS = [*TRAIN, "--set", "attack.population=12", "--set", "attack.gen
                    "--set", "attack.n_images=5", "--set", "attack.images_per_batch=2",
                    "--set", "attack.threshold=0.215"]
 ANALYZE = ["analyze", *ATTACK_SETTINGS, "--set", "analyze.threads=1", "--set", "analyze.batch_size=4"]
-TOP_KEYS = ["run", "digest", "seed", "provenance", "table1", "table2", "exposure", "success_vs_k", "triplet",
-            "test_accuracy", "y1_class_change", "attack", "methods", "over_seeds", "claims", "figures"]
+TOP_KEYS = ["run", "digest", "seed", "provenance", "table1", "table2", "table2_by_range", "exposure", "success_vs_k",
+            "triplet", "test_accuracy", "y1_class_change", "attack", "methods", "certification", "over_seeds", "claims",
+            "figures"]
 
 
 @pytest.fixture(scope="module")

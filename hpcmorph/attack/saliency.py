@@ -71,6 +71,47 @@ def ranked_step(proposals: int, step: int) -> int:
     return min(proposals, 1 << min(step, 30))
 
 
+class _LeakyBackward(torch.autograd.Function):
+    """ReLU forward; backward passes ``slope`` of the gradient where the unit is off (0: ReLU's own)."""
+
+    @staticmethod
+    def forward(ctx, x, slope):
+        ctx.save_for_backward(x)
+        ctx.slope = slope
+        return x.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * torch.where(x > 0, torch.ones_like(x), torch.full_like(x, ctx.slope)), None
+
+
+class LeakyBackwardReLU(torch.nn.Module):
+    """A ReLU whose gradient leaks ``slope`` through inactive units: the gradient of a surrogate whose
+    forward pass is the model's own."""
+
+    def __init__(self, slope: float):
+        super().__init__()
+        self.slope = float(slope)
+
+    def forward(self, x):
+        return _LeakyBackward.apply(x, self.slope)
+
+
+def surrogate(model: torch.nn.Module, slope: float) -> torch.nn.Module:
+    """A copy of ``model`` whose ReLU modules leak ``slope`` of the gradient (the forward pass unchanged).
+
+    A corner value is far from the pixel's own: it can switch on units that are off at the clean image,
+    whose gradient there is 0. The leak lets their pull through to the ranking.
+    """
+    copy_ = __import__("copy").deepcopy(model)
+    for module in list(copy_.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, torch.nn.ReLU):
+                setattr(module, name, LeakyBackwardReLU(slope))
+    return copy_
+
+
 def margin_gradient(logits_fn, images: torch.Tensor, true: Sequence[int], target: Sequence[int]) -> np.ndarray:
     """(n, C, H, W) float64: the gradient of each attack's goal margin with respect to its image.
 
