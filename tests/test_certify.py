@@ -16,7 +16,7 @@ import torch
 
 from conftest import assert_same_data, cli
 from hpcmorph import config
-from hpcmorph.attack import certify, corners, exhaustive, goal, local, methods, pixels, stage
+from hpcmorph.attack import certificates, certify, corners, exhaustive, goal, local, methods, pixels, stage
 from hpcmorph.attack.evolution import Result
 from test_attack import H, W, Bumps, _flat
 from test_attack_methods import Counted
@@ -278,8 +278,37 @@ def test_stage_certifies_what_the_search_missed_as_the_exhaustive_search_counts(
         assert c["flippable"] == len(np.unique(oracle["index"][mine & oracle["success"]]))
         assert c["flipped"] == len(np.unique(got["index"][mine & got["success"]])) and c["undecided"] == 0
     assert summary["certification"]["precision"] == "bfloat16" and "certified in" in res.stderr
+    # The scans are kept (attack/certificates.py): the same attack again scans nothing, and says so.
+    again = cli([*ATTACK, *SALIENCY, "--set", "attack.certify_precision=bfloat16", "--force"], cwd)
+    with h5py.File(run / "attack-saliency.h5", "r") as f:
+        for k in ("certified", "certified_flips", "certified_first"):
+            np.testing.assert_array_equal(f[k][...], got[k])
+        cost = json.loads(f.attrs["summary"])["certification"]["cost"]
+    first_cost = summary["certification"]["cost"]
+    for variant in ("regular", "mmd"):
+        assert cost[variant]["images"] == 0 and cost[variant]["cached"] == first_cost[variant]["images"]
+    assert "known from before" in again.stderr and any((run / "certificates").glob("regular-*.h5"))
     # Two ranks deal the blocks differently and write the same file.
     other = tmp_path / "two"
-    shutil.copytree(run, other / "runs" / "tiny", ignore=shutil.ignore_patterns("attack*", "*.lock"))
+    shutil.copytree(run, other / "runs" / "tiny", ignore=shutil.ignore_patterns("attack*", "*.lock", "certificates"))
     cli([*ATTACK, *SALIENCY, "--set", "attack.certify_precision=bfloat16"], other, ranks=2)
     assert_same_data(run / "attack-saliency.h5", other / "runs" / "tiny" / "attack-saliency.h5")
+
+
+def test_certificates_are_kept_by_what_they_depend_on(tmp_path):
+    cfg = config.load("tiny", [f"run.root={tmp_path}", "attack.method=saliency", "attack.certify=true"])
+    file = certificates.path(cfg, "regular", 0)
+    assert certificates.read(file) == {}
+    assert certificates.add(file, [7, 7, 9], [1, 2, 0], [0, 3, -1], [-1, 17, -1]) == 2  # -1: not scanned
+    assert certificates.add(file, [9, 7], [0, 1], [0, 0], [-1, -1]) == 3
+    known = certificates.read(file)
+    assert known == {(7, 1): (0, -1), (7, 2): (3, 17), (9, 0): (0, -1)}
+    flips, first = certificates.lookup(known, [7, 9, 8], [2, 0, 1])
+    assert flips.tolist() == [3, 0, -1] and first.tolist() == [17, -1, -1]
+    # Another search, budget or screen: the same certificates; another model seed, value range or
+    # success rule: other ones.
+    for change in ({"attack.method": "sparse-rs"}, {"attack.max_queries": 50}, {"attack.certify_precision": "float32"}):
+        assert certificates.path(cfg.updated(change), "regular", 0) == file
+    assert certificates.path(cfg, "regular", 1) != file
+    for change in ({"attack.pixel_range": [0.0, 1.0]}, {"attack.threshold": 0.6}, {"attack.mode": "untargeted"}):
+        assert certificates.path(cfg.updated(change), "regular", 0) != file

@@ -89,7 +89,8 @@ class Settings:
 class Cost:
     """What a certification did: images scanned, candidates screened and classified in float32,
     images scanned again in float32 (a screen error over half the tolerance), the largest screening
-    error (nats) and tolerance used, and the seconds spent."""
+    error (nats) and tolerance used, the seconds spent, and images whose certificates were known
+    (:mod:`.certificates`: not scanned again)."""
 
     images: int = 0
     candidates: int = 0
@@ -98,16 +99,18 @@ class Cost:
     max_error: float = 0.0
     max_tolerance: float = 0.0
     seconds: float = 0.0
+    cached: int = 0
 
     def add(self, other: "Cost") -> "Cost":
         return Cost(self.images + other.images, self.candidates + other.candidates, self.float32 + other.float32,
                     self.rescanned + other.rescanned, max(self.max_error, other.max_error),
-                    max(self.max_tolerance, other.max_tolerance), self.seconds + other.seconds)
+                    max(self.max_tolerance, other.max_tolerance), self.seconds + other.seconds,
+                    self.cached + other.cached)
 
     def to_json(self) -> dict:
         return {"images": self.images, "candidates": self.candidates, "float32": self.float32,
                 "rescanned": self.rescanned, "max_error": self.max_error, "max_tolerance": self.max_tolerance,
-                "seconds": round(self.seconds, 3)}
+                "seconds": round(self.seconds, 3), "cached": self.cached}
 
 
 @dataclass
@@ -194,12 +197,15 @@ def goal_margin(logits: torch.Tensor, true: torch.Tensor, target: torch.Tensor, 
 
 
 def certify(model, objective: PixelObjective, box: Box, groups: Sequence[int], true: Sequence[int],
-            target: Sequence[int], success: Sequence[bool], settings: Settings) -> Certificates:
+            target: Sequence[int], success: Sequence[bool], settings: Settings,
+            known: tuple[np.ndarray, np.ndarray] | None = None) -> Certificates:
     """Certify the tasks of the images none of whose tasks succeeded; returns per-task :class:`Certificates`.
 
     model: the attacked model, for the screen (:func:`screen_of`); objective: the attack's objective
     (``logits=True``; its row i is task i's image), which alone decides; groups: (n,) tasks with equal
-    values attack the same image; true, target: (n,) classes; success: (n,) the search's outcome.
+    values attack the same image; true, target: (n,) classes; success: (n,) the search's outcome;
+    known: (flips, first) (n,) of certificates found before (:mod:`.certificates`; -1 unknown): an
+    image whose tasks all have one is not scanned again.
     """
     n = len(groups)
     if not (len(true) == len(target) == len(success) == n):
@@ -218,6 +224,11 @@ def certify(model, objective: PixelObjective, box: Box, groups: Sequence[int], t
         tasks = np.flatnonzero(groups == g)
         if success[tasks].any():
             continue  # flipped: needs no scan
+        if known is not None and (known[0][tasks] >= 0).all():
+            flips[tasks], first[tasks] = known[0][tasks], known[1][tasks]
+            certified[tasks] = (flips[tasks] > 0).astype(np.int8)
+            cost = cost.add(Cost(cached=1))
+            continue
         t0 = time.perf_counter()
         count, found, c = scan(objective, screen, box, tasks, true_t[tasks], target_t[tasks], settings)
         c.seconds = time.perf_counter() - t0

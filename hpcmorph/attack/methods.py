@@ -101,12 +101,13 @@ def attack(a, logits_fn, images: torch.Tensor, groups, true, target, seeds, box:
 
 
 def certify(a, model, images: torch.Tensor, groups, true, target, results, box: Box,
-            device: torch.device) -> certification.Certificates:
+            device: torch.device, known=None) -> certification.Certificates:
     """The certifying scan of the attack ``a`` (:mod:`.certify`), or its columns undecided (-1) where
     it does not run; the exhaustive search's own outcome where it is the method.
 
     model: the attacked model (returns ``(latent, logits)``); images: (n, C, H, W) each task's
-    normalised image on ``device``; groups, true, target: as :func:`attack`; results: its results.
+    normalised image on ``device``; groups, true, target: as :func:`attack`; results: its results;
+    known: the certificates found before (see :func:`.certify.certify`).
     """
     n = len(results)
     success = np.array([r.success for r in results], bool)
@@ -121,7 +122,7 @@ def certify(a, model, images: torch.Tensor, groups, true, target, results, box: 
     precision = certification.resolve_precision(a.certify_precision, device)
     settings = certification.Settings(a.threshold, precision,
                                       certification.tolerance_for(precision, a.certify_tolerance), a.forward_batch)
-    return certification.certify(model, objective, box, groups, true, target, success, settings)
+    return certification.certify(model, objective, box, groups, true, target, success, settings, known)
 
 
 def as_arrays(results) -> dict[str, np.ndarray]:

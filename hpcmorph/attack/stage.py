@@ -39,6 +39,7 @@ from ..generate.morphology import CLASS_NAMES
 from ..lock import locked
 from ..mpi import Context, device_for, log
 from ..train import saved
+from . import certificates as kept
 from . import certify, evolution, methods, pixels
 from .corners import Box
 
@@ -269,9 +270,10 @@ def attack_seed(run_seed: int, row: int, target: int) -> np.random.SeedSequence:
 
 
 def attack_images(model, stretch, images: np.ndarray, rows, labels, prob_before: np.ndarray, cfg: Config,
-                  device) -> dict[str, np.ndarray]:
+                  device, known: dict | None = None) -> dict[str, np.ndarray]:
     """Attack the raw Y10 ``images`` (n, C, H, W, e-/s per pixel) at galaxy rows ``rows``: every target
-    of each, in one batched run of ``attack.method``; returns the output columns of the n x targets rows."""
+    of each, in one batched run of ``attack.method``; returns the output columns of the n x targets rows.
+    known: the attacked model's certificates found before (:func:`.certificates.read`)."""
     a = cfg.attack
     base = stretch(torch.from_numpy(np.ascontiguousarray(images, np.float32))).float()
     n, c, h, w = base.shape
@@ -287,7 +289,9 @@ def attack_images(model, stretch, images: np.ndarray, rows, labels, prob_before:
     box = Box.of(a.pixels, c, h, w, pixel_range(a, stretch))
     results, objective = methods.attack(a, lambda x: model(x)[1], task_images.to(device), which, true, target, seeds,
                                         box)
-    certificates = methods.certify(a, model, task_images.to(device), which, true, target, results, box, device)
+    task_rows = np.asarray(rows, np.int64)[which]
+    certificates = methods.certify(a, model, task_images.to(device), which, true, target, results, box, device,
+                                   kept.lookup(known or {}, task_rows, target))
 
     genomes = np.stack([r.genome for r in results])
     x, y, values = pixels.decode(torch.from_numpy(genomes), a.pixels, h, w)
@@ -388,9 +392,9 @@ def format_summary(summary: dict) -> str:
         spent = (cert.get("cost") or {}).get(variant) or {}
         lines.append(f"certified ({variant}): {c['flippable']} of {c['attacked']} images flippable by one corner pixel, "
                      f"{c['safe']} not, {c['undecided']} undecided; the attack flipped {c['flipped']} (coverage "
-                     f"{num(c['coverage'], '.2f')}); scan: {spent.get('images', 0)} images, "
-                     f"{spent.get('candidates', 0)} candidates, {spent.get('float32', 0)} in float32, "
-                     f"{spent.get('seconds', 0):.1f} s")
+                     f"{num(c['coverage'], '.2f')}); scan: {spent.get('images', 0)} images "
+                     f"({spent.get('cached', 0)} more known from before), {spent.get('candidates', 0)} candidates, "
+                     f"{spent.get('float32', 0)} classified by the model, {spent.get('seconds', 0):.1f} s")
     return "\n".join(lines)
 
 
@@ -426,7 +430,10 @@ def make(cfg: Config, ctx: Context, out: Path, key: str) -> None:
     choice = images(cfg, ctx, models, device, blocks.folder / "images.h5")
     log.info("attack: method %s (%s), budget %d queries per attack", a.method, _method_settings(a),
              methods.budget(a, box))
-    plan = attack_blocks(cfg, ctx, models, variants, choice, blocks, device)
+    # Rank 0 reads the certificates found before and tells the others: all ranks certify alike.
+    known = ctx.bcast({v: kept.read(kept.path(cfg, v, model_seed(cfg))) for v in variants}
+                      if ctx.is_root and methods.certifies(a) else {})
+    plan = attack_blocks(cfg, ctx, models, variants, choice, blocks, device, known)
     summary = summarize_blocks(cfg, ctx, variants, choice, blocks, plan, methods.budget(a, box))
     # Rank 0's clock, after attack_blocks' barrier: the slowest rank's. A resumed attack counts only
     # its last session (the blocks already on disk cost nothing here).
@@ -482,9 +489,10 @@ def images(cfg: Config, ctx: Context, models: dict, device, path: Path) -> dict:
 
 
 def attack_blocks(cfg: Config, ctx: Context, models: dict, variants: list[str], choice: dict,
-                  blocks: store.Blocks, device) -> list[tuple[int, int, int]]:
+                  blocks: store.Blocks, device, known: dict | None = None) -> list[tuple[int, int, int]]:
     """Attack the blocks not yet on disk (``attack.images_per_batch`` images of one variant each, dealt
-    round-robin); returns every block as (variant index, first image, end image)."""
+    round-robin); returns every block as (variant index, first image, end image). known: {variant:
+    certificates found before}."""
     a = cfg.attack
     rows, labels = choice["rows"], choice["labels"]
     per = a.images_per_batch
@@ -499,14 +507,14 @@ def attack_blocks(cfg: Config, ctx: Context, models: dict, variants: list[str], 
             v, lo, hi = plan[b]
             model, stretch = models[variants[v]]
             data = attack_images(model, stretch, f["y10"][rows[lo:hi]], rows[lo:hi], labels[lo:hi],
-                                 choice["probs"][variants[v]][lo:hi], cfg, device)
+                                 choice["probs"][variants[v]][lo:hi], cfg, device, (known or {}).get(variants[v]))
             queries += int(data.pop("_queries"))
             forward_s += float(data.pop("_forward_seconds"))
             cost = data.pop("_certify")
-            if cost.images:
-                log.info("attack: block %d: %d images certified in %.1f s (%d candidates screened, %d classified by the model%s)",
-                         b, cost.images, cost.seconds, cost.candidates, cost.float32,
-                         f", {cost.rescanned} scanned again in float32" if cost.rescanned else "")
+            if cost.images or cost.cached:
+                log.info("attack: block %d: %d images certified in %.1f s (%d candidates screened, %d classified by the "
+                         "model%s), %d known from before", b, cost.images, cost.seconds, cost.candidates, cost.float32,
+                         f", {cost.rescanned} scanned again in float32" if cost.rescanned else "", cost.cached)
             data["variant"] = np.full(len(data["index"]), v, np.int8)
             blocks.write(b, data, {"certify": json.dumps(cost.to_json())})
             bar.update(1)
@@ -552,12 +560,27 @@ def summary_path(cfg: Config) -> Path:
     return output_path(cfg).with_name(f"{output_stem(cfg)}_summary.json")
 
 
+def keep_certificates(cfg: Config, out: Path) -> None:
+    """Add the certifying scans of the output ``out`` to the run's certificates (:mod:`.certificates`)."""
+    with h5py.File(out, "r") as f:
+        cols = {k: f[k][...] for k in ("variant", "index", "target", "certified_flips", "certified_first")}
+        variants = str(f.attrs["variant_names"]).split(",")
+    for v, variant in enumerate(variants):
+        sel = cols["variant"] == v
+        file = kept.path(cfg, variant, model_seed(cfg))
+        held = kept.add(file, cols["index"][sel], cols["target"][sel], cols["certified_flips"][sel],
+                        cols["certified_first"][sel])
+        log.info("attack: %s holds %d certificates", file, held)
+
+
 def finish(cfg: Config, out: Path, key: str) -> list[Path]:
     """Rank 0, after the output: the summary JSON and the figures; then the checkpoint blocks go."""
     with store.open_checked(out, STAGE) as f:
         summary = json.loads(f.attrs["summary"])
     written = [store.write_json(summary_path(cfg), {**summary, "digest": key})]
     log.info("attack summary (%s, k=%d):\n%s", cfg.attack.mode, cfg.attack.pixels, format_summary(summary))
+    if methods.certifies(cfg.attack):
+        keep_certificates(cfg, out)
     if cfg.attack.figures:
         from .figures import write_figures
 
