@@ -195,8 +195,12 @@ SCHEMA: dict[str, Any] = {
                            "counted as queries. 1 is the paper's random search; more fill the forward passes (a pass "
                            "of a few images costs nearly what one of a hundred does) for a few queries more per flip.",
                            low=1),
-        "saliency_top": Field(500, int, "Saliency: gradient-ranked candidates classified at most before the random "
-                              "search takes the rest of the budget.", low=1),
+        "saliency_top": Field(500, int, "Saliency: gradient-ranked candidates classified at most before the "
+                              "refinement (saliency_radius) takes the rest of the budget.", low=1),
+        "saliency_radius": Field(0, int, "Saliency at k = 1: after the ranked candidates, a best-first search "
+                                 "around the best candidates classified so far (the other corners of their pixel, "
+                                 "then their corner at the pixels within this many pixels); 0: random search "
+                                 "(Sparse-RS) instead.", low=0, high=16),
         "pixel_range": Field(None, list, "Bounds [min, max] of the values a candidate sets, in normalised (model input) "
                              "units, every band. Default (null): the range of the normalised data, i.e. the attacked "
                              "model's asinh stretch of its clip limits (about [0.46, 0.886]); [0, 1] is the authors' "

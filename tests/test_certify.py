@@ -312,3 +312,48 @@ def test_certificates_are_kept_by_what_they_depend_on(tmp_path):
     assert certificates.path(cfg, "regular", 1) != file
     for change in ({"attack.pixel_range": [0.0, 1.0]}, {"attack.threshold": 0.6}, {"attack.mode": "untargeted"}):
         assert certificates.path(cfg.updated(change), "regular", 0) != file
+
+
+# ------------------------------------------------------------------------------------------ search
+
+class Hidden(torch.nn.Module):
+    """Class 1 needs band 1 bright at SPOT through a unit that is off at the clean image (its gradient
+    is 0 there: the first-order ranking cannot see it); the pixels around it pull a little, linearly,
+    so their true margins point at it. Nothing else moves the logits."""
+
+    def forward(self, x):
+        d = x[:, 1] - 0.5
+        y, xx = SPOT[1], SPOT[0]
+        ring = d[:, y - 1:y + 2, xx - 1:xx + 2].sum((1, 2)) - d[:, y, xx]
+        l1 = 20 * (0.02 * ring + torch.relu(d[:, y, xx] - 0.2) - 0.2)
+        zero = torch.zeros_like(l1)
+        return torch.stack([zero, l1, zero - 10], 1)
+
+
+def test_best_first_refinement_finds_what_the_gradient_cannot_see():
+    from hpcmorph.attack import saliency
+
+    base = _flat(3, noise=0.002, seed=7)
+    settings = dict(max_queries=60, top=8, proposals=4)
+    model = Counted(Hidden())
+    ranked_only = saliency.search(objective(model, base), box(), [0] * 3, [1] * 3,
+                                  [np.random.SeedSequence([0, i]) for i in range(3)],
+                                  saliency.Settings(**settings, radius=0))
+    model = Counted(Hidden())
+    found = saliency.search(objective(model, base), box(), [0] * 3, [1] * 3,
+                            [np.random.SeedSequence([0, i]) for i in range(3)], saliency.Settings(**settings, radius=1))
+    assert all(r.success for r in found)
+    for r in found:
+        x, y, v = pixels.decode(r.genome, 1, H, W)
+        assert (x[0], y[0]) == SPOT and v[0, 1] == 1.0 and r.generations >= 1
+        assert r.queries <= saliency.GRADIENT_QUERIES + 8 + 4 * r.generations
+    assert model.images + saliency.GRADIENT_QUERIES * 3 == sum(r.queries for r in found)
+    # The random search, from the same ranked candidates, needs luck: 4 of 1,152 candidates flip it.
+    assert sum(r.success for r in ranked_only) < 3
+    # Batched equals one at a time.
+    for i in range(3):
+        alone = saliency.search(objective(Hidden(), base[i:i + 1]), box(), [0], [1], [np.random.SeedSequence([0, i])],
+                                saliency.Settings(**settings, radius=1))[0]
+        assert (alone.success, alone.queries, alone.generations) == (found[i].success, found[i].queries,
+                                                                     found[i].generations)
+        assert np.array_equal(alone.genome, found[i].genome)

@@ -171,7 +171,7 @@ def screen_of(model: torch.nn.Module, precision: str):
             width = image.shape[-1]
             xs = torch.as_tensor(np.asarray(position) % width, device=image.device)[:, None]
             ys = torch.as_tensor(np.asarray(position) // width, device=image.device)[:, None]
-            apply(images, xs, ys, values[:, None].to(images.dtype))
+            apply(images, xs, ys, values[:, None].to(images.device, images.dtype))
             with torch.inference_mode():
                 out = fast(images.to(torch.bfloat16).contiguous(memory_format=torch.channels_last))
             return (out[1] if isinstance(out, tuple) else out).float()

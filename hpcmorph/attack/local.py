@@ -121,7 +121,7 @@ class Local:
         top, left = 4 * r0 - 5, 4 * c0 - 5
         patch = _cut(self.padded_image, top + STEM_PAD, left + STEM_PAD, 19)
         rows = torch.arange(len(py), device=dev)
-        patch[rows, :, py - top, px - left] = values.to(patch.dtype)
+        patch[rows, :, py - top, px - left] = values.to(patch.device, patch.dtype)
         conv = self.f.relu(self.f.bn1(F.conv2d(patch, self.f.conv1.weight, stride=2)))   # (N, 64, 7, 7)
         h2, w2 = self.stem_size
         conv = conv.masked_fill(~_inside(2 * r0 - 1, 2 * c0 - 1, 7, h2, w2), float("-inf"))

@@ -4,8 +4,8 @@
   fitness the target's probability (the authors) or the margin loss (``attack.fitness``).
 - ``exhaustive``: every single-pixel corner candidate (:mod:`.exhaustive`): ground truth for k = 1.
 - ``sparse-rs``: random search over k corner pixels (:mod:`.sparse_rs`).
-- ``saliency``: the attacked model's gradient ranks the corner candidates, then random search
-  (:mod:`.saliency`); its gradient counts as 3 queries.
+- ``saliency``: the attacked model's gradient ranks the corner candidates, then a best-first search
+  around the best of them or random search (:mod:`.saliency`); its gradient counts as 3 queries.
 
 Every method reads its own ``attack.*`` settings (:data:`SETTINGS`); the others do not change its
 results and stay out of the stage's digest.
@@ -27,7 +27,7 @@ SETTINGS = {
     "de": ("population", "generations", "mutation", "crossover", "fitness"),
     "exhaustive": ("early_exit",),
     "sparse-rs": ("max_queries", "rs_alpha", "proposals"),
-    "saliency": ("max_queries", "rs_alpha", "proposals", "saliency_top"),
+    "saliency": ("max_queries", "rs_alpha", "proposals", "saliency_top", "saliency_radius"),
 }
 
 
@@ -94,7 +94,7 @@ def attack(a, logits_fn, images: torch.Tensor, groups, true, target, seeds, box:
     elif a.method == "saliency":
         results = saliency.search(objective, box, true, target, seeds,
                                   saliency.Settings(a.max_queries, a.saliency_top, a.rs_alpha, a.threshold,
-                                                    a.proposals))
+                                                    a.proposals, a.saliency_radius))
     else:
         raise ValueError(f"unknown attack method {a.method!r} (methods: {', '.join(METHODS)})")
     return results, objective

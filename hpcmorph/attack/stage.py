@@ -134,8 +134,8 @@ def columns(pixels_k: int, bands: int, size: int, n_classes: int = 3) -> dict[st
         "success": c((), "?", "targeted: the target's probability exceeded attack.threshold; "
                      "untargeted: the predicted class is no longer the true one"),
         "generations": c((), "i4", "steps run before stopping: DE generations (0: the initial population "
-                         "succeeded), random-search steps after the first candidate (sparse-rs, saliency's "
-                         "refinement); 0 for the exhaustive search"),
+                         "succeeded), random-search steps after the first candidate (sparse-rs), refinement steps "
+                         "after the ranked candidates (saliency: best-first or random); 0 for the exhaustive search"),
         "queries": c((), "i8", "model queries this attack used until it succeeded, or until its budget ran out (file "
                      "attribute budget): de, population x (generations + 1); sparse-rs, one per candidate; saliency, "
                      "3 for the gradient plus one per candidate; exhaustive, the scan position of the first success "
