@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .plan import add_arguments as _plan_args
     _plan_args(p)
 
-    p = sub.add_parser("info", help="versions, MPI library, h5py MPI support, GPUs")
+    p = sub.add_parser("info", help="versions, MPI library (and the file it was loaded from), h5py MPI support, GPUs")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = sub.add_parser("config", help="print the resolved configuration (validated)")
@@ -93,8 +93,12 @@ def cmd_info(args) -> int:
 
     from .store import h5py_has_mpi, versions
 
+    from .mpi import library_files
+
     info = versions()
     info["h5py_mpi"] = h5py_has_mpi()
+    # The file the MPI library was loaded from: the image's own, or a site's in its place.
+    info["mpi_library"] = ", ".join(library_files()) or "unknown"
     try:
         import torch
 
@@ -143,6 +147,7 @@ def cmd_stage(args) -> int:
 
     ctx = mpi.world()
     mpi.setup_logging(ctx, args.verbose)
+    mpi.log_placement(ctx)
     with mpi.abort_on_error(ctx, user_errors=(UserError,)):
         cfg = load(args.config, args.overrides)
         try:

@@ -15,7 +15,8 @@ import json
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 import yaml
 
@@ -398,7 +399,7 @@ class Config:
     def to_yaml(self) -> str:
         return yaml.safe_dump(self._tree, sort_keys=False)
 
-    def updated(self, values: Mapping[str, Any]) -> "Config":
+    def updated(self, values: Mapping[str, Any]) -> Config:
         """A copy with some ``section.key`` paths set (validated like ``--set``), e.g. ``{"attack.pixels": 2}``."""
         tree = self.to_dict()
         for key, value in values.items():
@@ -446,7 +447,7 @@ def _resolve(ref: str, seen: tuple = ()) -> tuple[dict, str]:
     base = data.pop("extends", None)
     tree = defaults()
     if base is not None:
-        base_ref = base if base in PRESETS else str((path.parent / base))
+        base_ref = base if base in PRESETS else str(path.parent / base)
         tree, _ = _resolve(base_ref, seen + (str(path.resolve()),))
     for key, value in _flatten(data).items():
         _set(tree, key, _check(key, value, str(path)))

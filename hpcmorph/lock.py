@@ -34,7 +34,8 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
+from collections.abc import Callable, Sequence
 
 from .errors import DiskFull, OutputLocked, StageError, UserError, out_of_space
 from .mpi import log

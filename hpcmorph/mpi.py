@@ -10,12 +10,15 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
+import socket
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 
 log = logging.getLogger("hpcmorph")
 
@@ -29,6 +32,7 @@ class Context:
     """Rank bookkeeping around an ``mpi4py`` communicator."""
 
     comm: Any
+    _hosts: list[str] | None = field(default=None, repr=False, compare=False)
 
     @property
     def rank(self) -> int:
@@ -49,6 +53,12 @@ class Context:
         if found is not None:
             return found
         return self.comm.Split_type(_mpi().COMM_TYPE_SHARED).Get_rank() if self.size > 1 else 0
+
+    def hosts(self) -> list[str]:
+        """Every rank's host name, by rank. Collective the first time (every rank must call it)."""
+        if self._hosts is None:
+            self._hosts = self.allgather(socket.gethostname()) if self.size > 1 else [socket.gethostname()]
+        return self._hosts
 
     def barrier(self) -> None:
         self.comm.Barrier()
@@ -81,12 +91,49 @@ class Context:
         sys.exit(code)
 
 
+def placement(hosts: list[str], local_ranks: list[int]) -> str:
+    """Which ranks run on which host, with their node-local ranks (which pick the GPUs), as one line:
+    ``2 hosts: node1 ranks 0, 1 (local 0, 1); node2 ranks 2, 3 (local 0, 1)``."""
+    by_host: dict[str, list[int]] = {}
+    for rank, host in enumerate(hosts):
+        by_host.setdefault(host, []).append(rank)
+    parts = [f"{host} rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))} "
+             f"(local {', '.join(str(local_ranks[r]) for r in ranks)})" for host, ranks in by_host.items()]
+    return f"{len(by_host)} host{'s' if len(by_host) > 1 else ''}: {'; '.join(parts)}"
+
+
+def log_placement(ctx: Context) -> None:
+    """Log (rank 0) where every rank runs: on a job of several nodes, the proof that it spans them."""
+    if ctx.size == 1:
+        return
+    hosts, local = ctx.hosts(), ctx.allgather(ctx.local_rank)
+    log.info("%d ranks on %s", ctx.size, placement(hosts, local))
+
+
 def launcher_local_rank() -> int | None:
     """The node-local rank the launcher set (Open MPI, MPICH, Slurm, PALS, torchrun), or None."""
     for var in _LOCAL_RANK_VARS:
         if var in os.environ:
             return int(os.environ[var])
     return None
+
+
+# MPI libraries as they are named on disk: MPICH's libmpi.so.12 (Debian: libmpich.so.12), Open MPI's
+# libmpi.so.40, Cray MPICH's libmpi_gnu_123.so.12 and the like; not the C++ or Fortran bindings.
+_MPI_LIBRARY = re.compile(r"^lib(mpi|mpich)(_(?!cxx|mpifh|usempi)[a-z]+_?\d*)?\.so(\.|$)")
+
+
+def library_files() -> list[str]:
+    """The MPI library files this process has mapped (after importing mpi4py), from /proc/self/maps:
+    in a container they show whether the site's library replaced the image's (the hybrid model)."""
+    from mpi4py import MPI  # noqa: F401 - loads the library
+
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {fields[5] for fields in (line.split(None, 5) for line in f) if len(fields) == 6}
+    except OSError:
+        return []
+    return sorted(p.strip() for p in paths if _MPI_LIBRARY.match(os.path.basename(p.strip())))
 
 
 def device_for(local_rank: int):

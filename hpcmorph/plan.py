@@ -418,7 +418,8 @@ def plan_attack(cfg, ranks: int, device: str, gpus: int, figures: Figures, data:
                            data.test * len(variants) / ranks, infer,
                            None if expected is None else min(data.test, 1.5 * images) * len(variants) / ranks))
         terms.append(Term(f"fixed {label}: models, output, figures", 0, None, FIXED["attack"]))
-        work_k.append({"k": a.pixels, "method": a.method, "output": attack_output(k_cfg).name, "images_at_most": images, "images_expected": expected_images,
+        work_k.append({"k": a.pixels, "method": a.method, "output": attack_output(k_cfg).name,
+                       "images_at_most": images, "images_expected": expected_images,
                        "targets": targets, "variants": variants, "population": a.population,
                        "certify_candidates_at_most": len(variants) * images * scan,
                        "generations": a.generations, "queries_per_attack_at_most": budget,
@@ -605,7 +606,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "(report: 1); default 1")
     p.add_argument("--gpus-per-rank", default=None, metavar="G", help="GPUs per rank with --device cuda (default 1)")
     p.add_argument("--ranks-per-node", default=None, metavar="R",
-                   help="ranks per node, for node-hours (default: 4 with cuda, 32 with cpu)")
+                   help="ranks per node, for node-hours (default: the --site's nodes, else 4 with cuda, 32 with cpu)")
+    p.add_argument("--site", default=None, metavar="NAME",
+                   help="size nodes as this facility's (hpcmorph/sites.py: polaris, frontier, perlmutter): one "
+                   "rank per GPU with cuda, one per usable core with cpu, as hpcmorph submit --site runs them")
     p.add_argument("--device", default=None, metavar="cpu|cuda",
                    help="device of train, attack and analyze (default: cuda where this machine has one, else cpu)")
     p.add_argument("--calibrate", action="store_true",
@@ -651,7 +655,12 @@ def run(args: argparse.Namespace) -> int:
         if device not in DEVICES:
             raise PlanError(f"--device {device!r}: expected one of {', '.join(DEVICES)}")
         gpus = _positive(args.gpus_per_rank, "--gpus-per-rank", 1 if device == "cuda" else 0, zero_ok=True)
-        rpn = _positive(args.ranks_per_node, "--ranks-per-node", 4 if device == "cuda" else 32)
+        default_rpn = 4 if device == "cuda" else 32
+        if args.site:
+            from . import sites
+
+            default_rpn = sites.ranks_per_node(sites.get(args.site), device == "cuda") or default_rpn
+        rpn = _positive(args.ranks_per_node, "--ranks-per-node", default_rpn)
         cfg = config_mod.load(args.config, args.overrides)
         calibration = None
         if args.calibrate:

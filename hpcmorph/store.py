@@ -27,7 +27,8 @@ import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
+from collections.abc import Callable, Iterator, Mapping
 
 import h5py
 import numpy as np
@@ -239,9 +240,14 @@ class Column:
 
 def row_range(n_rows: int, ctx: Context) -> tuple[int, int]:
     """This rank's contiguous block of rows (the first ``n_rows % size`` ranks get one extra)."""
-    base, extra = divmod(n_rows, ctx.size)
-    lo = ctx.rank * base + min(ctx.rank, extra)
-    return lo, lo + base + (1 if ctx.rank < extra else 0)
+    return rows_of(ctx.rank, ctx.size, n_rows)
+
+
+def rows_of(rank: int, size: int, n_rows: int) -> tuple[int, int]:
+    """Rank ``rank`` of ``size``'s rows ``[lo, hi)`` of ``n_rows`` (see :func:`row_range`)."""
+    base, extra = divmod(n_rows, size)
+    lo = rank * base + min(rank, extra)
+    return lo, lo + base + (1 if rank < extra else 0)
 
 
 RowBlocks = Callable[[int, int], Iterator[tuple[int, int, Mapping[str, np.ndarray]]]]
@@ -282,11 +288,33 @@ def write_table(path: Path, columns: Mapping[str, Column], n_rows: int, blocks: 
         for partial in (tmp, tmp.with_name(f"{tmp.name}.shard{ctx.rank}")):
             partial.unlink(missing_ok=True)
         raise DiskFull.writing(path) from err
+    hosts = ctx.hosts()
     ctx.barrier()
     if ctx.is_root:
         os.replace(tmp, path)
-        log.info("wrote %s (%d rows, io=%s, %d ranks)", path, n_rows, io, ctx.size)
+        log.info("wrote %s (%d rows, io=%s, %d ranks%s)", path, n_rows, io, ctx.size, _writers(n_rows, ctx, hosts))
     ctx.barrier()
+
+
+def _writers(n_rows: int, ctx: Context, hosts: list[str]) -> str:
+    """Which host's ranks wrote which rows, when the ranks span several hosts (`` on 2 hosts: node1
+    rows 0-19, node2 rows 20-39``): on a cluster, that every node's ranks wrote into the one file on
+    the shared file system."""
+    if len(set(hosts)) < 2:
+        return ""
+    spans: dict[str, list[list[int]]] = {}
+    for rank, host in enumerate(hosts):
+        lo, hi = rows_of(rank, ctx.size, n_rows)
+        mine = spans.setdefault(host, [])
+        if hi <= lo:
+            continue
+        if mine and mine[-1][1] == lo:
+            mine[-1][1] = hi  # the next rank's rows on the same host: one span
+        else:
+            mine.append([lo, hi])
+    text = ", ".join(f"{host} rows " + " ".join(f"{lo}-{hi - 1}" for lo, hi in ranges) if ranges else f"{host} no rows"
+                     for host, ranges in spans.items())
+    return f" on {len(spans)} hosts: {text}"
 
 
 def _write_rows(tmp: Path, columns: Mapping[str, Column], blocks: RowBlocks, lo: int, hi: int,

@@ -91,6 +91,7 @@ section() {
 # section_line NAME: the line number of its header (for pointing at a failing line).
 section_line() { awk -v want="%$1" '$1 == want { print NR; exit }' "$def"; }
 
+# shellcheck disable=SC2013  # section names are single words
 for name in $(awk '/^%[A-Za-z]+/ { print substr($1, 2) }' "$def"); do
     case $name in
         setup|files|post|environment|runscript|test|labels|help) ;;
@@ -138,6 +139,7 @@ elapsed() { echo $((SECONDS - $1)); }
 
 # --- 1. the base system: debootstrap, cached as a tarball --------------------------------------
 # Apptainer's debootstrap agent runs exactly this command line.
+# shellcheck disable=SC2054  # the commas separate debootstrap's --exclude list, not array elements
 deboot=(debootstrap --variant=minbase --exclude=openssl,udev,debconf-i18n,e2fsprogs "--include=apt${include:+,${include// /,}}"
         "--arch=$arch" "$osversion" "$rootfs" "$mirror")
 key=$(printf '%s\n' "${deboot[@]/#$rootfs/ROOTFS}" "$(dpkg-query -W -f '${Version}' debootstrap)" | sha256sum | cut -c1-16)
@@ -188,7 +190,7 @@ mkdir -p "$cache/wheels"
 post_env=(PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 TERM=dumb
           APPTAINER_ENVIRONMENT=/.singularity.d/env/91-environment.sh
           SINGULARITY_ENVIRONMENT=/.singularity.d/env/91-environment.sh
-          PIP_CACHE_DIR=$build/pip-cache PIP_DISABLE_PIP_VERSION_CHECK=1 HPCMORPH_CACHE=$build/cache)
+          "PIP_CACHE_DIR=$build/pip-cache" PIP_DISABLE_PIP_VERSION_CHECK=1 "HPCMORPH_CACHE=$build/cache")
 mkdir -p "$rootfs$build/cache/wheels"
 printf '%s\t%s\n' "$cache/pip" "$build/pip-cache" "$cache/wheels" "$build/cache/wheels" >>"$binds"
 
@@ -242,7 +244,7 @@ done
 # apt's proxy, where the host's apt has one (an APT_CONFIG file in $build, not /etc/apt).
 if apt_proxy=$(apt-config dump 2>/dev/null | grep -E '^Acquire::[a-z]+::Proxy ') && [[ -n $apt_proxy ]]; then
     printf '%s\n' "$apt_proxy" >"$rootfs$build/apt.conf"
-    post_env+=(APT_CONFIG=$build/apt.conf)
+    post_env+=("APT_CONFIG=$build/apt.conf")
 fi
 
 # The binds: each host path once, and none inside another (SSL_CERT_DIR=/etc/ssl/certs and

@@ -6,7 +6,7 @@
 #   scripts/check-report.sh runs/laptop/report [screenshot.png]
 #
 # Exit: 0 ok; 1 the page failed the check (the message says how); 2 usage; 3 no Chromium
-# (scripts/setup-chromium.sh installs Debian's). $CHROMIUM picks another browser binary.
+# (`make chromium`, i.e. scripts/apt-tool.sh, installs Debian's). $CHROMIUM picks another browser binary.
 # The work is done by hpcmorph/report/browser.py (standard library only: any python3 runs it), the
 # same code the report stage runs with report.screenshot=true.
 set -euo pipefail

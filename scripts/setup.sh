@@ -139,7 +139,13 @@ find_parallel_hdf5() {
         return 0
     fi
     command -v pkg-config >/dev/null || return 1
-    for name in hdf5-openmpi hdf5-mpich hdf5-mpi; do
+    # Debian can hold both MPIs: the HDF5 built for the one mpicc compiles with comes first (OpenMPI
+    # unless the alternatives say MPICH, as in the MPICH image).
+    local names=(hdf5-openmpi hdf5-mpich hdf5-mpi)
+    case $(readlink -f "${mpicc_bin:-/nonexistent}" 2>/dev/null) in
+        *mpich*) names=(hdf5-mpich hdf5-openmpi hdf5-mpi) ;;
+    esac
+    for name in "${names[@]}"; do
         if pkg-config --exists "$name"; then
             hdf5_build=(HDF5_PKGCONFIG_NAME="$name")
             hdf5_what="pkg-config $name"

@@ -1,121 +1,35 @@
-"""Shared helpers and fixtures: run the real CLI, plainly or under a real ``mpirun``, with a timeout;
-one tiny generated and trained run per session that the stage tests copy."""
+"""Fixtures: one tiny run per session, made stage by stage and shared as a ladder
+(``tiny_galaxies -> tiny_trained -> tiny_attacked -> tiny_analyzed``; each test works on a copy,
+see ``helpers.workdir``), one thread for in-process forward passes, and one real Slurm per session.
+Everything else the tests share is in helpers.py."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
-import signal
 import subprocess
-import sys
-import time
+import tempfile
 from pathlib import Path
 
-import h5py
-import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import (SLURM_LOCAL, THREADS, TINY_ANALYZE, TINY_ATTACK, TINY_GEN, TINY_TRAIN, Slurm, cli,
+                     slurm_installed, workdir)
 
 
-def mpirun() -> str:
-    found = shutil.which("mpirun") or shutil.which("mpiexec", path=str(Path(sys.executable).parent))
-    if not found:
-        pytest.skip("no mpirun on this machine")
-    return found
+# Tests that share one expensive thing of a session (a Slurm cluster, the image) run in one xdist
+# worker (`pytest -n 2 --dist loadgroup`, make test): one cluster, one image build.
+GROUPS = ("slurm", "container", "multinode")
 
 
-def env() -> dict[str, str]:
-    e = dict(os.environ)
-    e.update({"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
-              "OMPI_MCA_rmaps_base_oversubscribe": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
-              "PYTHONPATH": str(ROOT) + os.pathsep + e.get("PYTHONPATH", "")})
-    return e
-
-
-# Every stage in about a minute: tests/test_attack.py's small attack (a threshold just under a barely
-# trained model's probabilities, so some attacks flip at once), two pixel counts, a small isomap.
-SMALL_RUN = ["generate.n_galaxies=40", "train.epochs=2", "train.batch_size=8", "train.lr=0.001", "train.threads=1",
-             "attack.population=12", "attack.generations=6", "attack.n_images=5", "attack.images_per_batch=2",
-             "attack.threshold=0.29", "analyze.k_sweep=[1,2]", "analyze.isomap_images=20"]
-
-
-def serial():
-    """This test process as a one-rank job (MPI's COMM_SELF): for calling a stage's ``run`` in-process."""
-    from mpi4py import MPI
-
-    from hpcmorph import mpi
-
-    return mpi.Context(MPI.COMM_SELF)
-
-
-def sets(overrides: list[str]) -> list[str]:
-    """``--set`` flags for ``key=value`` overrides."""
-    return [a for kv in overrides for a in ("--set", kv)]
-
-
-def command(args: list[str], ranks: int = 1) -> list[str]:
-    base = [sys.executable, "-m", "hpcmorph", *args]
-    return base if ranks == 1 else [mpirun(), "-n", str(ranks), *base]
-
-
-def cli(args: list[str], cwd: Path, ranks: int = 1, timeout: float = 300, check: bool = True):
-    """Run ``hpcmorph ARGS`` (under ``mpirun -n RANKS`` when RANKS > 1); never hangs past ``timeout``."""
-    res = subprocess.run(command(args, ranks), cwd=cwd, env=env(), capture_output=True, text=True, timeout=timeout)
-    if check and res.returncode != 0:
-        raise AssertionError(f"hpcmorph {' '.join(args)} (ranks={ranks}) exited {res.returncode}\n"
-                             f"stdout:\n{res.stdout[-3000:]}\nstderr:\n{res.stderr[-5000:]}")
-    return res
-
-
-def datasets(path: Path) -> dict[str, np.ndarray]:
-    """Every dataset of an HDF5 file, read whole (for comparing outputs)."""
-    with h5py.File(path, "r") as f:
-        return {name: f[name][...] for name in f}
-
-
-def assert_same_data(a: Path, b: Path) -> None:
-    da, db = datasets(a), datasets(b)
-    assert sorted(da) == sorted(db)
-    for name in da:
-        np.testing.assert_array_equal(da[name], db[name], err_msg=f"dataset {name} differs between {a} and {b}")
-
-
-def session_members(sid: int) -> list[int]:
-    """Live processes of session ``sid`` (/proc/PID/stat: state, ppid, pgrp, session, ...)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[3]) == sid and fields[0] != "Z":
-                found.append(int(entry))
-    return found
-
-
-def kill_session(sid: int) -> None:
-    """SIGKILL mpirun and every rank it started. Open MPI puts the ranks in process groups of their
-    own, so killing mpirun's group leaves them running until they notice; they stay in the session
-    the test started, though."""
-    os.killpg(sid, signal.SIGKILL)
-    deadline = time.time() + 30
-    while (members := session_members(sid)) and time.time() < deadline:
-        for pid in members:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.05)
-
-
-# The tiny run the attack, analyze and train tests start from: 40 galaxies, both models barely
-# trained (2 epochs), one thread. Made once per session; each test works on a copy.
-TINY_GEN = ["--config", "tiny", "--set", "generate.n_galaxies=40"]
-TINY_TRAIN = [*TINY_GEN, "--set", "train.epochs=2", "--set", "train.batch_size=8", "--set", "train.lr=0.001",
-              "--set", "train.threads=1"]
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    for item in items:
+        for group in GROUPS:
+            if item.get_closest_marker(group):
+                item.add_marker(pytest.mark.xdist_group(group))
+                break
 
 
 @pytest.fixture(scope="session")
@@ -134,20 +48,55 @@ def tiny_trained(tiny_galaxies, tmp_path_factory) -> Path:
     return cwd / "runs" / "tiny"
 
 
-def workdir(tmp_path: Path, run: Path, name: str = "w") -> Path:
-    """A fresh working directory whose ``runs/tiny`` is a copy of the run folder ``run``."""
-    cwd = tmp_path / name
-    shutil.copytree(run, cwd / "runs" / "tiny", ignore=shutil.ignore_patterns("*.lock"))
-    return cwd
+@pytest.fixture(scope="session")
+def tiny_attacked(tiny_trained, tmp_path_factory):
+    """(``runs/tiny`` with ``attack.h5`` of ``helpers.TINY_ATTACK`` added, the attack's stderr)."""
+    cwd = workdir(tmp_path_factory.mktemp("tiny-attacked"), tiny_trained, "")
+    res = cli(["attack", *TINY_ATTACK], cwd)
+    return cwd / "runs" / "tiny", res.stderr
+
+
+@pytest.fixture(scope="session")
+def tiny_analyzed(tiny_attacked, tmp_path_factory):
+    """(``runs/tiny`` with ``analysis/`` of the tiny attack added, the analysis's stderr)."""
+    cwd = workdir(tmp_path_factory.mktemp("tiny-analyzed"), tiny_attacked[0], "")
+    res = cli(["analyze", *TINY_ANALYZE], cwd)
+    return cwd / "runs" / "tiny", res.stderr
 
 
 @pytest.fixture(scope="module")
 def one_thread():
-    """In-process forward passes on one thread: with two threads on a busy two-core machine every
-    layer waits for a descheduled OpenMP worker (0.8 s per tiny forward pass instead of 10 ms)."""
+    """In-process forward passes on helpers.THREADS threads (1 unless the run asks for more): with two
+    threads on a busy two-core machine every layer waits for a descheduled OpenMP worker (0.8 s per
+    tiny forward pass instead of 10 ms)."""
     import torch
 
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(THREADS)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory):
+    """A real one-node Slurm (scripts/slurm-local.sh), started once for every test that submits jobs."""
+    if os.geteuid() != 0 and not slurm_installed():
+        pytest.skip("Slurm and munge are not installed and only root can install them "
+                    "(as root, scripts/slurm-local.sh runs apt-get install slurm-wlm munge)")
+    root = tmp_path_factory.mktemp("slurm")
+    # Unix sockets (munge's, slurmstepd's) live under it and their paths may not exceed 107 bytes.
+    own = len(str(root)) > 48
+    if own:
+        root = Path(tempfile.mkdtemp(prefix="hpcmorph-slurm-"))
+    # The first start on a fresh machine installs the packages with apt: minutes, not seconds.
+    res = subprocess.run(["bash", str(SLURM_LOCAL), "start", str(root)], capture_output=True, text=True, timeout=900)
+    if res.returncode != 0:
+        subprocess.run(["bash", str(SLURM_LOCAL), "stop", str(root)], capture_output=True, timeout=120)
+        pytest.fail(f"slurm-local.sh start exited {res.returncode}\n{res.stdout}\n{res.stderr}")
+    m = re.search(r"^export SLURM_CONF=(\S+)$", res.stdout, re.M)
+    assert m, f"no export line in start's output:\n{res.stdout}\n{res.stderr}"
+    yield Slurm(root, m.group(1))
+    res = subprocess.run(["bash", str(SLURM_LOCAL), "stop", str(root)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    if own:
+        shutil.rmtree(root, ignore_errors=True)

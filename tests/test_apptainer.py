@@ -32,8 +32,9 @@ def parse(path: Path) -> tuple[dict, dict]:
     return header, {k: "\n".join(v) for k, v in sections.items()}
 
 
-def test_both_flavours_exist():
-    assert {p.name for p in DEFS} == {"hpcmorph.def", "hpcmorph-cpu.def"}
+def test_every_flavour_exists():
+    # CPU and GPU (Open MPI, generic clusters), MPICH ABI (the facilities' hybrid model: tests/test_mpich_image.py).
+    assert {p.name for p in DEFS} == {"hpcmorph.def", "hpcmorph-cpu.def", "hpcmorph-mpich.def"}
 
 
 def test_headers_say_what_each_image_is_built_from():

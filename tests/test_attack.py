@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import time
 
 import h5py
 import matplotlib.image
@@ -15,7 +13,8 @@ import pytest
 import scipy.stats
 import torch
 
-from conftest import TINY_TRAIN, assert_same_data, cli, command, env, kill_session, workdir
+from helpers import H, TINY_ATTACK, W, Bumps, assert_same_data, blocks_on_disk, cli, killed_at, workdir
+from helpers import flat as _flat
 from hpcmorph import config, store
 from hpcmorph.attack import evolution, pixels, stage
 from hpcmorph.train.model import build_model
@@ -27,31 +26,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 # ------------------------------------------------------------------------------------ toy models
 
-H = W = 12
-
-
-class Bumps(torch.nn.Module):
-    """A "model" that says class 1 iff band 1 is bright enough at the given spots.
-
-    logit_1 = 20 (sum over pixels of w (x - 0.5) - need) with w a sum of narrow Gaussians
-    (sigma 0.7 px) at ``spots``; logit_0 = 0, logit_2 = -10. On a flat 0.5 image p_1 is tiny; it
-    passes 0.5 iff the weighted excess passes ``need``. With one spot and need 0.3, only the spot
-    itself, set above 0.8, does it (a neighbour has w = 0.36: it would need 1.33, out of range).
-    """
-
-    def __init__(self, spots, need: float):
-        super().__init__()
-        yy, xx = np.mgrid[:H, :W]
-        w = sum(np.exp(-((xx - px) ** 2 + (yy - py) ** 2) / (2 * 0.7 ** 2)) for px, py in spots)
-        self.register_buffer("w", torch.tensor(w, dtype=torch.float32))
-        self.need = need
-
-    def forward(self, x):
-        l1 = 20 * (((x[:, 1] - 0.5) * self.w).sum((1, 2)) - self.need)
-        zero = torch.zeros_like(l1)
-        return torch.stack([zero, l1, zero - 10], 1)
-
-
 def _attack(model, base, true, target, settings, k=1, value_range=(0.0, 1.0), forward_batch=256, ids=None):
     """Attack images ``base`` (n, 3, H, W); attack i's seed comes from ``ids[i]`` (default i).
     Returns (results, objective)."""
@@ -60,13 +34,6 @@ def _attack(model, base, true, target, settings, k=1, value_range=(0.0, 1.0), fo
     ids = range(len(target)) if ids is None else ids
     seeds = [np.random.SeedSequence([0, i, t + 1]) for i, t in zip(ids, target)]
     return evolution.evolve(obj, lo, hi, true, target, seeds, settings, resample=pos), obj
-
-
-def _flat(n=1, noise=0.0, seed=0):
-    base = torch.full((n, 3, H, W), 0.5)
-    if noise:
-        base += noise * torch.randn(base.shape, generator=torch.Generator().manual_seed(seed))
-    return base
 
 
 def _same(a: evolution.Result, b: evolution.Result) -> bool:
@@ -218,12 +185,10 @@ def test_config_section_defaults_and_validation():
 
 # ---------------------------------------------------------------------------------- end to end
 
-TRAIN = TINY_TRAIN
-# A barely trained model gives nearly the same probabilities to every image: a threshold just
-# under its spiral probability makes some attacks succeed at once and others search to the end.
-POP, GENS, THRESHOLD = 12, 6, 0.29
-ATTACK = ["attack", *TRAIN, "--set", f"attack.population={POP}", "--set", f"attack.generations={GENS}",
-          "--set", "attack.n_images=5", "--set", "attack.images_per_batch=2", "--set", f"attack.threshold={THRESHOLD}"]
+# The session's tiny attack (helpers.TINY_ATTACK): every check below holds whatever the trained
+# weights make of the images (which attacks succeed, and when).
+POP, GENS, THRESHOLD = 12, 6, 0.0
+ATTACK = ["attack", *TINY_ATTACK]
 
 
 @pytest.fixture(scope="module")
@@ -235,10 +200,9 @@ _workdir = workdir
 
 
 @pytest.fixture(scope="module")
-def serial(trained, tmp_path_factory):
-    cwd = _workdir(tmp_path_factory.mktemp("serial"), trained)
-    res = cli(ATTACK, cwd)
-    return cwd / "runs" / "tiny" / "attack.h5", res
+def serial(tiny_attacked):
+    run, stderr = tiny_attacked
+    return run / "attack.h5", stderr
 
 
 @pytest.mark.slow
@@ -277,7 +241,8 @@ def test_output_rows_agree_with_the_data_and_the_model(serial, trained):
         clean = stretch(torch.from_numpy(y10[d["index"][rows]])).numpy()
         # By default candidates stay within the range of the normalised data.
         lo, hi = min(stage.data_range(stretch)[0]), max(stage.data_range(stretch)[1])
-        assert 0.4 < lo < 0.5 and 0.85 < hi < 0.9 and np.allclose(attrs[f"data_range_{variant}"], stage.data_range(stretch))
+        assert 0.4 < lo < 0.5 and 0.85 < hi < 0.9
+        assert np.allclose(attrs[f"data_range_{variant}"], stage.data_range(stretch))
         for j, r in enumerate(rows):
             x, y = d["pixel_xy"][r, 0]
             changed = d["attacked"][r] != clean[j]
@@ -297,7 +262,7 @@ def test_output_rows_agree_with_the_data_and_the_model(serial, trained):
         assert s["flipped"] == len(np.unique(d["index"][sel & d["success"]]))
         tried = sum(t for row in s["success_by_class_and_target"].values() for _, t in row.values())
         assert tried == sel.sum()
-    assert "| regular |" in res.stderr and "skipped (misclassified" in res.stderr
+    assert "| regular |" in res and "skipped (misclassified" in res
     figures = out.parent / "figures"
     for name in ("attack_queries.png", "attack_success.png", "attack_success_vs_k.png"):
         assert matplotlib.image.imread(figures / name)[..., :3].std() > 0.02, name
@@ -306,7 +271,7 @@ def test_output_rows_agree_with_the_data_and_the_model(serial, trained):
 
 @pytest.mark.slow
 @pytest.mark.mpi
-@pytest.mark.parametrize("ranks", [2, 4])
+@pytest.mark.parametrize("ranks", [4])  # 2 ranks: the resume test below
 def test_same_file_on_any_number_of_ranks(serial, trained, tmp_path, ranks):
     cwd = _workdir(tmp_path, trained)
     cli(ATTACK, cwd, ranks=ranks)
@@ -319,23 +284,18 @@ def test_same_file_on_any_number_of_ranks(serial, trained, tmp_path, ranks):
 @pytest.mark.slow
 @pytest.mark.mpi
 def test_resume_after_a_kill_gives_the_same_file(serial, trained, tmp_path):
-    # Blocks of two images, as the serial run (batching can change a forward pass's last bits).
-    args = ATTACK
+    # Each rank is killed as it starts its second block: one block each on disk. The blocks are
+    # those of the serial run (two images each), so the resumed run computes every remaining block
+    # exactly as the serial run did: the same file, bit for bit.
     cwd = _workdir(tmp_path, trained)
     run = cwd / "runs" / "tiny"
-    proc = subprocess.Popen(command(args, ranks=2), cwd=cwd, env=env(), start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list(run.glob("attack.h5.parts-*/block-*.h5"))) < 2:
-        time.sleep(0.02)
-    kill_session(proc.pid)
-    proc.wait(timeout=30)
-    done_before = len(list(run.glob("attack.h5.parts-*/block-*.h5")))
+    killed_at("hpcmorph.store", "Blocks.write", 1, ATTACK, cwd, ranks=2)
+    done_before = blocks_on_disk(run, "attack.h5")
     n_blocks = 2 * -(-len(np.unique(h5py.File(serial[0], "r")["index"][...])) // 2)
-    assert 2 <= done_before < n_blocks, "the kill should land mid-run"
+    assert 1 <= done_before < n_blocks, "the kill should land mid-run"
     assert not (run / "attack.h5").exists()
 
-    res = cli(args, cwd, ranks=2)
+    res = cli(ATTACK, cwd, ranks=2)
     assert f"{done_before} already on disk" in res.stderr
     assert_same_data(serial[0], run / "attack.h5")
 

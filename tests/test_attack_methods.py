@@ -6,56 +6,19 @@ method, 2 ranks, resume after SIGKILL)."""
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import time
 
 import h5py
 import numpy as np
 import pytest
 import torch
 
-from conftest import assert_same_data, cli, command, env, kill_session
+from helpers import THREADS, H, W, Bumps, Counted, assert_same_data, blocks_on_disk, cli, killed_at, workdir
+from helpers import flat as _flat
 from hpcmorph import config
 from hpcmorph.attack import corners, evolution, exhaustive, goal, methods, pixels, saliency, sparse_rs, stage
-from test_attack import H, W, Bumps, _flat
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread, as tests/test_attack.py (a busy two-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-class Counted(torch.nn.Module):
-    """The model under attack, counting what it is given: candidate images and gradient passes. A lone
-    image arrives as a pair, itself twice (see ``pixels.forward_probs``), and counts once: the tests
-    give every attack its own image, so two equal images in one pass are that pair. Given ``bases``
-    (the attacked images), it also checks that every candidate is one of them with at most ``k``
-    pixels changed, to values in [low, high]."""
-
-    def __init__(self, model, bases=None, k=None, low=None, high=None):
-        super().__init__()
-        self.model, self.bases, self.k, self.low, self.high = model, bases, k, low, high
-        self.images, self.gradient_images, self.calls = 0, 0, []
-
-    def forward(self, x):
-        n = 1 if x.shape[0] == 2 and torch.equal(x[0], x[1]) else x.shape[0]
-        if x.requires_grad:
-            self.gradient_images += n
-        else:
-            self.images += n
-            self.calls.append(x[:n].detach().clone())
-            if self.bases is not None:
-                changed = (x[:n, None] != self.bases[None]).any(2)  # (N, bases, H, W)
-                count, base = changed.sum((2, 3)).min(1)
-                assert int(count.max()) <= self.k, "a candidate changes more than k pixels"
-                moved = x[:n].permute(0, 2, 3, 1)[changed[torch.arange(n), base]]
-                assert bool(((moved >= self.low) & (moved <= self.high)).all()), "a value left the box"
-        return self.model(x)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def box(k=1, value_range=(0.0, 1.0), bands=3, height=H, width=W):
@@ -138,6 +101,18 @@ def test_exhaustive_finds_the_planted_pixel_and_nothing_where_there_is_none():
     # On failure the best candidate: for target 1 the spot's band 1 high (ties: the first corner).
     x, y, v = pixels.decode(none[0].genome, 1, H, W)
     assert (x[0], y[0]) == SPOT and v[0, 1] == 1.0
+
+
+def test_exhaustive_records_immediate_searched_and_impossible_attacks():
+    # By construction (Bumps, need 0.3): target 0 is already the prediction, so the first candidate
+    # reaches it; target 1 needs the one spot, band 1 high; class 2's logit is -10 whatever the image.
+    b = box()
+    res = exhaustive.search(objective(Bumps([SPOT], need=0.3), _flat(1)), b, [1, 0, 0], [0, 1, 2], [0, 0, 0],
+                            exhaustive.Settings(early_exit=False, chunk=64))
+    immediate, searched, impossible = res
+    assert immediate.success and immediate.queries == 1 and immediate.flips == exhaustive.candidates(b) - 4
+    assert searched.success and searched.queries == FIRST_HIT + 1 and searched.flips == 4
+    assert not impossible.success and impossible.queries == exhaustive.candidates(b) and impossible.flips == 0
 
 
 def test_exhaustive_agrees_with_a_brute_force_loop():
@@ -395,13 +370,14 @@ def test_config_methods_validation_and_digest():
 # ---------------------------------------------------------------------------------- end to end
 
 # 16 x 16 stamps: the exhaustive search classifies 16 x 16 x 8 = 2,048 candidates per image. The
-# barely trained model gives every image nearly the same probabilities (targets about 0.24 and
-# 0.25-0.26): at a threshold of 0.25 some attacks succeed at once, some need a pixel, some cannot.
+# checks hold whatever the barely trained model makes of the images (which attacks succeed, and
+# when); tests above build the immediate, searched and impossible cases by construction.
 GEN = ["--config", "tiny", "--set", "generate.n_galaxies=40", "--set", "generate.image_size=16"]
 TRAIN = [*GEN, "--set", "train.epochs=2", "--set", "train.batch_size=8", "--set", "train.lr=0.001",
-         "--set", "train.threads=1"]
+         "--set", f"train.threads={THREADS}"]
 ATTACK = ["attack", *TRAIN, "--set", "attack.n_images=5", "--set", "attack.images_per_batch=2",
-          "--set", "attack.threshold=0.25", "--set", "attack.threads=1", "--set", "attack.figures=false"]
+          "--set", "attack.threshold=0.25", "--set", f"attack.threads={THREADS}",
+          "--set", "attack.figures=false"]
 METHOD = {"exhaustive": ["--set", "attack.method=exhaustive", "--set", "attack.early_exit=false"],
           "sparse-rs": ["--set", "attack.method=sparse-rs", "--set", "attack.max_queries=200",
                         "--set", "attack.proposals=8"],
@@ -417,16 +393,10 @@ def trained(tmp_path_factory):
     return cwd / "runs" / "tiny"
 
 
-def _workdir(tmp_path, trained, name="w"):
-    cwd = tmp_path / name
-    shutil.copytree(trained, cwd / "runs" / "tiny")
-    return cwd
-
-
 @pytest.fixture(scope="module")
 def outputs(trained, tmp_path_factory):
     """Each new method's attack.h5 on the same run (each writes its own file)."""
-    cwd = _workdir(tmp_path_factory.mktemp("methods"), trained)
+    cwd = workdir(tmp_path_factory.mktemp("methods"), trained)
     return {m: (cli([*ATTACK, *METHOD[m]], cwd), cwd / "runs" / "tiny" / f"attack-{m}.h5") for m in METHOD}
 
 
@@ -463,22 +433,24 @@ def test_stage_runs_each_method(outputs, trained, method):
     np.testing.assert_allclose(probs, d["prob_after"][rows], atol=2e-6)
     if method == "exhaustive":
         assert np.all(d["flips"] >= 0) and np.array_equal(d["success"], d["flips"] > 0)
-        assert {True, False} <= set(d["success"].tolist()) and np.any(d["queries"][d["success"]] > 1), \
-            "the threshold should give immediate, searched and impossible attacks"
     else:
         assert np.all(d["flips"] == -1)
         # Every corner attack that succeeds is one the oracle finds: same model, image, candidates.
         oracle, _ = _read(outputs["exhaustive"][1])
         assert np.array_equal(oracle["index"], d["index"]) and np.array_equal(oracle["target"], d["target"])
-        assert not np.any(d["success"] & ~oracle["success"])
+        # The oracle classified each candidate in another forward pass (another batch): on some CPUs
+        # its last bits differ, so a success the oracle missed may only sit at the threshold itself.
+        missed = d["success"] & ~oracle["success"]
+        assert np.all(np.abs(p_target[missed] - 0.25) < 1e-5), "a success the oracle says is impossible"
 
 
 @pytest.mark.slow
 @pytest.mark.mpi
-@pytest.mark.parametrize("method,ranks", [("saliency", 2), ("sparse-rs", 4), ("exhaustive", 4)])
+@pytest.mark.parametrize("method,ranks", [("exhaustive", 2), ("saliency", 4)])
 def test_more_ranks_give_the_same_file(outputs, trained, tmp_path, method, ranks):
-    """The 1-rank files of ``outputs`` again on 2 or 4 ranks (4 oversubscribed on 2 cores)."""
-    cwd = _workdir(tmp_path, trained)
+    """The 1-rank files of ``outputs`` again on 2 or 4 ranks (4 oversubscribed on 2 cores; Sparse-RS and
+    the saliency search on 2 ranks: the resume test below)."""
+    cwd = workdir(tmp_path, trained)
     cli([*ATTACK, *METHOD[method]], cwd, ranks=ranks)
     assert_same_data(outputs[method][1], cwd / "runs" / "tiny" / f"attack-{method}.h5")
 
@@ -487,21 +459,17 @@ def test_more_ranks_give_the_same_file(outputs, trained, tmp_path, method, ranks
 @pytest.mark.mpi
 @pytest.mark.parametrize("method", ["sparse-rs", "saliency"])
 def test_resume_after_a_kill_gives_the_same_file(outputs, trained, tmp_path, method):
-    # One image per block: many small checkpoints to kill between.
-    args = [*ATTACK, *METHOD[method], "--set", "attack.images_per_batch=1"]
-    cwd = _workdir(tmp_path, trained)
+    # Each of 2 ranks is killed as it starts its second block. The blocks are those of the 1-rank
+    # run (two images each), so the resumed run computes each remaining block exactly as that run
+    # did, and the file is the same bit for bit.
+    args = [*ATTACK, *METHOD[method]]
+    cwd = workdir(tmp_path, trained)
     run = cwd / "runs" / "tiny"
-    ref_file = outputs[method][1]  # two images per block there: a setting that changes no result
-    proc = subprocess.Popen(command(args, ranks=2), cwd=cwd, env=env(), start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list(run.glob(f"attack-{method}.h5.parts-*/block-*.h5"))) < 2:
-        time.sleep(0.02)
-    kill_session(proc.pid)
-    proc.wait(timeout=30)
-    done_before = len(list(run.glob(f"attack-{method}.h5.parts-*/block-*.h5")))
-    n_blocks = 2 * len(np.unique(h5py.File(ref_file, "r")["index"][...]))
-    assert 2 <= done_before < n_blocks, "the kill should land mid-run"
+    ref_file = outputs[method][1]
+    killed_at("hpcmorph.store", "Blocks.write", 1, args, cwd, ranks=2)
+    done_before = blocks_on_disk(run, f"attack-{method}.h5")
+    n_blocks = 2 * -(-len(np.unique(h5py.File(ref_file, "r")["index"][...])) // 2)
+    assert 1 <= done_before < n_blocks, "the kill should land mid-run"
     assert not (run / f"attack-{method}.h5").exists()
     res = cli(args, cwd, ranks=2)
     assert f"{done_before} already on disk" in res.stderr

@@ -9,11 +9,12 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import assert_same_data, cli
+from helpers import THREADS, assert_same_data, cli
 
 TINY = ["--config", "tiny"]
 # Train stops at its input check; were it to start, one short epoch.
-TRAIN = ["train", *TINY, "--set", "train.epochs=1", "--set", "train.threads=1", "--set", "train.batch_size=8"]
+TRAIN = ["train", *TINY, "--set", "train.epochs=1", "--set", f"train.threads={THREADS}",
+         "--set", "train.batch_size=8"]
 
 
 def refused(res, *words: str) -> str:
@@ -111,7 +112,8 @@ def test_observed_labels_that_are_not_one_hot(tmp_path, kind):
 def test_observed_labels_not_one_hot_on_two_ranks(tmp_path):
     labels = GOOD.copy()
     labels[7] = [.2, .3, .5]
-    refused(cli(_observed(tmp_path, labels, "soft"), tmp_path, ranks=2, check=False), "soft.npy", "row 7", "not one-hot")
+    refused(cli(_observed(tmp_path, labels, "soft"), tmp_path, ranks=2, check=False),
+            "soft.npy", "row 7", "not one-hot")
 
 
 def test_observed_class_indices_are_accepted_when_integer_and_in_range(tmp_path):

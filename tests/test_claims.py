@@ -44,7 +44,8 @@ def test_empty_single_and_nan_inputs_are_explicit():
     assert stats.ratio_ci([], [1.0, 2.0]).n == (0, 2) and math.isnan(stats.ratio_ci([], [1.0]).value)
     assert not stats.ratio_ci([0.0, 0.0], [1.0, 2.0]).has_ci  # a zero denominator: no honest interval
     assert stats.t_ci([0.5]).n == 1 and not stats.t_ci([0.5]).has_ci
-    assert not stats.welch_ci([0.1, 0.2], [0.3]).has_ci and stats.welch_ci([0.1, 0.2], [0.3]).value == pytest.approx(0.15)
+    welch = stats.welch_ci([0.1, 0.2], [0.3])
+    assert not welch.has_ci and welch.value == pytest.approx(0.15)
     # Strict JSON: NaN becomes null; the dict round-trips.
     text = json.dumps([e.to_json(), r := stats.ratio_ci([1.0, 2.0], [2.0, 5.0]).to_json()], allow_nan=False)
     assert json.loads(text)[0]["value"] is None and Estimate.from_json(r) == stats.ratio_ci([1.0, 2.0], [2.0, 5.0])
@@ -237,7 +238,8 @@ def _evidence(regular_y1=(0.55, 0.58, 0.52), mmd_y1=(0.80, 0.82, 0.79), ranges=(
             claims.add_seed(ev, name, s, accuracy_y10=acc10, accuracy_y1=acc1, class_change_y1=change,
                             attacks={r: (24, flipped) for r in ranges},
                             queries_per_flip=rng.gamma(2.0, 150.0 * q, n),
-                            distance_y10_y1=rng.gamma(4.0, 0.1 * f[0], n), distance_y10_attacked=rng.gamma(4.0, 0.1 * f[1], n),
+                            distance_y10_y1=rng.gamma(4.0, 0.1 * f[0], n),
+                            distance_y10_attacked=rng.gamma(4.0, 0.1 * f[1], n),
                             raw_distance_y10_y1=rng.gamma(4.0, 3.0 * f[0], n))
     return ev
 

@@ -79,4 +79,4 @@ def test_config_is_read_only_view():
     bands.append("x")
     assert cfg.generate.bands == ["g", "r", "i"]
     with pytest.raises(AttributeError, match="no section or key 'nope'"):
-        cfg.generate.nope
+        cfg.generate.nope  # noqa: B018 (the attribute access itself must raise)

@@ -17,7 +17,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import ROOT, SMALL_RUN, cli, env, kill_session, mpirun, sets
+from helpers import ROOT, SMALL_RUN, cli, env, kill_session, mpirun, sets
 from test_setup import setup_stamp
 
 pytestmark = [pytest.mark.container, pytest.mark.timeout(3000)]
@@ -102,7 +102,8 @@ def ch_env() -> dict[str, str]:
 def ch_run(image: Image, *args: str, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
     res = subprocess.run(["ch-run", str(image.path), "--", *args], capture_output=True, text=True,
                          env=ch_env(), timeout=timeout, **kw)
-    assert res.returncode == 0, f"ch-run {' '.join(args)} exited {res.returncode}\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+    assert res.returncode == 0, \
+        f"ch-run {' '.join(args)} exited {res.returncode}\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
     return res
 
 
@@ -161,7 +162,8 @@ def test_hpcmorph_info_under_ch_run(image):
     e = ch_env()
     e.pop("OMP_NUM_THREADS")
     out = subprocess.run(["ch-run", str(image.path), "--", "/.singularity.d/actions/exec", "sh", "-c",
-                          "echo $OMP_NUM_THREADS; command -v python"], capture_output=True, text=True, env=e, timeout=60)
+                          "echo $OMP_NUM_THREADS; command -v python"],
+                         capture_output=True, text=True, env=e, timeout=60)
     assert out.stdout.split() == ["1", "/opt/hpcmorph/.venv/bin/python"], out.stdout + out.stderr
     assert "generate" in ch_run(image, "/.singularity.d/actions/run", "--help").stdout
 

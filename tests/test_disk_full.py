@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import assert_same_data, cli, env
+from helpers import assert_same_data, cli, env
 from hpcmorph import store
 from hpcmorph.errors import DiskFull
 

@@ -1,14 +1,12 @@
 """Stage 1 end to end, through the real CLI and a real mpirun, on the tiny preset."""
 
-import subprocess
-import time
 
 import h5py
 import matplotlib.image
 import numpy as np
 import pytest
 
-from conftest import assert_same_data, cli, command, env, kill_session
+from helpers import assert_same_data, blocks_on_disk, cli, killed_at
 from hpcmorph.generate import stage
 
 TINY = ["--config", "tiny"]
@@ -85,18 +83,12 @@ def test_serial_h5py_path_gives_the_same_file(serial_run, tmp_path):
 @pytest.mark.slow
 @pytest.mark.mpi
 def test_resume_after_a_kill_gives_the_same_file(serial_run, tmp_path):
-    # Slow the blocks down (one galaxy each) so the kill lands mid-run, after some blocks exist.
+    # One galaxy per block; each of 2 ranks is killed as it starts its third block.
     args = ["generate", *TINY, "--set", "generate.block_size=1"]
-    proc = subprocess.Popen(command(args, ranks=2), cwd=tmp_path, env=env(), start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     parts = tmp_path / "runs" / "tiny"
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list(parts.glob("galaxies.h5.parts-*/block-*.h5"))) < 4:
-        time.sleep(0.05)
-    kill_session(proc.pid)
-    proc.wait(timeout=30)
-    done_before = len(list(parts.glob("galaxies.h5.parts-*/block-*.h5")))
-    assert 4 <= done_before < 24, "the kill should land mid-run"
+    killed_at("hpcmorph.store", "Blocks.write", 2, args, tmp_path, ranks=2)
+    done_before = blocks_on_disk(parts, "galaxies.h5")
+    assert 2 <= done_before < 24, "the kill should land mid-run"
     assert not (parts / "galaxies.h5").exists()
 
     res = cli(args, tmp_path, ranks=2)

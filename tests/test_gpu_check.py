@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, env
+from helpers import ROOT, env
 
 SCRIPT = ROOT / "scripts" / "gpu-check.sh"
 

@@ -3,7 +3,7 @@
 No PBS server is packaged for Debian: the PBS scripts' directives are checked statically and their
 bodies run here with the variables PBS sets (PBS_O_WORKDIR, PBS_NODEFILE, PBS_JOBID), through an
 ``mpiexec`` that takes PALS/MPICH's ``-n N --ppn P`` and starts the ranks with OpenMPI. The Slurm
-chain runs on the real single-node Slurm of tests/test_slurm.py."""
+chain runs on the session's real single-node Slurm (conftest.py's ``slurm``)."""
 
 from __future__ import annotations
 
@@ -18,16 +18,13 @@ from pathlib import Path
 import h5py
 import pytest
 
-from conftest import ROOT, SMALL_RUN, assert_same_data, cli, env, sets
-import test_slurm
+from helpers import ROOT, SMALL_RUN, THREADS, assert_same_data, env, job_logs, sets, workdir
 
-slurm = test_slurm.slurm  # the module-scoped cluster fixture
 SLURM_DIR = ROOT / "jobs" / "slurm"
 PBS_DIR = ROOT / "jobs" / "pbs"
 SLURM_SCRIPTS = sorted(SLURM_DIR.glob("*.sbatch"))
 PBS_SCRIPTS = sorted(PBS_DIR.glob("*.pbs"))
 STAGES = ("generate", "train", "attack", "analyze", "report")
-QUICK = ["train.epochs=1", "train.batch_size=8", "generate.n_galaxies=24", "train.variants=[regular]"]
 SMALL = SMALL_RUN
 
 
@@ -105,7 +102,8 @@ echo "$*" >>"$LAUNCH_LOG"
 """
 
 
-def run_attack_script(path: Path, tmp_path: Path, sets: str, **extra: str) -> tuple[subprocess.CompletedProcess, list[str]]:
+def run_attack_script(path: Path, tmp_path: Path, sets: str,
+                      **extra: str) -> tuple[subprocess.CompletedProcess, list[str]]:
     """Run an attack job script's body here, its launcher only recording what it would start."""
     launcher = tmp_path / "launch"
     launcher.write_text(LAUNCHER)
@@ -199,20 +197,19 @@ def run_pbs(stage: str, cwd: Path, tmp_path: Path, sets: list[str], timeout: flo
 
 @pytest.mark.slow
 @pytest.mark.mpi
-def test_pbs_generate_and_train_bodies_run_on_two_ranks(tmp_path):
+def test_pbs_generate_and_train_bodies_run_on_two_ranks(tmp_path, tiny_galaxies):
+    # generate as the session's tiny run (1 rank) made it; a short training after it.
+    pbs_sets = ["generate.n_galaxies=40", "train.epochs=1", "train.batch_size=8", "train.variants=[regular]"]
     cwd = tmp_path / "work"
     cwd.mkdir()
-    res = run_pbs("generate", cwd, tmp_path, QUICK)
+    res = run_pbs("generate", cwd, tmp_path, pbs_sets)
     assert "job generate.1234.pbs01 on 1 node(s), 2 ranks" in res.stderr
     out = cwd / "runs" / "tiny" / "galaxies.h5"
     with h5py.File(out, "r") as f:
         assert f.attrs["ranks"] == 2
-    ref = tmp_path / "reference"
-    ref.mkdir()
-    cli(["generate", "--config", "tiny", *[a for s in QUICK for a in ("--set", s)]], ref)
-    assert_same_data(ref / "runs" / "tiny" / "galaxies.h5", out)
+    assert_same_data(tiny_galaxies / "galaxies.h5", out)
 
-    run_pbs("train", cwd, tmp_path, QUICK)
+    run_pbs("train", cwd, tmp_path, pbs_sets)
     seed = cwd / "runs" / "tiny" / "regular" / "seed0"
     assert (seed / "model.pt").exists() and (seed / "metrics.json").exists()
     assert (cwd / "runs" / "tiny" / "train_summary.json").exists()
@@ -220,15 +217,12 @@ def test_pbs_generate_and_train_bodies_run_on_two_ranks(tmp_path):
 
 @pytest.mark.mpi
 @pytest.mark.slow
-def test_pbs_attack_analyze_and_report_bodies_run(tmp_path):
-    cwd = tmp_path / "work"
-    cwd.mkdir()
-    flags = ["--config", "tiny", *sets(SMALL)]
-    cli(["generate", *flags], cwd)
-    cli(["train", *flags], cwd)
+def test_pbs_attack_analyze_and_report_bodies_run(tmp_path, tiny_attacked):
+    # The session's tiny run, trained and attacked at k = 1 with SMALL's settings.
+    cwd = workdir(tmp_path, tiny_attacked[0], "work")
     run = cwd / "runs" / "tiny"
 
-    # One launch per k of analyze.k_sweep=[1,2], each on 2 ranks.
+    # One launch per k of analyze.k_sweep=[1,2], each on 2 ranks (k = 1 is found up to date).
     res = run_pbs("attack", cwd, tmp_path, SMALL, timeout=300)
     assert "k = 1, 2" in res.stderr, res.stderr
     launched = (tmp_path / "mpiexec.log").read_text().splitlines()[-2:]
@@ -356,14 +350,14 @@ def test_submit_chain_on_slurm(slurm, tmp_path):
     assert [line.split()[0] for line in lines] == list(STAGES), res.stdout
     jobs = dict(line.split() for line in lines)
     # While generate runs (several seconds, MPI start-up included), train waits on it.
-    info = test_slurm.job(slurm, jobs["train"])
+    info = slurm.job(jobs["train"])
     assert info["Dependency"].startswith(f"afterok:{jobs['generate']}"), info
     assert info["JobState"] == "PENDING", info
     done = {}
     for stage in STAGES:
-        done[stage] = test_slurm.wait_done(slurm, jobs[stage], tmp_path, timeout=420)
+        done[stage] = slurm.wait_done(jobs[stage], tmp_path, timeout=420)
         assert (done[stage]["JobState"], done[stage]["ExitCode"]) == ("COMPLETED", "0:0"), \
-            f"{stage}: {done[stage]}\n{test_slurm.job_logs(tmp_path)}"
+            f"{stage}: {done[stage]}\n{job_logs(tmp_path)}"
     for prev, stage in zip(STAGES, STAGES[1:]):
         assert done[prev]["EndTime"] <= done[stage]["StartTime"], (done[prev], done[stage])
     assert [done[s]["NumTasks"] for s in STAGES] == ["2", "2", "2", "2", "1"], done
@@ -371,16 +365,16 @@ def test_submit_chain_on_slurm(slurm, tmp_path):
     outputs = ["galaxies.h5", "regular/seed0/metrics.json", "mmd/seed0/metrics.json", "attack.h5", "attack-k2.h5",
                "analysis/analysis.json", "analysis/latents.h5", "report/index.html"]
     missing = [o for o in outputs if not (run / o).exists()]
-    assert not missing, f"missing {missing}\n{test_slurm.job_logs(tmp_path)}"
+    assert not missing, f"missing {missing}\n{job_logs(tmp_path)}"
     attack_log = (tmp_path / f"hpcmorph-attack-{jobs['attack']}.out").read_text()
     assert "k = 1, 2" in attack_log and "k=2" in attack_log, attack_log
 
 
 @pytest.mark.slurm
-def test_train_job_checkpoints_and_requeues_itself_on_usr1(slurm, tmp_path):
+def test_train_job_checkpoints_and_requeues_itself_on_usr1(slurm, tmp_path, tiny_galaxies):
     sets = ["generate.n_galaxies=40", "train.variants=[regular]", "train.epochs=3", "train.batch_size=2",
-            "train.threads=1"]
-    cli(["generate", "--config", "tiny", "--set", "generate.n_galaxies=40"], tmp_path)
+            f"train.threads={THREADS}"]
+    tmp_path = workdir(tmp_path, tiny_galaxies)  # the job's working folder: the session's tiny data
     e = slurm.env(HPCMORPH_CONFIG="tiny", HPCMORPH_SET=" ".join(sets))
     res = subprocess.run(["sbatch", "--parsable", "--ntasks-per-node=1", "--gpus-per-task=0",
                           str(SLURM_DIR / "train.sbatch")], cwd=tmp_path, env=e, capture_output=True, text=True,
@@ -390,14 +384,14 @@ def test_train_job_checkpoints_and_requeues_itself_on_usr1(slurm, tmp_path):
     ckpt = tmp_path / "runs" / "tiny" / "regular" / "seed0" / "checkpoint.pt"
     deadline = time.monotonic() + 120
     while not ckpt.exists() and time.monotonic() < deadline:
-        state = test_slurm.job(slurm, jobid)["JobState"]
-        assert state in {"PENDING", "CONFIGURING", "RUNNING"}, test_slurm.job_logs(tmp_path)
+        state = slurm.job(jobid)["JobState"]
+        assert state in {"PENDING", "CONFIGURING", "RUNNING"}, job_logs(tmp_path)
         time.sleep(0.05)
-    assert ckpt.exists(), test_slurm.job_logs(tmp_path)
+    assert ckpt.exists(), job_logs(tmp_path)
     res = slurm.run(["scancel", "--signal=USR1", "--batch", jobid])
     assert res.returncode == 0, res.stderr
-    info = test_slurm.wait_done(slurm, jobid, tmp_path, timeout=240)
-    log = test_slurm.job_logs(tmp_path)
+    info = slurm.wait_done(jobid, tmp_path, timeout=240)
+    log = job_logs(tmp_path)
     assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), f"{info}\n{log}\n{slurm.logs()}"
     assert int(info["Restarts"]) == 1, log
     assert "asking the stage to checkpoint" in log and "requeueing job" in log and "(restart 1)" in log, log

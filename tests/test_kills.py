@@ -4,33 +4,14 @@ and only then marks the stage complete (``<output>.complete``)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
-from conftest import cli, env, sets
+from helpers import cli, killed_at, sets
 from hpcmorph import store
 
 pytestmark = pytest.mark.slow
 
 GENERATE = ["generate", "--config", "tiny", *sets(["generate.n_galaxies=16", "generate.block_size=4"])]
-
-# The real CLI with one function wrapped to SIGKILL its own process: a kill at exactly that step.
-KILL_AT = """
-import os, signal, sys, importlib
-module, name, after = sys.argv[1], sys.argv[2], int(sys.argv[3])
-mod = importlib.import_module(module)
-original, calls = getattr(mod, name), []
-def killing(*args, **kwargs):
-    if len(calls) == after:
-        os.kill(os.getpid(), signal.SIGKILL)
-    calls.append(1)
-    return original(*args, **kwargs)
-setattr(mod, name, killing)
-from hpcmorph.cli import main
-sys.exit(main(sys.argv[4:]))
-"""
 
 
 @pytest.mark.parametrize("module, name, after", [
@@ -39,8 +20,7 @@ sys.exit(main(sys.argv[4:]))
     ("hpcmorph.store", "remove_leftovers", 0),          # figures drawn, blocks not yet removed
 ])
 def test_kill_after_the_output_then_rerun_finishes_the_stage(module, name, after, tmp_path):
-    res = subprocess.run([sys.executable, "-c", KILL_AT, module, name, str(after), *GENERATE], cwd=tmp_path,
-                         env=env(), capture_output=True, text=True, timeout=300)
+    res = killed_at(module, name, after, GENERATE, tmp_path)
     assert res.returncode == -9, res.stderr[-3000:]
     run = tmp_path / "runs" / "tiny"
     out = run / "galaxies.h5"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import assert_same_data, cli, command, env, kill_session
+from helpers import assert_same_data, cli, command, env, kill_session
 from hpcmorph import lock
 from hpcmorph.errors import OutputLocked, StageError
 
@@ -175,7 +175,7 @@ def test_a_lock_from_another_host_is_reported_never_broken(tmp_path, monkeypatch
     out = tmp_path / "galaxies.h5"
     text = lock.Holder("node-b17", 1234, "2026-01-01T00:00:00+0000", job="98765", attempt="restart 0").to_json()
     lock.lock_path(out).write_text(text)
-    for attempt in range(2):
+    for _ in range(2):
         with pytest.raises(OutputLocked) as err:
             lock.acquire(out)
         message = str(err.value)

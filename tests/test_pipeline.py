@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from conftest import ROOT, SMALL_RUN, cli, env, sets
+from helpers import ROOT, SMALL_RUN, cli, env, sets
 from hpcmorph import attack, config
 from hpcmorph.stages import NAMES
 from test_report import needs_chromium

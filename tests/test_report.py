@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from conftest import ROOT, cli, env, serial
+from helpers import ROOT, cli, env, serial
 from hpcmorph import config
 from hpcmorph.errors import StageError, UserError
 from hpcmorph.report import browser, stage, tables
@@ -22,7 +22,7 @@ CHECK = ROOT / "scripts" / "check-report.sh"
 def needs_chromium() -> None:
     """Skip without Chromium, except in CI, where the check must run (make test installs it)."""
     if browser.find_chromium() is None and os.environ.get("CI") != "true":
-        pytest.skip("no chromium (scripts/setup-chromium.sh installs it)")
+        pytest.skip("no chromium (scripts/apt-tool.sh chromium installs it)")
 
 
 # ------------------------------------------------------------------------------------------ tables
@@ -331,7 +331,8 @@ def test_the_claims_table_opens_the_report_and_sits_beside_tables_1_and_2(tmp_pa
     assert "| 1 | Regular training loses accuracy from Y10 to Y1. | regular: Y10 minus Y1 (regular) | 0.72 -> 0.43 " \
            "| 0.253 ± 0.0295 | [0.180, 0.327] | 3 seeds | reproduced |" in md
     assert "| 5b |" in md and "| 0.910 | [0.620, 1.31] | 14 + 6 images | NOT reproduced |" in md
-    assert "| 3 | One pixel flips most correctly classified images. | flipped fraction (mmd, [0, 1] range) | 136 of 150 " \
+    assert "| 3 | One pixel flips most correctly classified images. | flipped fraction (mmd, [0, 1] range) " \
+           "| 136 of 150 " \
            "| – | – | – | not measured | no k = 1 attack" in md
     lines = (out / "claims.csv").read_text().splitlines()
     assert lines[0].startswith("id,claim,variant,range,measure,paper_text,paper_value,no_effect,value,lo,hi,std,n,")

@@ -9,14 +9,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import ROOT, env
+from helpers import ROOT, env
 
 SETUP = ROOT / "scripts" / "setup.sh"
 
 
 def setup_stamp(checkout: Path = ROOT) -> str:
     """The stamp name scripts/setup.sh writes into a venv it has set up from ``checkout``."""
-    parts = [(checkout / p).read_bytes() for p in ("scripts/setup.sh", "pyproject.toml", "requirements/constraints.txt")]
+    inputs = ("scripts/setup.sh", "pyproject.toml", "requirements/constraints.txt")
+    parts = [(checkout / p).read_bytes() for p in inputs]
     return ".setup-" + hashlib.sha256(b"".join(parts) + b"HPCMORPH_MPI=auto\n").hexdigest()[:16]
 
 

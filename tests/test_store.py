@@ -8,7 +8,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import env, mpirun
+from helpers import env, mpirun
 from hpcmorph import store
 
 DRIVER = textwrap.dedent("""

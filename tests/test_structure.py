@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from conftest import ROOT
+from helpers import ROOT
 from hpcmorph.stages import NAMES, STAGES
 
 PACKAGE = ROOT / "hpcmorph"

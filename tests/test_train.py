@@ -1,7 +1,6 @@
 """Stage 2 end to end on the tiny preset: outputs, backends, preemption, and Y1 labels never read."""
 
 import json
-import shutil
 import signal
 import subprocess
 import time
@@ -12,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY_GEN, TINY_TRAIN, cli, command, env
+from helpers import TINY_TRAIN, cli, command, env, workdir
 from hpcmorph.train import data
 
-GEN, TRAIN = TINY_GEN, TINY_TRAIN
+TRAIN = TINY_TRAIN
 
 
 @pytest.fixture(scope="module")
@@ -24,11 +23,8 @@ def galaxies(tiny_galaxies):
 
 
 def _workdir(tmp_path, galaxies, name="w"):
-    """A fresh run directory holding a copy of the generated data."""
-    cwd = tmp_path / name
-    (cwd / "runs" / "tiny").mkdir(parents=True)
-    shutil.copy(galaxies, cwd / "runs" / "tiny" / "galaxies.h5")
-    return cwd
+    """A fresh run directory holding a copy of the generated data (``galaxies``' run folder)."""
+    return workdir(tmp_path, galaxies.parent, name)
 
 
 def _metrics(cwd, variant="regular", seed=0):
@@ -36,11 +32,9 @@ def _metrics(cwd, variant="regular", seed=0):
 
 
 @pytest.mark.slow
-def test_both_variants_end_to_end(tmp_path, galaxies):
-    cwd = _workdir(tmp_path, galaxies)
-    cli(["train", *TRAIN], cwd)
-    run = cwd / "runs" / "tiny"
-    with h5py.File(galaxies, "r") as f:
+def test_both_variants_end_to_end(tmp_path, tiny_trained):
+    run = tiny_trained  # the session's tiny run, trained with TRAIN
+    with h5py.File(run / "galaxies.h5", "r") as f:
         n_test = int(np.sum(f["split"][...] == 2))
     for variant in ("regular", "mmd"):
         out = run / variant / "seed0"
@@ -50,7 +44,7 @@ def test_both_variants_end_to_end(tmp_path, galaxies):
         history = (out / "history.csv").read_text().splitlines()
         assert history[0].startswith("epoch,train_loss,train_mmd,val_loss") and len(history) == 3
         assert matplotlib.image.imread(out / "curves.png")[..., :3].std() > 0.05
-        m = _metrics(cwd, variant)
+        m = json.loads((out / "metrics.json").read_text())
         for domain in ("y10", "y1"):
             assert 0.0 <= m[domain]["accuracy"] <= 1.0
             assert np.sum(m[domain]["confusion"]) == m[domain]["n"] == n_test
@@ -61,7 +55,7 @@ def test_both_variants_end_to_end(tmp_path, galaxies):
     summary = json.loads((run / "train_summary.json").read_text())
     assert set(summary["table1"]) == {"regular", "mmd"}
     # A rerun finds every run complete.
-    res = cli(["train", *TRAIN], cwd)
+    res = cli(["train", *TRAIN], workdir(tmp_path, run))
     assert res.stderr.count("up to date; skipping") == 2
 
 
@@ -154,11 +148,11 @@ def test_missing_generate_output_is_a_clear_error(tmp_path):
 
 
 @pytest.mark.slow
-def test_force_retrains_a_finished_run_to_the_same_weights(tmp_path, galaxies):
+def test_force_retrains_a_finished_run_to_the_same_weights(tmp_path, tiny_trained):
+    # The session's trained run: its regular model was trained with these settings.
     args = ["train", *TRAIN, "--set", "train.variants=[regular]"]
-    cwd = _workdir(tmp_path, galaxies)
+    cwd = workdir(tmp_path, tiny_trained)
     model = cwd / "runs" / "tiny" / "regular" / "seed0" / "model.pt"
-    cli(args, cwd)
     first, made = _metrics(cwd)["weights_sha256"], model.stat().st_mtime_ns
     res = cli(args, cwd)
     assert "up to date; skipping" in res.stderr and model.stat().st_mtime_ns == made
@@ -170,8 +164,8 @@ def test_force_retrains_a_finished_run_to_the_same_weights(tmp_path, galaxies):
 @pytest.mark.mpi
 @pytest.mark.slow
 def test_a_batch_the_ranks_do_not_divide_is_one_line_and_exit_2(tmp_path, galaxies):
-    res = cli(["train", *TRAIN, "--set", "train.backend=ddp", "--set", "train.batch_size=7"], _workdir(tmp_path, galaxies),
-              ranks=2, check=False)
+    res = cli(["train", *TRAIN, "--set", "train.backend=ddp", "--set", "train.batch_size=7"],
+              _workdir(tmp_path, galaxies), ranks=2, check=False)
     assert res.returncode == 2, res.stderr[-3000:]
     assert "train.batch_size 7 is not divisible by the 2 ranks" in res.stderr and "Traceback" not in res.stderr
 

@@ -233,7 +233,8 @@ def format_table(table: dict) -> str:
             lines.append(f"| {label} | {name} | {mine} | {p['mean']} ± {p['std']} |")
     r = table["ratio_mmd_over_regular"]
     lines.append("mmd / regular mean: " + ", ".join(
-        f"{kind} {'-' if r[kind] is None else format(r[kind], '.2f')} (paper {PAPER['ratio_mmd_over_regular'][kind]:.2f})"
+        f"{kind} {'-' if r[kind] is None else format(r[kind], '.2f')} "
+        f"(paper {PAPER['ratio_mmd_over_regular'][kind]:.2f})"
         for kind in KINDS))
     free = table.get("ratios", {}).get("scale_free", {})
     if free:

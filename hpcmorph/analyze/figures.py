@@ -144,7 +144,7 @@ def exposure(result: dict, test_accuracy: dict, y1_years: float, path: Path, ove
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.2, 3.6))
-    for i, (v, acc) in enumerate(result["accuracy"].items()):
+    for v, acc in result["accuracy"].items():
         line, = ax.plot(result["years"], acc, "o-", label=f"{v} (re-observed)")
         band = ((over_seeds or {}).get("models", {}).get(v) or {}).get("exposure")
         if band and len(over_seeds["seeds"]) > 1:

@@ -128,7 +128,8 @@ def read_test_set(cfg: Config, attacks: dict, attack_file: Path) -> TestSet:
         clean_ok = len(rows) > 0 and has_clean(f["clean"][int(rows[0])])
     if a.triplet is not None and a.triplet not in set(attacks["index"].tolist()):
         shown = ", ".join(map(str, np.unique(attacks["index"])[:20]))
-        raise StageError(f"analyze.triplet={a.triplet} is not an attacked image of {attack_file} (attacked rows: {shown})")
+        raise StageError(f"analyze.triplet={a.triplet} is not an attacked image of {attack_file} "
+                         f"(attacked rows: {shown})")
     if not clean_ok:
         log.info("analyze: galaxies.h5 has no noiseless images (generate.source=%s): accuracy against exposure "
                  "skipped", cfg.generate.source)

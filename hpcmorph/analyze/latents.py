@@ -9,7 +9,7 @@ take chunks round-robin and exchange the results, so the output is the same on a
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import h5py
 import numpy as np
@@ -29,7 +29,8 @@ def chunks(n: int, size: int) -> list[tuple[int, int]]:
     return [(lo, min(n, lo + size)) for lo in range(0, n, size)]
 
 
-def embed(model, images: np.ndarray | torch.Tensor, device: torch.device, stretch=None) -> tuple[np.ndarray, np.ndarray]:
+def embed(model, images: np.ndarray | torch.Tensor, device: torch.device,
+          stretch=None) -> tuple[np.ndarray, np.ndarray]:
     """(latents (n, latent_dim) float32, predicted classes (n,) int8) of ``images`` (n, C, H, W).
 
     ``stretch``: the model's ``AsinhStretch`` for raw images (e-/s per pixel); None for images
@@ -117,7 +118,8 @@ def compute_latents(cfg: Config, ctx: Context, models: dict, device, test: np.nd
             lo, hi = test_chunks[c]
             rows = test[lo:hi]  # increasing: what h5py's fancy reads need
             y10, y1 = f["y10"][rows], f["y1"][rows]
-            out = {"z_y10": np.empty((hi - lo, n_v, dim), np.float32), "z_y1": np.empty((hi - lo, n_v, dim), np.float32),
+            out = {"z_y10": np.empty((hi - lo, n_v, dim), np.float32),
+                   "z_y1": np.empty((hi - lo, n_v, dim), np.float32),
                    "pred_y10": np.empty((hi - lo, n_v), np.int8), "pred_y1": np.empty((hi - lo, n_v), np.int8),
                    "pred_exposure": np.full((hi - lo, n_v, n_f), -1, np.int8)}
             for v, (model, stretch) in enumerate(models.values()):

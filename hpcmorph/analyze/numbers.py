@@ -34,7 +34,8 @@ def default_triplet(attacks: dict[str, np.ndarray], n_variants: int, y1_wrong: s
     """The first image (by galaxy row) flipped for every model, preferring one whose Y1 image the
     first model (regular) gets wrong; else the first flipped for any model; else the first attacked."""
     images = np.unique(attacks["index"])
-    flipped = [set(attacks["index"][(attacks["variant"] == v) & attacks["success"]].tolist()) for v in range(n_variants)]
+    flipped = [set(attacks["index"][(attacks["variant"] == v) & attacks["success"]].tolist())
+               for v in range(n_variants)]
     for_all = [int(i) for i in images if all(i in s for s in flipped)]
     preferred = [i for i in for_all if i in y1_wrong]
     for choice in (preferred, for_all, [int(i) for i in images if any(i in s for s in flipped)], images.tolist()):
@@ -96,7 +97,8 @@ def analyse(cfg: Config, models: dict, variants: list[str], lat: dict, attacks: 
                 "pred_y1": pred_y1, "pred_y1_name": CLASS_NAMES[pred_y1],
                 "pred_attacked": int(att["pred_attacked"][row]), "flipped": bool(attacks["success"][row]),
                 "attack_row": int(row), "queries": int(attacks["queries"][row]),
-                "distance_y1": float(distances.distance(z1, z0)), "distance_attacked": float(distances.distance(za, z0)),
+                "distance_y1": float(distances.distance(z1, z0)),
+                "distance_attacked": float(distances.distance(za, z0)),
                 "markers": {k: list(xy) for k, xy in win["markers"].items()}}
             extra = za[None]
         iso = isomap.fit(lat["z_y10"][pos, v], lat["z_y1"][pos, v], a.isomap_neighbors, extra)
@@ -140,7 +142,8 @@ def success_vs_k(cfg: Config, variants: list[str]) -> dict:
         path, current = attack_state(cfg, k)
         if not current:
             log.warning("analyze: no current attack output for k=%d (%s %s); run `%s` to add it to the success "
-                        "curve", k, path, "is from other settings" if path.exists() else "is missing", attack_command(k))
+                        "curve", k, path, "is from other settings" if path.exists() else "is missing",
+                        attack_command(k))
             out["missing_k"].append(k)
             continue
         with h5py.File(path, "r") as f:

@@ -134,7 +134,7 @@ def compare(cfg: Config, variants: list[str]) -> dict:
         for v in variants:
             per["models"][v][c.attack.method] = rows[v]
     for per in ranges.values():
-        for v, methods in per["models"].items():
+        for methods in per["models"].values():
             oracle = methods.get(ORACLE)
             flippable = set(oracle["flipped_rows"]) if oracle else None
             for m in methods.values():

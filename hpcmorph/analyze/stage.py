@@ -197,7 +197,8 @@ def embed(cfg: Config, ctx: Context, models: dict, device, test: TestSet, attack
              "exposure_observed": bool(test.fractions)}
     io = store.resolve_io(cfg)
     lat_data = {"index": test.rows.astype(np.int64), "label": test.labels.astype(np.int8), **lat}
-    latents.write(out / LATENTS, latents.columns(len(variants), dim, len(a.exposure_fractions)), lat_data, attrs, ctx, io)
+    layout = latents.columns(len(variants), dim, len(a.exposure_fractions))
+    latents.write(out / LATENTS, layout, lat_data, attrs, ctx, io)
     att_data = {name: attacks[name] for name in ATTACK_SCALARS}
     att_data.update(att)
     latents.write(out / ATTACK_LATENTS, latents.attack_columns(dim), att_data, attrs, ctx, io)

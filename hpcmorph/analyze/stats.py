@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import zlib
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -79,7 +79,7 @@ class Estimate:
                 "n": n, "std": _json_float(self.std), "level": self.level, "method": self.method}
 
     @classmethod
-    def from_json(cls, d: dict) -> "Estimate":
+    def from_json(cls, d: dict) -> Estimate:
         n = d.get("n")
         return cls(_float(d.get("value")), _float(d.get("lo")), _float(d.get("hi")),
                    tuple(n) if isinstance(n, list) else n, _float(d.get("std")), d.get("level", LEVEL),

@@ -35,7 +35,7 @@ class Box:
     highs: tuple
 
     @classmethod
-    def of(cls, pixels: int, bands: int, height: int, width: int, value_range) -> "Box":
+    def of(cls, pixels: int, bands: int, height: int, width: int, value_range) -> Box:
         """As :func:`.pixels.bounds` takes it: ``value_range`` is (low, high) or per-band (lows, highs)."""
         lo, hi = (np.broadcast_to(np.asarray(v, np.float64), (bands,)) for v in value_range)
         return cls(int(height), int(width), int(pixels), tuple(map(float, lo)), tuple(map(float, hi)))

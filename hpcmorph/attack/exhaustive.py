@@ -23,7 +23,7 @@ task's scan ran to the end (no early exit, or no success), else -1. No random nu
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

@@ -14,7 +14,7 @@ of at most ``forward_batch`` images.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch

@@ -28,7 +28,7 @@ order whatever shares its batch, so batched runs equal one-at-a-time runs.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

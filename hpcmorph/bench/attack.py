@@ -87,7 +87,7 @@ class _Flipped(Exception):
     pass
 
 
-class Needle(object):
+class Needle:
     """A toy "model" whose one-pixel answer is known: class 1 wins iff band 1 of pixel (x, y) =
     (7, 3) of a 24 x 24 image is set above ~0.8 (a Gaussian of 0.7 px around it gives DE a slope).
     At a budget of 440 queries about half the attacks find it: a rate that can tell two DEs apart."""

@@ -106,10 +106,12 @@ def print_methods(m: dict) -> None:
           f"{s['forward_batch']}; bare batched inference {m['bare_images_per_s']:.1f} images/s")
     for name, rows in m["ranges"].items():
         print(f"      values in the {name} range" if name == "data" else f"      values in {name}")
-        print("        method       flipped  oracle-found  median q/flip   queries/s  attack/bare  forward/bare   seconds")
+        print("        method       flipped  oracle-found  median q/flip   queries/s  attack/bare  forward/bare"
+              "   seconds")
         for method, r in rows.items():
             med = "-" if r["median_queries_to_flip"] is None else f"{r['median_queries_to_flip']:.0f}"
             print(f"        {method:11s} {r['flipped']:4d}/{s['images']:<3d} {r['found_of_oracle']:4d}/"
-                  f"{r['oracle_flippable']:<6d} {med:>12s}  {r['queries_per_s']:10.1f}  {r['ratio_attack_to_bare']:10.2f}"
+                  f"{r['oracle_flippable']:<6d} {med:>12s}  {r['queries_per_s']:10.1f}"
+                  f"  {r['ratio_attack_to_bare']:10.2f}"
                   f"  {r['ratio_forward_to_bare']:11.2f}"
                   f"  {r['seconds']:8.1f}")

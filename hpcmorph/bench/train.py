@@ -67,7 +67,8 @@ def bench_train(n: int) -> dict:
 
         def stage_rate(extra: list[str], ranks: int, variant: str = "regular") -> float:
             shutil.rmtree(metrics_path / variant, ignore_errors=True)
-            stage(["train", "--config", PRESET, *sets(_settings(root, n, extra))], ranks, max(1, threads // ranks), root)
+            stage(["train", "--config", PRESET, *sets(_settings(root, n, extra))], ranks,
+                  max(1, threads // ranks), root)
             return json.loads((metrics_path / variant / "seed0" / "metrics.json").read_text())["train_images_per_s"]
 
         steps = max(1, n // 2 // cfg.train.batch_size)

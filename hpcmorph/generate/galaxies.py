@@ -137,7 +137,8 @@ def elliptical(rng: np.random.Generator, p) -> Galaxy:
     hlr = _log_uniform(rng, p.hlr)
     # Rounding n keeps GalSim's per-index Sersic tables few (they cost ~0.1 s to build, then are cached).
     n = round(_uniform(rng, p.sersic_n) * 4.0) / 4.0
-    body = galsim.Sersic(n=n, half_light_radius=hlr).shear(q=_uniform(rng, p.q), beta=rng.uniform(0.0, np.pi) * galsim.radians)
+    body = galsim.Sersic(n=n, half_light_radius=hlr).shear(q=_uniform(rng, p.q),
+                                                           beta=rng.uniform(0.0, np.pi) * galsim.radians)
     return Galaxy(ELLIPTICAL, _uniform(rng, p.mag_r), hlr, (Component(body, 1.0, _colour(rng, RED)),))
 
 

@@ -184,7 +184,8 @@ class CutoutSource:
         c = self.g.cutouts
         self.path, self.cube = Path(c.path), _read_cube(Path(c.path), c.dataset)
         if self.cube.shape[1] != len(self.g.bands):
-            raise SourceError(f"{self.path}: {self.cube.shape[1]} bands in axis 1, but generate.bands is {self.g.bands}")
+            raise SourceError(f"{self.path}: {self.cube.shape[1]} bands in axis 1, "
+                              f"but generate.bands is {self.g.bands}")
         _check_cutouts(self.cube, self.path, list(self.g.bands))
         self.in_scale = c.pixel_scale
         self.observer = _Observer(self.g)

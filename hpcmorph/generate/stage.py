@@ -47,7 +47,8 @@ def columns(n_bands: int, size: int) -> dict[str, store.Column]:
     image = (n_bands, size, size)
     cols = {
         "y10": store.Column(image, "f4", "ten-year (Y10) observation, e-/s per pixel, sky-subtracted", 1),
-        "y1": store.Column(image, "f4", "one-year (Y1) observation of the same galaxy, e-/s per pixel, sky-subtracted", 1),
+        "y1": store.Column(image, "f4", "one-year (Y1) observation of the same galaxy, e-/s per pixel, "
+                           "sky-subtracted", 1),
         "clean": store.Column(image, "f4", "noiseless PSF-convolved image, e-/s per pixel (NaN for observed data)", 1),
         "label": store.Column((), "i1", "class from the Lotz G-M20 lines (0 spiral, 1 elliptical, 2 merger; "
                               "observed data: the given label; -1 unusable)"),

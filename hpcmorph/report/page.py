@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import html
 from dataclasses import dataclass
-from typing import Iterable
+from collections.abc import Iterable
 
 from . import tables
 from .inputs import Figure

@@ -5,10 +5,12 @@ The report is built in ``report.tmp-<pid>/`` and then swapped in for ``report/``
 failed half-way never sits under the final name and the previous one survives it. What it writes:
 
 - ``index.html``: self-contained (inline CSS, figures as data URIs): the claims table (when the
-  analysis has one), Tables 1 and 2 beside the paper's, the attack summary, Figure 2, exposure and k curves, distances, generate's figures,
-  training curves, attack figures, stage timings, the config and provenance;
-- ``table1.md|tex|csv``, ``table2.md|tex|csv``, ``claims.md|csv`` (with a claims table), ``attack.csv``, ``exposure.csv``,
-  ``success_vs_k.csv``, ``timings.csv``, ``methods.csv`` (the last four when the run has them);
+  analysis has one), Tables 1 and 2 beside the paper's, the attack summary, Figure 2, exposure and
+  k curves, distances, generate's figures, training curves, attack figures, stage timings, the
+  config and provenance;
+- ``table1.md|tex|csv``, ``table2.md|tex|csv``, ``claims.md|csv`` (with a claims table),
+  ``attack.csv``, ``exposure.csv``, ``success_vs_k.csv``, ``timings.csv``, ``methods.csv`` (the
+  last four when the run has them);
 - ``numbers.json``: every number shown, strict JSON, with the report's ``digest``;
 - ``figures/``: every figure as PNG, and PDF where the stage wrote one;
 - ``screenshot.png`` with ``report.screenshot``: headless Chromium's view, after it checked that
@@ -219,7 +221,8 @@ def render(cfg: Config, inp: Inputs, tabs: dict[str, tables.Table], copied: dict
           page.paragraph("The run's k = 1 attacks were not certified (attack.certify).", "missing")),
         S("methods", "Attack methods and value ranges", figures("methods") + (
             tables.to_html(tabs["methods"]) + downloads("methods.csv") if "methods" in tabs else
-            page.paragraph("No k = 1 attack outputs to compare (analyze.compare_methods, compare_ranges).", "missing"))),
+            page.paragraph("No k = 1 attack outputs to compare (analyze.compare_methods, compare_ranges).",
+                           "missing"))),
         S("figure2", "Figure 2: church windows and isomaps",
           figures("figure2") + panel_links() + _triplet_html(a.get("triplet")) + _attack_used(a)),
         S("exposure", "Accuracy against exposure", figures("exposure") + (
@@ -262,7 +265,8 @@ def numbers(cfg: Config, inp: Inputs, tabs: dict[str, tables.Table], copied: dic
         "table2_by_range": a.get("table2_by_range"), "certification": a.get("certification"),
         "claims": a.get("claims"),
         "paper_flipped": list(tables.PAPER_FLIPPED),
-        "attack": inp.attacks, "methods": a.get("methods"), "exposure": a.get("exposure"), "success_vs_k": a.get("success_vs_k"),
+        "attack": inp.attacks, "methods": a.get("methods"), "exposure": a.get("exposure"),
+        "success_vs_k": a.get("success_vs_k"),
         "triplet": a.get("triplet"), "class_counts": inp.class_counts,
         "training_runs": [{k: r.get(k) for k in ("variant", "seed", "best_epoch", "epochs_run", "best_val_loss",
                                                   "y10", "y1", "ranks", "backend", "train_images_per_s")}

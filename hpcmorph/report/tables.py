@@ -13,7 +13,8 @@ import html
 import io
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
+from collections.abc import Iterable, Mapping
 
 
 # hpcmorph.train.metrics.METRICS, in its order (tests check they agree): importing it here would load
@@ -348,7 +349,8 @@ def claims_table(rows: Any) -> Table:
         out.append([str(r.get("id", "")), str(r.get("claim", "")), measure, r.get("paper_text"), value,
                     ci(e.get("lo"), e.get("hi")), None if n is None else f"{n} {unit}".strip(),
                     VERDICT_MARK.get(r.get("verdict"), str(r.get("verdict"))), notes])
-        records.append({"id": r.get("id"), "claim": r.get("claim"), "variant": r.get("variant"), "range": r.get("range"),
+        records.append({"id": r.get("id"), "claim": r.get("claim"), "variant": r.get("variant"),
+                        "range": r.get("range"),
                         "measure": r.get("measure"), "paper_text": r.get("paper_text"),
                         "paper_value": finite(r.get("paper_value")), "no_effect": finite(r.get("no_effect")),
                         "value": finite(e.get("value")), "lo": finite(e.get("lo")), "hi": finite(e.get("hi")),

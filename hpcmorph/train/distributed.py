@@ -10,6 +10,7 @@ stop requests, checkpoints). Rank and size come from the backend itself, so the 
 from __future__ import annotations
 
 import os
+import socket
 
 import numpy as np
 import torch
@@ -36,8 +37,18 @@ class Single:
     name = "none"
     rank, size, local_rank = 0, 1, 0
 
+    def describe(self) -> str:
+        """The backend and how its ranks talk, for the log."""
+        return self.name
+
     def wrap(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer):
         return model, optimizer
+
+    def evaluating(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The module to run evaluation passes through: its forward starts no collective, so ranks
+        holding different numbers of images (3 validation images on 4 ranks) do not wait on each
+        other. Collective itself: every rank calls it."""
+        return getattr(model, "module", model)
 
     def allreduce_sum(self, values) -> np.ndarray:
         return np.asarray(values, dtype=np.float64)
@@ -50,6 +61,56 @@ class Single:
 
     def shutdown(self) -> None:
         pass
+
+
+def rendezvous(size: int) -> tuple[str, str]:
+    """Where DDP's ranks meet rank 0 (MASTER_ADDR, MASTER_PORT).
+
+    The launcher's values where it set them (torchrun). Under an MPI launcher (mpirun, srun
+    --mpi=pmix) rank 0 tells every rank its own: 127.0.0.1 when every rank is on rank 0's host, else
+    the address rank 0's host name resolves to (on another node, 127.0.0.1 would be that node's own);
+    and a port free on rank 0's host, so two jobs sharing a node do not meet in each other's store.
+    Without either, one host is assumed: 127.0.0.1:29511.
+    """
+    given = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
+    if all(given):
+        return given[0], given[1]
+    from ..mpi import world
+
+    ctx = world()
+    if ctx.size != size or size == 1:
+        return given[0] or "127.0.0.1", given[1] or "29511"
+    hosts = ctx.hosts()  # collective: every rank
+    found: tuple[str, str, str | None] = ("", "", None)
+    if ctx.is_root:
+        found = _rank0_address(given[0], given[1], hosts)
+    addr, port, error = ctx.bcast(found)
+    if error:
+        raise BackendError(error)
+    return addr, port
+
+
+def _rank0_address(addr: str | None, port: str | None, hosts: list[str]) -> tuple[str, str, str | None]:
+    """(address, port, error) for :func:`rendezvous`, worked out on rank 0."""
+    if not addr:
+        if len(set(hosts)) == 1:
+            addr = "127.0.0.1"
+        else:
+            try:
+                addr = socket.gethostbyname(hosts[0])
+            except OSError as err:
+                return "", "", (f"train.backend ddp: rank 0's host name {hosts[0]!r} does not resolve ({err}), and "
+                                "the ranks on the other hosts must reach it: set MASTER_ADDR to an address of rank 0's "
+                                "host")
+            if addr.startswith("127."):
+                return "", "", (f"train.backend ddp: rank 0's host name {hosts[0]!r} resolves to {addr}, a loopback "
+                                f"address the ranks on {', '.join(sorted(set(hosts) - {hosts[0]}))} cannot reach: set "
+                                "MASTER_ADDR to an address of rank 0's host")
+    if not port:
+        with socket.socket() as s:
+            s.bind(("", 0))
+            port = str(s.getsockname()[1])
+    return addr, port, None
 
 
 class Horovod(Single):
@@ -67,13 +128,34 @@ class Horovod(Single):
         self.hvd = hvd
         self.rank, self.size, self.local_rank = hvd.rank(), hvd.size(), hvd.local_rank()
 
+    def describe(self) -> str:
+        hvd = self.hvd
+        controller = "MPI" if hvd.mpi_enabled() else "Gloo" if hvd.gloo_enabled() else "?"
+        ops = "NCCL" if torch.cuda.is_available() and hvd.nccl_built() else controller
+        return f"horovod ({controller} controller, {ops} allreduce)"
+
     def wrap(self, model, optimizer):
         hvd = self.hvd
         hvd.broadcast_parameters(model.state_dict(), root_rank=0)
         # No broadcast_optimizer_state: on a fresh Adam it takes a dummy step with zero gradients,
         # which weight decay turns into a real update (the weights then differ from DDP's). Every
         # rank builds the same fresh optimizer, or loads the same checkpoint, so there is nothing to send.
-        return model, hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters(), op=hvd.Average)
+        wrapped = hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters(), op=hvd.Average)
+        # DistributedOptimizer is a new optimizer over the same parameters, with no state: a resumed
+        # run's Adam moments, loaded from its checkpoint into `optimizer`, were dropped, and the run
+        # went on as if freshly started (seen: a 4-rank run resumed at epoch 4 ended with other
+        # weights than the uninterrupted one).
+        if optimizer.state:
+            wrapped.load_state_dict(optimizer.state_dict())
+        return model, wrapped
+
+    def evaluating(self, model):
+        # Each rank's BatchNorm running statistics follow its own batches; the checkpoint and
+        # best.pt keep rank 0's. Evaluating with rank 0's on every rank (as DDP does) scores the
+        # weights that are saved, and leaves every rank as a resumed run starts.
+        module = getattr(model, "module", model)
+        self.hvd.broadcast_parameters(list(module.named_buffers()), root_rank=0)
+        return module
 
     def allreduce_sum(self, values) -> np.ndarray:
         t = torch.as_tensor(np.asarray(values, dtype=np.float64))
@@ -104,11 +186,13 @@ class DDP(Single):
                 break
         else:
             self.rank, self.size, self.local_rank = 0, 1, 0
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", "29511")
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend, rank=self.rank, world_size=self.size)
+        os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = rendezvous(self.size)
+        self.transport = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(self.transport, rank=self.rank, world_size=self.size)
         self.dist = dist
+
+    def describe(self) -> str:
+        return f"ddp ({self.transport}, rank 0 at {os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']})"
 
     def wrap(self, model, optimizer):
         from torch.nn.parallel import DistributedDataParallel
@@ -116,6 +200,17 @@ class DDP(Single):
         ids = [self.local_rank % torch.cuda.device_count()] if torch.cuda.is_available() else None
         # DDP broadcasts rank 0's parameters and buffers at construction.
         return DistributedDataParallel(model, device_ids=ids), optimizer
+
+    def evaluating(self, model):
+        # DDP's forward broadcasts rank 0's buffers (BatchNorm's running statistics) before every
+        # pass: a collective per batch, which left a rank with fewer batches to evaluate than the
+        # others (or none) in a different collective: the job hung at its first validation (seen
+        # with 3 validation images on 4 ranks). Broadcast them once, then evaluate the bare module:
+        # the same numbers, and no collective per batch.
+        module = getattr(model, "module", model)
+        for buffer in module.buffers():
+            self.dist.broadcast(buffer, src=0)
+        return module
 
     def allreduce_sum(self, values) -> np.ndarray:
         t = torch.as_tensor(np.asarray(values, dtype=np.float64))

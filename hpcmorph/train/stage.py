@@ -73,7 +73,7 @@ class StopFlag:
         self.raised = False
         self._old: dict = {}
 
-    def __enter__(self) -> "StopFlag":
+    def __enter__(self) -> StopFlag:
         self._old = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
 
@@ -117,7 +117,8 @@ def _fingerprint(model: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def _evaluate(model, images: np.ndarray, labels: np.ndarray, stretch, device, batch: int, weight) -> tuple[float, float, np.ndarray]:
+def _evaluate(model, images: np.ndarray, labels: np.ndarray, stretch, device, batch: int,
+              weight) -> tuple[float, float, np.ndarray]:
     """(sum of weighted CE, sum of weights, confusion counts) of this rank's images."""
     model.eval()
     loss, norm = 0.0, 0.0
@@ -300,8 +301,8 @@ def end_epoch(cfg: Config, backend, variant: str, seed: int, model, shard: Shard
     """Validate, record the epoch, keep the best weights (``best.pt``), and decide whether training is
     finished (early stopping after ``train.patience`` epochs without a better validation loss)."""
     t, epoch = cfg.train, state["epoch"]
-    v_loss, v_norm, v_conf = _evaluate(model, shard.val_y10, shard.val_labels, shard.stretch, device,
-                                       t.eval_batch_size, shard.weight)
+    v_loss, v_norm, v_conf = _evaluate(backend.evaluating(model), shard.val_y10, shard.val_labels, shard.stretch,
+                                       device, t.eval_batch_size, shard.weight)
     v = backend.allreduce_sum([v_loss, v_norm, *v_conf.ravel()])
     val_loss, val_acc = v[0] / max(v[1], 1e-12), np.trace(v[2:].reshape(3, 3)) / max(v[2:].sum(), 1)
     state["history"].append({"epoch": epoch + 1, "train_loss": stats["train_loss"], "train_mmd": stats["train_mmd"],
@@ -339,9 +340,10 @@ def test(cfg: Config, backend, variant: str, seed: int, model, shard: Shard, sta
     with store.open_checked(galaxies_path(cfg), "generate") as f:
         test_rows = data.split_rows(f)[TEST][backend.rank::backend.size]
         labels = f["label"][test_rows].astype(np.int64)
+        evaluated = backend.evaluating(model)
         for domain in ("y10", "y1"):
-            _, _, conf = _evaluate(model, f[domain][test_rows], labels, shard.stretch, device, cfg.train.eval_batch_size,
-                                   shard.weight)
+            _, _, conf = _evaluate(evaluated, f[domain][test_rows], labels, shard.stretch, device,
+                                   cfg.train.eval_batch_size, shard.weight)
             conf = backend.allreduce_sum(conf.ravel()).reshape(3, 3).astype(np.int64)
             results[domain] = metrics.from_confusion(conf)
     return results
@@ -395,7 +397,8 @@ def init_backend(cfg: Config) -> distributed.Single:
         backend.shutdown()
         raise BackendError(f"train.batch_size {cfg.train.batch_size} is not divisible by the {backend.size} ranks; "
                            "choose a batch size that is a multiple of the rank count")
-    log.info("train: backend %s, %d rank(s), device %s", backend.name, backend.size, device_for(backend.local_rank))
+    log.info("train: backend %s, %d rank(s), device %s", backend.describe(), backend.size,
+             device_for(backend.local_rank))
     return backend
 
 
