@@ -1,25 +1,21 @@
 """Certification of the k = 1 attacks (hpcmorph/attack/certify.py): on toy models whose corner
 candidates that flip are known, against the exhaustive search's count, with the model's own count of
 what it classified; the bfloat16 screen against float32, including a screen that errs; the stage's
-summary and columns; and one short end-to-end run (saliency + certify against the exhaustive search
-on the same images, on 1 and 2 ranks)."""
+summary and columns; the certificates kept; the best-first refinement. The stage end to end, against
+the exhaustive search: test_attack_methods.py."""
 
 from __future__ import annotations
 
-import json
-import shutil
 
-import h5py
 import numpy as np
 import pytest
 import torch
 
-from conftest import assert_same_data, cli
+from helpers import H, W, Bumps, Counted
+from helpers import flat as _flat
 from hpcmorph import config
 from hpcmorph.attack import certificates, certify, corners, exhaustive, goal, local, methods, pixels, stage
 from hpcmorph.attack.evolution import Result
-from test_attack import H, W, Bumps, _flat
-from test_attack_methods import Counted
 
 SPOT = (7, 3)
 # Bumps([SPOT], need=0.3) reaches class 1 only with band 1 at its upper bound at SPOT: the 4 corners
@@ -27,12 +23,7 @@ SPOT = (7, 3)
 HITS = [(SPOT[1] * W + SPOT[0]) * 8 + c for c in (2, 3, 6, 7)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def box(value_range=(0.0, 1.0)):
@@ -187,8 +178,8 @@ def test_precision_auto_and_validation():
 
 
 def _results(success, flips=None, queries=None):
-    return [Result(bool(s), 0, int(q if q is not None else 5), np.zeros(5), np.zeros(3), int(f if f is not None else -1))
-            for s, f, q in zip(success, flips or [None] * len(success), queries or [None] * len(success))]
+    flips, queries = flips or [-1] * len(success), queries or [5] * len(success)
+    return [Result(bool(s), 0, int(q), np.zeros(5), np.zeros(3), int(f)) for s, f, q in zip(success, flips, queries)]
 
 
 def test_which_attacks_certify_and_what_enters_the_digest():
@@ -226,73 +217,6 @@ def test_summary_counts_flippable_safe_and_undecided_images():
                               "vulnerable_fraction": 2 / 3, "coverage": 0.5, "missed_rows": [11]}
     assert got["mmd"]["undecided"] == 1 and got["mmd"]["coverage"] is None
     assert got["mmd"]["vulnerable_fraction"] is None
-
-
-# ------------------------------------------------------------------------------------------ stage
-
-# tests/test_attack_methods.py's 16 x 16 run (2,048 corner candidates per image; at a threshold of 0.25
-# some attacks succeed at once, some need a pixel, some cannot), with a saliency search too short to
-# find every flippable image, so that the certifying scan has images to scan and flips to find.
-GEN = ["--config", "tiny", "--set", "generate.n_galaxies=40", "--set", "generate.image_size=16"]
-TRAIN = [*GEN, "--set", "train.epochs=2", "--set", "train.batch_size=8", "--set", "train.lr=0.001",
-         "--set", "train.threads=1"]
-ATTACK = ["attack", *TRAIN, "--set", "attack.n_images=5", "--set", "attack.images_per_batch=2",
-          "--set", "attack.threshold=0.25", "--set", "attack.threads=1", "--set", "attack.figures=false"]
-SALIENCY = ["--set", "attack.method=saliency", "--set", "attack.max_queries=12", "--set", "attack.proposals=4",
-            "--set", "attack.saliency_top=4", "--set", "attack.certify=true"]
-ORACLE = ["--set", "attack.method=exhaustive", "--set", "attack.early_exit=false"]
-
-
-@pytest.mark.slow
-def test_stage_certifies_what_the_search_missed_as_the_exhaustive_search_counts(tmp_path):
-    cwd = tmp_path / "w"
-    cwd.mkdir()
-    cli(["generate", *GEN], cwd)
-    cli(["train", *TRAIN], cwd)
-    run = cwd / "runs" / "tiny"
-    res = cli([*ATTACK, *SALIENCY, "--set", "attack.certify_precision=bfloat16"], cwd)
-    cli([*ATTACK, *ORACLE], cwd)
-    with h5py.File(run / "attack-saliency.h5", "r") as f:
-        got = {k: f[k][...] for k in ("variant", "index", "target", "success", "certified", "certified_flips",
-                                      "certified_first")}
-        summary = json.loads(f.attrs["summary"])
-        assert bool(f.attrs["certified"])
-    with h5py.File(run / "attack-exhaustive.h5", "r") as f:
-        oracle = {k: f[k][...] for k in ("variant", "index", "target", "success", "flips", "queries")}
-    for k in ("variant", "index", "target"):
-        assert np.array_equal(got[k], oracle[k])
-    # Per image: flipped by the search, or scanned; a scanned image's counts are the oracle's.
-    keys = np.stack([got["variant"], got["index"]], 1)
-    flipped = {tuple(k) for k, s in zip(keys, got["success"]) if s}
-    scanned = np.array([tuple(k) not in flipped for k in keys])
-    assert scanned.any() and (~scanned).any(), "the fixture no longer has both kinds of image"
-    np.testing.assert_array_equal(got["certified_flips"][scanned], oracle["flips"][scanned])
-    np.testing.assert_array_equal(got["certified"][scanned], (oracle["flips"][scanned] > 0).astype(np.int8))
-    hit = scanned & oracle["success"]
-    np.testing.assert_array_equal(got["certified_first"][hit], oracle["queries"][hit] - 1)
-    assert (got["certified"][got["success"]] == 1).all() and (got["certified_flips"][~scanned] == -1).all()
-    # The summary: flippable = the oracle's flipped images, coverage = the search's share of them.
-    for v, variant in enumerate(("regular", "mmd")):
-        c = summary["certification"]["variants"][variant]
-        mine = got["variant"] == v
-        assert c["flippable"] == len(np.unique(oracle["index"][mine & oracle["success"]]))
-        assert c["flipped"] == len(np.unique(got["index"][mine & got["success"]])) and c["undecided"] == 0
-    assert summary["certification"]["precision"] == "bfloat16" and "certified in" in res.stderr
-    # The scans are kept (attack/certificates.py): the same attack again scans nothing, and says so.
-    again = cli([*ATTACK, *SALIENCY, "--set", "attack.certify_precision=bfloat16", "--force"], cwd)
-    with h5py.File(run / "attack-saliency.h5", "r") as f:
-        for k in ("certified", "certified_flips", "certified_first"):
-            np.testing.assert_array_equal(f[k][...], got[k])
-        cost = json.loads(f.attrs["summary"])["certification"]["cost"]
-    first_cost = summary["certification"]["cost"]
-    for variant in ("regular", "mmd"):
-        assert cost[variant]["images"] == 0 and cost[variant]["cached"] == first_cost[variant]["images"]
-    assert "known from before" in again.stderr and any((run / "certificates").glob("regular-*.h5"))
-    # Two ranks deal the blocks differently and write the same file.
-    other = tmp_path / "two"
-    shutil.copytree(run, other / "runs" / "tiny", ignore=shutil.ignore_patterns("attack*", "*.lock", "certificates"))
-    cli([*ATTACK, *SALIENCY, "--set", "attack.certify_precision=bfloat16"], other, ranks=2)
-    assert_same_data(run / "attack-saliency.h5", other / "runs" / "tiny" / "attack-saliency.h5")
 
 
 def test_certificates_are_kept_by_what_they_depend_on(tmp_path):

@@ -56,7 +56,8 @@ def read(file: Path) -> dict[tuple[int, int], tuple[int, int]]:
 def lookup(known: dict, rows, targets) -> tuple[np.ndarray, np.ndarray]:
     """(flips, first) (n,) of attacks on galaxy ``rows`` at ``targets`` (n,); -1 where not known."""
     found = [known.get((int(r), int(t)), (-1, -1)) for r, t in zip(rows, targets)]
-    return (np.array([f[0] for f in found], np.int64).reshape(-1), np.array([f[1] for f in found], np.int64).reshape(-1))
+    flips = np.array([f[0] for f in found], np.int64).reshape(-1)
+    return flips, np.array([f[1] for f in found], np.int64).reshape(-1)
 
 
 def add(file: Path, rows, targets, flips, first) -> int:

@@ -46,7 +46,7 @@ import copy
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -101,7 +101,7 @@ class Cost:
     seconds: float = 0.0
     cached: int = 0
 
-    def add(self, other: "Cost") -> "Cost":
+    def add(self, other: Cost) -> Cost:
         return Cost(self.images + other.images, self.candidates + other.candidates, self.float32 + other.float32,
                     self.rescanned + other.rescanned, max(self.max_error, other.max_error),
                     max(self.max_tolerance, other.max_tolerance), self.seconds + other.seconds,

@@ -142,9 +142,10 @@ def columns(pixels_k: int, bands: int, size: int, n_classes: int = 3) -> dict[st
                      "(H x W x 2^bands without one)"),
         "flips": c((), "i8", "exhaustive search without early exit: single-pixel corner candidates that reach the "
                    "goal; -1 where not counted (other methods, or the scan stopped at the first success)"),
-        "certified": c((), "i1", "attack.certify (k = 1): 1 one pixel reaches the goal (the attack succeeded, or a corner "
-                       "candidate of the certifying scan does), 0 no single-pixel corner candidate does (scanned), -1 "
-                       "not decided (certification off, or the image was flipped at another target and not scanned)"),
+        "certified": c((), "i1", "attack.certify (k = 1): 1 one pixel reaches the goal (the attack succeeded, or a "
+                       "corner candidate of the certifying scan does), 0 no single-pixel corner candidate does "
+                       "(scanned), -1 not decided (certification off, or the image was flipped at another target and "
+                       "not scanned)"),
         "certified_flips": c((), "i8", "attack.certify: corner candidates of the certifying scan that reach the goal; "
                              "-1 where the image was not scanned"),
         "certified_first": c((), "i8", "attack.certify: scan index (position y W + x, times 2^bands, plus the corner) "
@@ -390,8 +391,8 @@ def format_summary(summary: dict) -> str:
     cert = summary.get("certification")
     for variant, c in ((cert or {}).get("variants") or {}).items():
         spent = (cert.get("cost") or {}).get(variant) or {}
-        lines.append(f"certified ({variant}): {c['flippable']} of {c['attacked']} images flippable by one corner pixel, "
-                     f"{c['safe']} not, {c['undecided']} undecided; the attack flipped {c['flipped']} (coverage "
+        lines.append(f"certified ({variant}): {c['flippable']} of {c['attacked']} images flippable by one corner "
+                     f"pixel, {c['safe']} not, {c['undecided']} undecided; the attack flipped {c['flipped']} (coverage "
                      f"{num(c['coverage'], '.2f')}); scan: {spent.get('images', 0)} images "
                      f"({spent.get('cached', 0)} more known from before), {spent.get('candidates', 0)} candidates, "
                      f"{spent.get('float32', 0)} classified by the model, {spent.get('seconds', 0):.1f} s")
@@ -512,8 +513,9 @@ def attack_blocks(cfg: Config, ctx: Context, models: dict, variants: list[str], 
             forward_s += float(data.pop("_forward_seconds"))
             cost = data.pop("_certify")
             if cost.images or cost.cached:
-                log.info("attack: block %d: %d images certified in %.1f s (%d candidates screened, %d classified by the "
-                         "model%s), %d known from before", b, cost.images, cost.seconds, cost.candidates, cost.float32,
+                log.info("attack: block %d: %d images certified in %.1f s (%d candidates screened, %d classified by "
+                         "the model%s), %d known from before", b, cost.images, cost.seconds, cost.candidates,
+                         cost.float32,
                          f", {cost.rescanned} scanned again in float32" if cost.rescanned else "", cost.cached)
             data["variant"] = np.full(len(data["index"]), v, np.int8)
             blocks.write(b, data, {"certify": json.dumps(cost.to_json())})
