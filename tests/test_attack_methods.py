@@ -494,11 +494,11 @@ def _columns(path):
 
 
 @pytest.mark.slow
-def test_stage_certifies_what_the_search_missed_as_the_exhaustive_search_counts(outputs):
+def test_stage_certifies_what_the_search_missed_as_the_exhaustive_search_counts(outputs, trained, tmp_path):
     """Which images the search misses depends on the barely trained model: whatever they are, every
     scanned image's counts are the oracle's. The next test scans every image by construction."""
-    oracle_res, oracle_path = outputs["exhaustive"]
-    cwd = oracle_path.parents[2]
+    _, oracle_path = outputs["exhaustive"]
+    cwd = workdir(tmp_path, trained)
     res = cli([*ATTACK, *SALIENCY], cwd)
     got, summary, certified = _columns(cwd / "runs" / "tiny" / "attack-saliency.h5")
     oracle, _, oracle_certified = _columns(oracle_path)
