@@ -88,7 +88,7 @@ test: setup horovod chromium lint
 # The tests that compare numbers (batched against one at a time, ranks, resumes, weights), with
 # other CPU kernels and thread counts, as another machine would run them: ATEN_CPU_CAPABILITY picks
 # PyTorch's kernels (default, avx2, avx512), HPCMORPH_TEST_THREADS the threads of every run.
-COMPARING := tests/test_attack.py tests/test_attack_methods.py tests/test_train_core.py tests/test_train.py \
+COMPARING := tests/test_attack.py tests/test_attack_methods.py tests/test_certify.py tests/test_train_core.py tests/test_train.py \
              tests/test_analyze.py tests/test_signals.py
 test-cpu-kinds-quick: setup
 	ATEN_CPU_CAPABILITY=avx2 HPCMORPH_TEST_THREADS=2 $(PY) -m pytest -q -m "not slow and not mpi" $(COMPARING)

@@ -176,6 +176,19 @@ SCHEMA: dict[str, Any] = {
                              "H x W x 2^bands candidates per image.", low=1),
         "early_exit": Field(True, bool, "Exhaustive search: stop an attack at its first success; false scans every "
                             "candidate and counts those that succeed (column flips)."),
+        "certify": Field(False, bool, "At k = 1: for every image the attack failed on, classify every single-pixel "
+                         "corner candidate (the exhaustive search's) and store whether any reaches each target "
+                         "(columns certified*): the exact one-pixel (corner) vulnerability and the search's "
+                         "coverage. The exhaustive method is its own certificate."),
+        "certify_precision": Field("auto", str, "Certification's screen, which picks the candidates the model "
+                                   "classifies (only the model in float32 decides): 'float32' (the model's own "
+                                   "arithmetic, recomputing only what the pixel reaches), 'bfloat16' (a bfloat16 copy "
+                                   "of the model) or 'auto' (bfloat16 where the device computes it natively, else "
+                                   "float32).", choices=("auto", "float32", "bfloat16")),
+        "certify_tolerance": Field(0.5, float, "Certification with the bfloat16 screen: candidates whose screened "
+                                   "goal margin (nats) comes within this of success are classified by the model (at "
+                                   "least 4x the screen's error measured on each image; the float32 screen's is 1e-3 "
+                                   "nats).", low=1e-9),
         "rs_alpha": Field(0.8, float, "Sparse-RS (and saliency's refinement): fraction of the k pixels moved per step "
                           "at the start of the paper's schedule (alpha_init; the authors' code: 0.8).",
                           low=0.001, high=1.0),
@@ -183,8 +196,12 @@ SCHEMA: dict[str, Any] = {
                            "counted as queries. 1 is the paper's random search; more fill the forward passes (a pass "
                            "of a few images costs nearly what one of a hundred does) for a few queries more per flip.",
                            low=1),
-        "saliency_top": Field(500, int, "Saliency: gradient-ranked candidates classified at most before the random "
-                              "search takes the rest of the budget.", low=1),
+        "saliency_top": Field(500, int, "Saliency: gradient-ranked candidates classified at most before the "
+                              "refinement (saliency_radius) takes the rest of the budget.", low=1),
+        "saliency_radius": Field(0, int, "Saliency at k = 1: after the ranked candidates, a best-first search "
+                                 "around the best candidates classified so far (the other corners of their pixel, "
+                                 "then their corner at the pixels within this many pixels); 0: random search "
+                                 "(Sparse-RS) instead.", low=0, high=16),
         "pixel_range": Field(None, list, "Bounds [min, max] of the values a candidate sets, in normalised (model input) "
                              "units, every band. Default (null): the range of the normalised data, i.e. the attacked "
                              "model's asinh stretch of its clip limits (about [0.46, 0.886]); [0, 1] is the authors' "

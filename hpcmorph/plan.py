@@ -12,7 +12,8 @@ when they exist under ``<run.root>/<run.name>/``, else estimated from the config
 - train: per variant and seed, at most ``train.epochs`` epochs (early stopping may end it sooner)
   of the rank's shard of the training rows (MMD: and as many Y1 images), a validation pass per
   epoch and the Y10 and Y1 test sets;
-- attack (once per k: ``attack.pixels`` then the rest of ``analyze.k_sweep``): at most images x
+- attack (once per k: ``attack.pixels`` then the rest of ``analyze.k_sweep``; with ``attack.certify``
+  the k = 1 attacks' certifying scan too, at most every image x H x W x 2^bands): at most images x
   targets x population x (generations + 1) model queries per model, in blocks of
   ``attack.images_per_batch`` images dealt round-robin; the expected queries from the
   success-against-queries curve of an existing attack output of the run, where one exists;
@@ -377,6 +378,7 @@ def plan_attack(cfg, ranks: int, device: str, gpus: int, figures: Figures, data:
     from .attack import output_path as attack_output
     from .attack.corners import Box
     from .attack.methods import budget as method_budget
+    from .attack.methods import certifies
 
     terms, notes, work_k = [], [], []
     rate = figures("attack")
@@ -405,6 +407,13 @@ def plan_attack(cfg, ranks: int, device: str, gpus: int, figures: Figures, data:
         terms.append(_term(f"{label}: at most {busiest} attacks x {budget:,} queries on the busiest rank "
                            f"({n_blocks} blocks of up to {a.images_per_batch} images)", busiest * budget, rate,
                            expected))
+        scan = 0
+        if certifies(a):
+            # The certifying scan: every corner candidate of each image the attack fails on, at most all.
+            scan = size * size * 2 ** len(cfg.generate.bands)
+            terms.append(_term(f"{label}: certifying scan, at most {busiest // targets} images x {scan:,} corner "
+                               "candidates on the busiest rank (only the images the attack fails on)",
+                               busiest // targets * scan, rate))
         terms.append(_term(f"{label}: choosing the images (at most {data.test:,} test images classified)",
                            data.test * len(variants) / ranks, infer,
                            None if expected is None else min(data.test, 1.5 * images) * len(variants) / ranks))
@@ -412,6 +421,7 @@ def plan_attack(cfg, ranks: int, device: str, gpus: int, figures: Figures, data:
         work_k.append({"k": a.pixels, "method": a.method, "output": attack_output(k_cfg).name,
                        "images_at_most": images, "images_expected": expected_images,
                        "targets": targets, "variants": variants, "population": a.population,
+                       "certify_candidates_at_most": len(variants) * images * scan,
                        "generations": a.generations, "queries_per_attack_at_most": budget,
                        "queries_at_most": len(variants) * images * targets * budget,
                        "queries_expected": None if expected is None else

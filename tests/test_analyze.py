@@ -198,8 +198,9 @@ def test_reobservation_is_reproducible_and_longer_exposures_are_less_noisy():
 # The session's tiny attack and analysis (helpers.TINY_ATTACK, TINY_ANALYZE): every targeted attack
 # succeeds (threshold 0), so both models have flipped images for Table 2, whatever their weights.
 ANALYZE = ["analyze", *TINY_ANALYZE]
-TOP_KEYS = ["run", "digest", "seed", "provenance", "table1", "table2", "exposure", "success_vs_k", "triplet",
-            "test_accuracy", "y1_class_change", "attack", "methods", "over_seeds", "claims", "figures"]
+TOP_KEYS = ["run", "digest", "seed", "provenance", "table1", "table2", "table2_by_range", "exposure", "success_vs_k",
+            "triplet", "test_accuracy", "y1_class_change", "attack", "methods", "certification", "over_seeds", "claims",
+            "figures"]
 
 
 @pytest.fixture(scope="module")

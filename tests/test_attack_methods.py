@@ -6,6 +6,7 @@ method, 2 ranks, resume after SIGKILL)."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import h5py
 import numpy as np
@@ -474,3 +475,86 @@ def test_resume_after_a_kill_gives_the_same_file(outputs, trained, tmp_path, met
     res = cli(args, cwd, ranks=2)
     assert f"{done_before} already on disk" in res.stderr
     assert_same_data(ref_file, run / f"attack-{method}.h5")
+
+
+# ---------------------------------------------------------------------------- certification, end to end
+
+# Certification (attack/certify.py; its unit tests: test_certify.py) on the 16 x 16 run, against the
+# exhaustive search without early exit (the oracle), beside a saliency search too short to find every flippable image.
+SALIENCY = ["--set", "attack.method=saliency", "--set", "attack.max_queries=12", "--set", "attack.proposals=4",
+            "--set", "attack.saliency_top=4", "--set", "attack.certify=true",
+            "--set", "attack.certify_precision=bfloat16"]
+
+
+def _columns(path):
+    with h5py.File(path, "r") as f:
+        cols = {k: f[k][...] for k in ("variant", "index", "target", "success", "certified", "certified_flips",
+                                       "certified_first", "flips", "queries")}
+        return cols, json.loads(f.attrs["summary"]), bool(f.attrs["certified"])
+
+
+@pytest.mark.slow
+def test_stage_certifies_what_the_search_missed_as_the_exhaustive_search_counts(outputs, trained, tmp_path):
+    """Which images the search misses depends on the barely trained model: whatever they are, every
+    scanned image's counts are the oracle's. The next test scans every image by construction."""
+    _, oracle_path = outputs["exhaustive"]
+    cwd = workdir(tmp_path, trained)
+    res = cli([*ATTACK, *SALIENCY], cwd)
+    got, summary, certified = _columns(cwd / "runs" / "tiny" / "attack-saliency.h5")
+    oracle, _, oracle_certified = _columns(oracle_path)
+    assert certified and oracle_certified  # the exhaustive search is its own certificate
+    for k in ("variant", "index", "target"):
+        assert np.array_equal(got[k], oracle[k])
+    np.testing.assert_array_equal(oracle["certified"], (oracle["flips"] > 0).astype(np.int8))
+    # Per image: flipped by the search (no scan), or scanned, and then counted as the oracle counts.
+    keys = np.stack([got["variant"], got["index"]], 1)
+    flipped = {tuple(k) for k, s in zip(keys, got["success"]) if s}
+    scanned = np.array([tuple(k) not in flipped for k in keys])
+    np.testing.assert_array_equal(got["certified_flips"][scanned], oracle["flips"][scanned])
+    np.testing.assert_array_equal(got["certified"][scanned], (oracle["flips"][scanned] > 0).astype(np.int8))
+    hit = scanned & oracle["success"]
+    np.testing.assert_array_equal(got["certified_first"][hit], oracle["queries"][hit] - 1)
+    assert (got["certified"][got["success"]] == 1).all() and (got["certified_flips"][~scanned] == -1).all()
+    # The summary: flippable = the oracle's flipped images, coverage = the search's share of them.
+    for v, variant in enumerate(("regular", "mmd")):
+        c = summary["certification"]["variants"][variant]
+        mine = got["variant"] == v
+        assert c["flippable"] == len(np.unique(oracle["index"][mine & oracle["success"]]))
+        assert c["flipped"] == len(np.unique(got["index"][mine & got["success"]])) and c["undecided"] == 0
+        assert c["flipped"] + len(c["missed_rows"]) == c["flippable"]
+    assert summary["certification"]["precision"] == "bfloat16"
+    assert ("certified in" in res.stderr) == bool(scanned.any())
+
+
+@pytest.mark.slow
+def test_stage_certifies_every_image_resumes_from_its_certificates_and_deals_alike(trained, tmp_path):
+    """At threshold 1 no targeted attack can succeed (a probability never exceeds 1): every image is
+    scanned and certified out of reach, whatever the model."""
+    cwd = workdir(tmp_path, trained)
+    run = cwd / "runs" / "tiny"
+    never = [*SALIENCY, "--set", "attack.threshold=1"]
+    res = cli([*ATTACK, *never], cwd)
+    got, summary, _ = _columns(run / "attack-saliency.h5")
+    n = len(got["index"])
+    assert n > 0 and not got["success"].any()
+    assert got["certified"].tolist() == [0] * n and got["certified_flips"].tolist() == [0] * n
+    assert got["certified_first"].tolist() == [-1] * n and "certified in" in res.stderr
+    images = {v: len(np.unique(got["index"][got["variant"] == i])) for i, v in enumerate(("regular", "mmd"))}
+    for variant, c in summary["certification"]["variants"].items():
+        assert (c["attacked"], c["flippable"], c["safe"], c["coverage"]) == (images[variant], 0, images[variant], None)
+        assert c["vulnerable_fraction"] == 0.0
+        assert summary["certification"]["cost"][variant]["images"] == images[variant]
+    # The scans are kept (attack/certificates.py): the same attack again scans nothing, and says so.
+    again = cli([*ATTACK, *never, "--force"], cwd)
+    redo, summary2, _ = _columns(run / "attack-saliency.h5")
+    for k in ("certified", "certified_flips", "certified_first"):
+        np.testing.assert_array_equal(redo[k], got[k])
+    for variant in ("regular", "mmd"):
+        cost = summary2["certification"]["cost"][variant]
+        assert cost["images"] == 0 and cost["cached"] == images[variant]
+    assert "known from before" in again.stderr and any((run / "certificates").glob("regular-*.h5"))
+    # Two ranks deal the blocks differently and write the same file.
+    other = tmp_path / "two"
+    shutil.copytree(run, other / "runs" / "tiny", ignore=shutil.ignore_patterns("attack*", "*.lock", "certificates"))
+    cli([*ATTACK, *never], other, ranks=2)
+    assert_same_data(run / "attack-saliency.h5", other / "runs" / "tiny" / "attack-saliency.h5")

@@ -27,22 +27,27 @@ there are several; see ``stats.py``):
    accuracy; the models are trained separately, so Welch's t interval over the two sets of seeds.
    Paper 0.23.
 3. *One pixel flips most correctly classified images* (paper 136 of 150, both models). Effect: the
-   fraction of the attacked (correctly classified) images flipped, per model and per pixel value
-   range ("data", "[0, 1]"), one row each; no effect 0.5 ("most" = more than half); t interval over
-   seeds of the per-seed fractions, clipped to [0, 1]. Paper 136/150 = 0.907.
+   fraction of the attacked (correctly classified) images one pixel flips, per model and per pixel
+   value range ("data", "[0, 1]"), one row each; no effect 0.5 ("most" = more than half); t interval
+   over seeds of the per-seed fractions, clipped to [0, 1]. Paper 136/150 = 0.907. Where the run
+   certified its k = 1 attacks (``attack.certify``: every image the search failed on scanned at
+   every corner of every pixel), the fraction is the certified one (images the search flipped or a
+   corner pixel flips), exact for corner pixels; the search's own fraction and its coverage
+   (flipped / flippable) are beside it (``parts``). Without a certificate the search's fraction is a
+   lower bound of unknown gap.
 4. *MMD needs more queries per flip* (paper: "more iterations were needed", one example; no
    number). Effect: mean queries per flipped image, MMD / regular; bootstrap over each model's
    flipped images, resampled independently. No effect 1. The means are over the images each model
    flipped: a model that flips only the easy images looks cheap (selection), and an image not
    flipped within the budget counts nowhere (censoring); read it beside claim 3 and the
-   success-against-budget curve.
+   success-against-budget curve. One row per value range with evidence (module docstring).
 5. *In MMD's latent space Y1 and attacked images sit farther from Y10 than in the regular model's*
    (paper Table 2: 29.7 / 20.2 = 1.47 for Y1, 38.1 / 16.8 = 2.27 "~2.3x" for attacked). Effect: the
    ratio MMD / regular of the mean **scale-free** distance over the flipped images (each model's
    distances divided by its latent scale, ``distances.latent_scale``: raw distances compare the two
    latent spaces' sizes too); bootstrap as in 4; one row for Y1, one for attacked. The raw ratio is
    shown beside it (``parts``) when the evidence has raw distances. The paper's ratios are of raw
-   distances.
+   distances, from attacks in [0, 1]. One row per value range, as claim 4.
 6. *The Y1 images fall into another class region for the regular model only* (paper: church windows
    and isomaps, qualitative). Effect: the fraction of Y1 test images whose predicted class differs
    from the same galaxy's Y10 prediction, regular minus MMD; Welch's t interval over seeds.
@@ -50,22 +55,26 @@ there are several; see ``stats.py``):
 The evidence (:func:`claims`' input) is plain numbers from the run's own files, built per trained
 seed with :func:`add_seed` or by hand::
 
-    {"configured_range": "data",            # optional: the value range of the attack behind 4 and 5
+    {"configured_range": "data",            # optional: the value range of the per-image lists below
      "variants": {"regular": {...}, "mmd": {...}}}   # each:
     {"seeds": [0, 1, 2],                    # training seeds; every per-seed list follows this order
      "accuracy_y10": [0.83, 0.80, 0.85],    # per seed: test accuracy on Y10 (fraction)
      "accuracy_y1": [0.61, 0.39, 0.55],     # per seed: test accuracy on Y1
      "class_change_y1": [0.35, 0.52, 0.40], # per seed: fraction of Y1 test images predicted another
                                             #   class than their Y10 image
-     "attacks": {"data": {"attacked": [24, 24, 24], "flipped": [14, 12, 16]},   # per value range,
-                 "[0, 1]": {...}},          #   per seed: images attacked (k = 1) and images flipped
+     "attacks": {"data": {"attacked": [24, 24, 24], "flipped": [14, 12, 16],   # per value range,
+                          "flippable": [15, 12, 16]},  #   per seed: images attacked (k = 1), images
+                 "[0, 1]": {...}},          #   flipped, and (optional, NaN: not certified) images
+                                            #   one corner pixel can flip
      "queries_per_flip": [[...], ...],      # per seed: per flipped image, the queries of its cheapest
                                             #   successful attack (Table 2's choice)
      "distance_y10_y1": [[...], ...],       # per seed: scale-free latent distance Y10 - Y1 per
      "distance_y10_attacked": [[...], ...], #   flipped image, and Y10 - attacked (``distances``'
                                             #   per_image[variant][kind + "_scale_free"])
      "raw_distance_y10_y1": [[...], ...],   # optional: the raw distances, shown beside claim 5
-     "raw_distance_y10_attacked": [[...], ...]}
+     "raw_distance_y10_attacked": [[...], ...],
+     "by_range": {"[0, 1]": {"queries_per_flip": [[...], ...], ...}}}  # optional: the same per-image
+                                            #   lists for attacks in other value ranges (claims 4, 5)
 
 Any key may be missing (its claims are then ``not measured``); a per-seed scalar may be NaN (that
 seed is left out and the row says so); a per-image list may also be one flat array (images of one
@@ -201,14 +210,16 @@ def row(claim: Claim, est: Estimate | None, parts: Mapping[str, Estimate] | None
 
 def add_seed(evidence: dict, variant: str, seed: int, *, accuracy_y10: float | None = None,
              accuracy_y1: float | None = None, class_change_y1: float | None = None,
-             attacks: Mapping[str, tuple[int, int]] | None = None, queries_per_flip=None,
+             attacks: Mapping[str, tuple] | None = None, queries_per_flip=None,
              distance_y10_y1=None, distance_y10_attacked=None, raw_distance_y10_y1=None,
-             raw_distance_y10_attacked=None) -> dict:
+             raw_distance_y10_attacked=None, by_range: Mapping[str, Mapping] | None = None) -> dict:
     """Append one trained seed of ``variant`` to ``evidence`` (created empty: ``{}``) and return it.
 
     Scalars: fractions; None becomes NaN (that seed lacks it). attacks: {value range: (images attacked,
-    images flipped)}. The rest: 1-d arrays over the seed's flipped images (None: none). Keeps every
-    per-seed list aligned with ``seeds``, also for a value range first seen at a later seed.
+    images flipped) or (attacked, flipped, images one corner pixel can flip, None if not certified)}.
+    The rest: 1-d arrays over the seed's flipped images (None: none); by_range: {other value range:
+    {per-image key: array}}. Keeps every per-seed list aligned with ``seeds``, also for a value range
+    first seen at a later seed.
     """
     v = evidence.setdefault("variants", {}).setdefault(variant, {"seeds": []})
     k = len(v["seeds"])
@@ -220,12 +231,23 @@ def add_seed(evidence: dict, variant: str, seed: int, *, accuracy_y10: float | N
                    ("distance_y10_attacked", distance_y10_attacked), ("raw_distance_y10_y1", raw_distance_y10_y1),
                    ("raw_distance_y10_attacked", raw_distance_y10_attacked)):
         v.setdefault(key, [[] for _ in range(k)]).append([] if x is None else np.asarray(x, np.float64).tolist())
-    by_range = v.setdefault("attacks", {})
-    for name in set(by_range) | set(attacks or {}):
-        counts = by_range.setdefault(name, {"attacked": [math.nan] * k, "flipped": [math.nan] * k})
-        attacked, flipped = (attacks or {}).get(name, (math.nan, math.nan))
+    counted = v.setdefault("attacks", {})
+    for name in set(counted) | set(attacks or {}):
+        counts = counted.setdefault(name, {"attacked": [math.nan] * k, "flipped": [math.nan] * k,
+                                           "flippable": [math.nan] * k})
+        attacked, flipped, *rest = (attacks or {}).get(name, (math.nan, math.nan))
+        flippable = rest[0] if rest and rest[0] is not None else math.nan
         counts["attacked"].append(attacked)
         counts["flipped"].append(flipped)
+        counts.setdefault("flippable", [math.nan] * k).append(flippable)
+    other = v.setdefault("by_range", {})
+    for name in set(other) | set(by_range or {}):
+        lists = other.setdefault(name, {})
+        given = (by_range or {}).get(name) or {}
+        for key in PER_IMAGE:
+            x = given.get(key)
+            lists.setdefault(key, [[] for _ in range(k)]).append([] if x is None else
+                                                                 np.asarray(x, np.float64).tolist())
     return evidence
 
 
@@ -310,6 +332,13 @@ def validate(evidence: Any) -> None:
             f = _per_seed({**counts, "seeds": v.get("seeds")}, "flipped", f"{name}.attacks[{rng}]")
             if a is None or f is None or len(a) != len(f):
                 raise EvidenceError(f"evidence {name}.attacks[{rng}]: needs 'attacked' and 'flipped', one per seed")
+            _per_seed({**counts, "seeds": v.get("seeds")}, "flippable", f"{name}.attacks[{rng}]")
+        other = v.get("by_range") or {}
+        if not isinstance(other, Mapping) or not all(isinstance(x, Mapping) for x in other.values()):
+            raise EvidenceError(f"evidence {name}.by_range must be {{value range: {{per-image key: lists}}}}")
+        for rng, lists in other.items():
+            for key in PER_IMAGE:
+                _per_image({**lists, "seeds": v.get("seeds")}, key, f"{name}.by_range[{rng}]")
 
 
 # ------------------------------------------------------------------------------------------- claims
@@ -372,18 +401,39 @@ def claim_one_pixel_flips_most(evidence: Mapping, level: float = LEVEL) -> list[
             seeds = (_variant(evidence, m) or {}).get("seeds")
             if seeds is not None and len(seeds) != len(attacked):
                 raise EvidenceError(f"evidence {m}.attacks[{rng}]: {len(attacked)} counts for {len(seeds)} seeds")
-            with np.errstate(invalid="ignore", divide="ignore"):
-                frac = np.where(attacked > 0, flipped / np.where(attacked > 0, attacked, 1), np.nan)
-            frac, note = _kept(frac)
+            flippable = _per_seed(counts, "flippable", f"{m}.attacks[{rng}]")
+            certified = flippable is not None and len(flippable) == len(attacked) and not np.isnan(flippable).any()
+            searched = _fraction(flipped, attacked)
+            frac, note = _kept(_fraction(flippable, attacked) if certified else searched)
             if not len(frac):
                 rows.append(row(c, None, note=f"no attacked image in the {rng} value range for {m}", variant=m,
                                 value_range=rng))
                 continue
             est = _clip(t_ci(frac, level), 0.0, 1.0)
-            total = f"{int(np.nansum(flipped))} of {int(np.nansum(attacked))} images over {len(frac)} seeds; "
-            rows.append(row(c, est, {}, note + total + _seeds_note(est) + "t interval over seeds", variant=m,
+            parts = {}
+            if certified:
+                parts["the search's flipped fraction"] = _clip(t_ci(_kept(searched)[0], level), 0.0, 1.0)
+                total = (f"certified: {int(np.nansum(flippable))} of {int(np.nansum(attacked))} images flippable by "
+                         f"one corner pixel over {len(frac)} seeds, the search flipped {int(np.nansum(flipped))} "
+                         f"(coverage {_coverage(flipped, flippable)}); ")
+            else:
+                total = (f"{int(np.nansum(flipped))} of {int(np.nansum(attacked))} images over {len(frac)} seeds, "
+                         "the search's flips only (not certified: a lower bound); ")
+            rows.append(row(c, est, parts, note + total + _seeds_note(est) + "t interval over seeds", variant=m,
                             value_range=rng))
     return rows
+
+
+def _fraction(part: np.ndarray, whole: np.ndarray) -> np.ndarray:
+    """part / whole per seed, NaN where nothing was attacked."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(whole > 0, part / np.where(whole > 0, whole, 1), np.nan)
+
+
+def _coverage(flipped: np.ndarray, flippable: np.ndarray) -> str:
+    """The pooled coverage, flipped / flippable images, as text."""
+    total = float(np.nansum(flippable))
+    return f"{float(np.nansum(flipped)) / total:.2f}" if total else "-: nothing flippable"
 
 
 def _clip(e: Estimate, lo: float, hi: float) -> Estimate:
@@ -393,12 +443,36 @@ def _clip(e: Estimate, lo: float, hi: float) -> Estimate:
     return Estimate(e.value, max(e.lo, lo), min(e.hi, hi), e.n, e.std, e.level, e.method)
 
 
+def _ranges(evidence: Mapping) -> list[str | None]:
+    """The value ranges claims 4 and 5 have a row for: the configured one (the top-level per-image
+    lists), then every other range of the models' ``by_range``."""
+    first = evidence.get("configured_range") if isinstance(evidence, Mapping) else None
+    others = {r for m in MODELS for r in ((_variant(evidence, m) or {}).get("by_range") or {})}
+    return [first, *sorted(others - {first})]
+
+
+def _in_range(evidence: Mapping, name: str, rng: str | None) -> Mapping | None:
+    """Model ``name``'s per-image lists of value range ``rng`` (with its seeds)."""
+    v = _variant(evidence, name)
+    if v is None or rng == evidence.get("configured_range"):
+        return v
+    lists = (v.get("by_range") or {}).get(rng)
+    return None if lists is None else {**lists, "seeds": v.get("seeds")}
+
+
+def _ratio_rows(evidence: Mapping, claim: Claim, key: str, what: str, seed: int, level: float, n_boot: int,
+                raw_key: str | None = None) -> list[dict]:
+    """:func:`_ratio_row` for each value range of :func:`_ranges`."""
+    return [_ratio_row(evidence, claim, key, what, seed, level, n_boot, raw_key, rng) for rng in _ranges(evidence)]
+
+
 def _ratio_row(evidence: Mapping, claim: Claim, key: str, what: str, seed: int, level: float, n_boot: int,
-               raw_key: str | None = None) -> dict:
-    """mean(mmd) / mean(regular) of a per-image number, the two models bootstrapped independently."""
-    a = _per_image(_variant(evidence, "regular"), key, "regular")
-    b = _per_image(_variant(evidence, "mmd"), key, "mmd")
-    rng = evidence.get("configured_range") if isinstance(evidence, Mapping) else None
+               raw_key: str | None = None, rng: str | None = None) -> dict:
+    """mean(mmd) / mean(regular) of a per-image number of value range ``rng``, the two models
+    bootstrapped independently."""
+    regular, mmd = _in_range(evidence, "regular", rng), _in_range(evidence, "mmd", rng)
+    a = _per_image(regular, key, "regular")
+    b = _per_image(mmd, key, "mmd")
     where = f" (attack in the {rng} value range)" if rng else ""
     if a is None or b is None:
         lacking = [m for m, x in (("regular", a), ("mmd", b)) if x is None]
@@ -410,8 +484,8 @@ def _ratio_row(evidence: Mapping, claim: Claim, key: str, what: str, seed: int, 
              f"mmd mean {what}": bootstrap_ci(b, seed=seed, stream=stream_of("claims", claim.id, "mmd"), level=level,
                                               n_boot=n_boot)}
     if raw_key:
-        ra = _per_image(_variant(evidence, "regular"), raw_key, "regular")
-        rb = _per_image(_variant(evidence, "mmd"), raw_key, "mmd")
+        ra = _per_image(regular, raw_key, "regular")
+        rb = _per_image(mmd, raw_key, "mmd")
         if ra is not None and rb is not None:
             parts["raw distance ratio, MMD / regular (the paper's measure)"] = ratio_ci(
                 ra, rb, seed=seed, stream=stream, level=level, n_boot=n_boot)
@@ -421,16 +495,17 @@ def _ratio_row(evidence: Mapping, claim: Claim, key: str, what: str, seed: int, 
     return row(claim, est, parts, note, value_range=rng)
 
 
-def claim_more_queries(evidence: Mapping, seed: int = 0, level: float = LEVEL, n_boot: int = N_BOOT) -> dict:
-    """Claim 4: mean queries per flipped image, MMD / regular, bootstrap over flipped images."""
-    return _ratio_row(evidence, CLAIMS["4"], "queries_per_flip", "queries per flip", seed, level, n_boot)
+def claim_more_queries(evidence: Mapping, seed: int = 0, level: float = LEVEL, n_boot: int = N_BOOT) -> list[dict]:
+    """Claim 4, per value range: mean queries per flipped image, MMD / regular, bootstrap over flipped images."""
+    return _ratio_rows(evidence, CLAIMS["4"], "queries_per_flip", "queries per flip", seed, level, n_boot)
 
 
 def claim_farther(evidence: Mapping, seed: int = 0, level: float = LEVEL, n_boot: int = N_BOOT) -> list[dict]:
-    """Claims 5a (Y1) and 5b (attacked): mean scale-free distance, MMD / regular, bootstrap over images."""
-    return [_ratio_row(evidence, CLAIMS[cid], f"distance_{kind}", "scale-free distance", seed, level, n_boot,
-                       f"raw_distance_{kind}")
-            for cid, kind in (("5a", "y10_y1"), ("5b", "y10_attacked"))]
+    """Claims 5a (Y1) and 5b (attacked), per value range: mean scale-free distance, MMD / regular,
+    bootstrap over images."""
+    return [r for cid, kind in (("5a", "y10_y1"), ("5b", "y10_attacked"))
+            for r in _ratio_rows(evidence, CLAIMS[cid], f"distance_{kind}", "scale-free distance", seed, level,
+                                 n_boot, f"raw_distance_{kind}")]
 
 
 def claim_other_class_region(evidence: Mapping, level: float = LEVEL) -> dict:
@@ -440,14 +515,15 @@ def claim_other_class_region(evidence: Mapping, level: float = LEVEL) -> dict:
 
 
 def claims(evidence: Mapping[str, Any], seed: int = 0, level: float = LEVEL, n_boot: int = N_BOOT) -> list[dict]:
-    """The claims table: rows for claims 1, 2, 3 (per value range and model), 4, 5a, 5b, 6, in order.
+    """The claims table: rows for claims 1, 2, 3 (per value range and model), 4, 5a, 5b (per value
+    range), 6, in order.
 
     evidence: as the module docstring; seed: the bootstrap's seed (run.seed; each claim has its own
     stream); level: the intervals' confidence level; n_boot: bootstrap resamples.
     """
     validate(evidence)
     return [claim_accuracy_drop(evidence, level), claim_mmd_recovers(evidence, level),
-            *claim_one_pixel_flips_most(evidence, level), claim_more_queries(evidence, seed, level, n_boot),
+            *claim_one_pixel_flips_most(evidence, level), *claim_more_queries(evidence, seed, level, n_boot),
             *claim_farther(evidence, seed, level, n_boot), claim_other_class_region(evidence, level)]
 
 

@@ -57,6 +57,26 @@ def require_attack(cfg: Config) -> Path:
     return path
 
 
+def other_range_attack(cfg: Config) -> tuple[str, Path, str] | None:
+    """(value range name, path, file-name suffix) of the run's own k = 1 attack in the other value range
+    (``analyze.compare_ranges``), when Table 2 is of k = 1 attacks and that output is current; else None
+    (a warning when it should be there)."""
+    from ..attack.compare import other_range, variant
+    from ..attack.stage import range_suffix
+    from .queries import range_name
+
+    if cfg.attack.pixels != 1 or not cfg.analyze.compare_ranges:
+        return None
+    c = variant(cfg, cfg.attack.method, other_range(cfg.attack.pixel_range))
+    path = attack_path(c)
+    if not (path.exists() and store.output_digest(path) == attack_digest(c)):
+        log.warning("analyze: no current %s (the k = 1 attack in the %s value range); Table 2 has that range only "
+                    "after `hpcmorph run` (or `hpcmorph attack --set attack.pixel_range=...`) makes it", path.name,
+                    range_name(c.attack.pixel_range))
+        return None
+    return range_name(c.attack.pixel_range), path, range_suffix(c.attack.pixel_range)
+
+
 def read_table1(cfg: Config) -> dict:
     """Table 1 over seeds from ``train_summary.json`` ({variant: {"y10"|"y1": {metric: [mean, std]}, "seeds"}})."""
     from ..train.stage import digest as train_digest

@@ -136,28 +136,38 @@ def compute_latents(cfg: Config, ctx: Context, models: dict, device, test: np.nd
                         out["pred_exposure"][:, v, j] = embed(model, seen, device, stretch)[1]
             return out
 
-        def attack_chunk(c: int) -> dict[str, np.ndarray]:
-            lo, hi = att_chunks[c]
-            images, which = fa["attacked"][lo:hi], att_variant[lo:hi]
-            out = {"z_attacked": np.empty((hi - lo, dim), np.float32), "pred_attacked": np.empty(hi - lo, np.int8)}
-            for v, (model, _) in enumerate(models.values()):
-                sel = which == v
-                if sel.any():
-                    # The attacked images are the model's input as the attack built it: no stretch.
-                    out["z_attacked"][sel], out["pred_attacked"][sel] = embed(model, images[sel], device)
-            return out
-
         mine = len(ctx.share(range(len(test_chunks)))) + len(ctx.share(range(len(att_chunks))))
         with ctx.progress(total=mine, desc="analyze latents (rank 0 share)", unit="chunk",
                           enabled=cfg.run.progress) as bar:
             test_parts = sharded(ctx, len(test_chunks), test_chunk, bar)
-            att_parts = sharded(ctx, len(att_chunks), attack_chunk, bar)
+            attacked = attack_latents(cfg, ctx, models, device, fa, bar)
     empty = {"z_y10": np.zeros((0, n_v, dim), np.float32), "z_y1": np.zeros((0, n_v, dim), np.float32),
              "pred_y10": np.zeros((0, n_v), np.int8), "pred_y1": np.zeros((0, n_v), np.int8),
              "pred_exposure": np.zeros((0, n_v, n_f), np.int8)}
-    return (concat(test_parts, empty),
-            concat(att_parts, {"z_attacked": np.zeros((0, dim), np.float32),
-                                       "pred_attacked": np.zeros(0, np.int8)}))
+    return concat(test_parts, empty), attacked
+
+
+def attack_latents(cfg: Config, ctx: Context, models: dict, device, fa: h5py.File, progress=None) -> dict:
+    """{"z_attacked", "pred_attacked"} of every attacked image of the open attack file ``fa``, under
+    the model it attacked, in fixed chunks of analyze.batch_size rows shared by the ranks (every rank
+    gets all of them)."""
+    dim = next(iter(models.values()))[0].latent_dim
+    att_variant = fa["variant"][...]
+    att_chunks = chunks(len(att_variant), cfg.analyze.batch_size)
+
+    def attack_chunk(c: int) -> dict[str, np.ndarray]:
+        lo, hi = att_chunks[c]
+        images, which = fa["attacked"][lo:hi], att_variant[lo:hi]
+        out = {"z_attacked": np.empty((hi - lo, dim), np.float32), "pred_attacked": np.empty(hi - lo, np.int8)}
+        for v, (model, _) in enumerate(models.values()):
+            sel = which == v
+            if sel.any():
+                # The attacked images are the model's input as the attack built it: no stretch.
+                out["z_attacked"][sel], out["pred_attacked"][sel] = embed(model, images[sel], device)
+        return out
+
+    parts = sharded(ctx, len(att_chunks), attack_chunk, progress)
+    return concat(parts, {"z_attacked": np.zeros((0, dim), np.float32), "pred_attacked": np.zeros(0, np.int8)})
 
 
 def write(path: Path, cols: dict[str, store.Column], data: dict[str, np.ndarray], attrs: dict, ctx: Context,

@@ -13,6 +13,7 @@ from ..generate.morphology import CLASS_NAMES
 from ..mpi import log
 from . import church, claims, distances, exposure, isomap
 from .inputs import attack_command, attack_state
+from .queries import range_name
 
 
 def triplet_attack(attacks: dict[str, np.ndarray], v: int, image: int) -> int | None:
@@ -44,15 +45,28 @@ def default_triplet(attacks: dict[str, np.ndarray], n_variants: int, y1_wrong: s
 
 
 def analyse(cfg: Config, models: dict, variants: list[str], lat: dict, attacks: dict, att: dict,
-            fractions: list[float], y1_fraction: float) -> dict:
+            fractions: list[float], y1_fraction: float, others: dict | None = None) -> dict:
     """The numbers of analysis.json (table2, exposure, success_vs_k, triplet) and "_panels", what the
-    figures draw. Rank 0 only."""
+    figures draw. Rank 0 only.
+
+    others: {value range name: (scalar columns, latents)} of the run's attacks in other value ranges
+    (:func:`.inputs.other_range_attack`): Table 2 once more for each ("table2_by_range", with the
+    configured range's, and the panels' "distances_by_range").
+    """
     a = cfg.analyze
     test, labels = lat["index"], lat["label"]
     where = {int(r): i for i, r in enumerate(test)}
     table2, per_image = distances.table2(attacks, att["z_attacked"], test, lat["z_y10"], lat["z_y1"], variants,
                                          seed=cfg.run.seed)
     table2["paper"] = distances.PAPER
+    configured = range_name(cfg.attack.pixel_range)
+    by_range, images_by_range = {configured: table2}, {configured: per_image}
+    for name, (cols, z) in (others or {}).items():
+        t, p = distances.table2(cols, z["z_attacked"], test, lat["z_y10"], lat["z_y1"], variants, seed=cfg.run.seed)
+        t["paper"] = distances.PAPER
+        for v in variants:
+            p[v]["queries"] = cols["queries"][p[v]["attack_row"]]
+        by_range[name], images_by_range[name] = t, p
 
     # The triplet of Figure 2.
     first = 0 if "regular" not in variants else variants.index("regular")
@@ -109,9 +123,11 @@ def analyse(cfg: Config, models: dict, variants: list[str], lat: dict, attacks: 
     for v, name in enumerate(variants):
         moved[name] = claims.class_change(lat["pred_y10"][:, v], lat["pred_y1"][:, v])
         per_image[name]["queries"] = attacks["queries"][per_image[name]["attack_row"]]
-    return {"table2": table2, "exposure": exposure_result, "success_vs_k": success_vs_k(cfg, variants),
-            "triplet": triplet, "test_accuracy": accuracy, "y1_class_change": moved,
-            "_panels": {"church": church_panels, "isomap": iso_panels, "distances": per_image}}
+    return {"table2": table2, "table2_by_range": by_range, "exposure": exposure_result,
+            "success_vs_k": success_vs_k(cfg, variants), "triplet": triplet, "test_accuracy": accuracy,
+            "y1_class_change": moved,
+            "_panels": {"church": church_panels, "isomap": iso_panels, "distances": per_image,
+                        "distances_by_range": images_by_range}}
 
 
 def _acc(pred: np.ndarray, labels: np.ndarray) -> float | None:

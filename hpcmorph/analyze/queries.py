@@ -9,7 +9,10 @@ each method, the data's range and [0, 1]). All attack the same images. Per value
 - the exhaustive corner search, where present, is the oracle: the fraction of images one pixel can
   flip at a corner value (a horizontal line in the figure);
 - a methods table: images flipped / oracle-flippable images, median and mean queries per successful
-  attack, the attack's wall time (its summary's ``wall_seconds``, when recorded).
+  attack, the attack's wall time (its summary's ``wall_seconds``, when recorded);
+- with ``attack.certify`` (or for the exhaustive search itself), each method row's ``certification``
+  (:func:`hpcmorph.attack.stage.certification`): images one corner pixel can flip, certified out of
+  reach, undecided, the vulnerable fraction and the attack's coverage, and the scan's cost.
 """
 
 from __future__ import annotations
@@ -94,7 +97,13 @@ def read_output(path: Path, variants: list[str]) -> dict[str, dict] | None:
         summary = json.loads(f.attrs["summary"])
     if found != variants:
         return None
-    return {v: method_row(cols, found.index(v), summary.get("wall_seconds"), summary.get("budget")) for v in variants}
+    rows = {v: method_row(cols, found.index(v), summary.get("wall_seconds"), summary.get("budget")) for v in variants}
+    cert = summary.get("certification")
+    for v in variants:
+        rows[v]["certification"] = None if not cert else {
+            **{k: x for k, x in cert["variants"][v].items()}, "precision": cert.get("precision"),
+            "scan": (cert.get("cost") or {}).get(v)}
+    return rows
 
 
 def outputs(cfg: Config) -> list[tuple[Config, Path]]:

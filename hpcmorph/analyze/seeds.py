@@ -25,18 +25,66 @@ def _spread(values: list) -> dict:
 
 def evidence(results: list[dict]) -> dict:
     """The claims' evidence (:mod:`.claims`), one entry per analysed seed and model."""
-    ev: dict = {"configured_range": results[0]["methods"]["configured"]["range"]}
+    configured = results[0]["methods"]["configured"]["range"]
+    ev: dict = {"configured_range": configured}
     for r in results:
         for v in r["variants"]:
             d = r["_panels"]["distances"][v]
             rows = {name: _row(r, name, v) for name in r["methods"]["ranges"]}
-            attacks = {name: (row["attacked"], row["flipped"]) for name, row in rows.items() if row is not None}
+            attacks = {name: (row["attacked"], row["flipped"], _flippable(row)) for name, row in rows.items()
+                       if row is not None}
+            by_range = {name: _per_image(panel[v]) for name, panel in r["_panels"]["distances_by_range"].items()
+                        if name != configured}
             acc = r["test_accuracy"][v]
             claims.add_seed(ev, v, r["seed"], accuracy_y10=acc["y10"], accuracy_y1=acc["y1"],
-                            class_change_y1=r["y1_class_change"][v], attacks=attacks, queries_per_flip=d["queries"],
-                            distance_y10_y1=d["y10_y1_scale_free"], distance_y10_attacked=d["y10_attacked_scale_free"],
-                            raw_distance_y10_y1=d["y10_y1"], raw_distance_y10_attacked=d["y10_attacked"])
+                            class_change_y1=r["y1_class_change"][v], attacks=attacks, by_range=by_range,
+                            **_per_image(d))
     return ev
+
+
+def _per_image(d: dict) -> dict:
+    """The claims' per-image evidence of one model's Table 2 panel (``distances.table2``'s per_image)."""
+    return {"queries_per_flip": d["queries"], "distance_y10_y1": d["y10_y1_scale_free"],
+            "distance_y10_attacked": d["y10_attacked_scale_free"], "raw_distance_y10_y1": d["y10_y1"],
+            "raw_distance_y10_attacked": d["y10_attacked"]}
+
+
+def _flippable(row: dict) -> int | None:
+    """Images one corner pixel can flip, from a methods-table row's certification (None: not certified,
+    or some image undecided)."""
+    c = row.get("certification")
+    return None if not c or c.get("undecided") else c.get("flippable")
+
+
+def certification(results: list[dict]) -> dict:
+    """analysis.json's ``certification``: for the run's own k = 1 attack, per value range and model, each
+    seed's certification (:func:`hpcmorph.attack.stage.certification`: images attacked, flipped by the
+    search, flippable by one corner pixel, certified out of reach, undecided, the vulnerable fraction,
+    the search's coverage, the rows it missed, the scan's cost) and the seeds pooled ("pooled":
+    attacked, flipped, flippable, the pooled fractions, and the lowest per-seed coverage). A range or
+    model without a certified attack is left out."""
+    out: dict = {"seeds": [r["seed"] for r in results], "method": results[0]["methods"]["configured"]["method"],
+                 "ranges": {}}
+    for name in results[0]["methods"]["ranges"]:
+        for v in results[0]["variants"]:
+            per = []
+            for r in results:
+                row = _row(r, name, v)
+                c = None if row is None else row.get("certification")
+                if c is not None:
+                    per.append({"seed": r["seed"], **c})
+            if len(per) != len(results):
+                continue
+            attacked, flipped = sum(c["attacked"] for c in per), sum(c["flipped"] for c in per)
+            flippable, undecided = sum(c["flippable"] for c in per), sum(c["undecided"] for c in per)
+            covers = [c["coverage"] for c in per if c["coverage"] is not None]
+            pooled = {"attacked": attacked, "flipped": flipped, "flippable": flippable, "undecided": undecided,
+                      "vulnerable_fraction": flippable / attacked if attacked and not undecided else None,
+                      "search_fraction": flipped / attacked if attacked else None,
+                      "coverage": flipped / flippable if flippable and not undecided else None,
+                      "min_coverage": min(covers) if covers else None}
+            out["ranges"].setdefault(name, {})[v] = {"per_seed": per, "pooled": pooled}
+    return out
 
 
 def over_seeds(results: list[dict]) -> dict:
@@ -68,17 +116,24 @@ def over_seeds(results: list[dict]) -> dict:
     return out
 
 
-def table2(results: list[dict], seed: int = 0, level: float = LEVEL, n_boot: int = N_BOOT) -> dict:
+def table2(results: list[dict], seed: int = 0, level: float = LEVEL, n_boot: int = N_BOOT,
+           value_range: str | None = None) -> dict:
     """Table 2 over every analysed seed: each model's flipped images of all seeds pooled (mean, population
     std and n over them), the intervals from the two-stage bootstrap (seeds, then images), so that one
     seed's few flips do not decide the table. One seed: that seed's own table. Adds "seeds" (the seeds
     pooled) and each model's "latent_scale" becomes the list of its per-seed scales (each seed's
-    distances were divided by its own model's scale)."""
+    distances were divided by its own model's scale). value_range: the table of the attacks in that
+    value range (a key of each result's "table2_by_range"); None: the configured attack's."""
+    def own(r):
+        return r["table2"] if value_range is None else r["table2_by_range"][value_range]
+
+    def panel(r):
+        return r["_panels"]["distances"] if value_range is None else r["_panels"]["distances_by_range"][value_range]
+
     if len(results) == 1:
-        return {**results[0]["table2"], "seeds": [results[0]["seed"]]}
+        return {**own(results[0]), "seeds": [results[0]["seed"]]}
     keys = [*distances.KINDS, *(kind + "_scale_free" for kind in distances.KINDS), "latent_scale"]
-    per = {v: {key: [r["_panels"]["distances"][v][key] for r in results] for key in keys}
-           for v in results[0]["variants"]}
+    per = {v: {key: [panel(r)[v][key] for r in results] for key in keys} for v in results[0]["variants"]}
     table = distances.summary(per, results[0]["variants"], seed, level, n_boot)
     table["bootstrap"]["resamples"] = "seeds, then images"
     table["seeds"] = [r["seed"] for r in results]

@@ -39,8 +39,8 @@ from ..lock import locked
 from ..mpi import Context, device_for, log
 from ..train import saved
 from . import church, claims, distances, latents, numbers, queries, seeds
-from .inputs import (ATTACK_SCALARS, TestSet, attack_ks, attack_state, read_attack, read_table1, read_test_set,
-                     require_attack)
+from .inputs import (ATTACK_SCALARS, TestSet, attack_ks, attack_state, other_range_attack, read_attack, read_table1,
+                     read_test_set, require_attack)
 
 STAGE = "analyze"
 OUTPUT_DIR = "analysis"
@@ -149,13 +149,18 @@ def analyse_seed(cfg: Config, ctx: Context, device, out: Path, attack_file: Path
              seed, len(test.rows), len(attacks["index"]), cfg.attack.pixels, len(test.fractions), ",".join(variants),
              ctx.size, device)
     lat, att, attrs = embed(cfg, ctx, models, device, test, attacks, attack_file, out, key, started)
+    others = {}
+    other = other_range_attack(cfg)
+    if other is not None:
+        name, path, suffix = other
+        others[name] = embed_attack(cfg, ctx, models, device, path, variants, out / attack_latents_name(suffix), attrs)
     if not ctx.is_root:
         return None
     mismatch = int(np.sum(att["pred_attacked"] != _pred_after(attack_file)))
     if mismatch:
         log.warning("analyze: %d attacked images get another class here than in %s (near-ties in the "
                     "last bits)", mismatch, attack_file.name)
-    result = numbers.analyse(cfg, models, variants, lat, attacks, att, test.fractions, test.y1_fraction)
+    result = numbers.analyse(cfg, models, variants, lat, attacks, att, test.fractions, test.y1_fraction, others)
     return {**result, "seed": seed, "variants": variants, "provenance": attrs_json(attrs), "attack": attack_summary,
             "methods": queries.compare(cfg, variants)}
 
@@ -200,6 +205,26 @@ def embed(cfg: Config, ctx: Context, models: dict, device, test: TestSet, attack
     return lat_data, att, attrs
 
 
+def attack_latents_name(suffix: str) -> str:
+    """``attack_latents<suffix>.h5``: the latents of an attack in another value range (``-r01``)."""
+    return ATTACK_LATENTS.replace(".h5", f"{suffix}.h5")
+
+
+def embed_attack(cfg: Config, ctx: Context, models: dict, device, attack_file: Path, variants: list[str], path: Path,
+                 attrs: dict) -> tuple[dict, dict]:
+    """Every rank: the latents of another attack output's attacked images (the other value range's),
+    written to ``path``; returns (its scalar columns, its latents)."""
+    attacks, _ = read_attack(attack_file, variants)
+    with h5py.File(attack_file, "r") as fa:
+        att = latents.attack_latents(cfg, ctx, models, device, fa)
+    dim = next(iter(models.values()))[0].latent_dim
+    data = {name: attacks[name] for name in ATTACK_SCALARS}
+    data.update(att)
+    latents.write(path, latents.attack_columns(dim), data,
+                  {**attrs, "attack_file": attack_file.name}, ctx, store.resolve_io(cfg))
+    return attacks, att
+
+
 def conclude(cfg: Config, out: Path, key: str, results: list[dict], table1: dict) -> None:
     """Rank 0: the numbers over seeds, the figures, and analysis.json last (the mark of a complete
     analysis). Table 2 pools the flipped images of every analysed seed; the first seed's numbers are
@@ -207,14 +232,18 @@ def conclude(cfg: Config, out: Path, key: str, results: list[dict], table1: dict
     result = dict(results[0])
     variants = result.pop("variants")
     evidence = seeds.evidence(results)
+    ranges = [name for name in results[0]["table2_by_range"] if all(name in r["table2_by_range"] for r in results)]
     result = {"run": cfg.run.name, "digest": key, "table1": table1, **result,
-              "table2": seeds.table2(results, seed=cfg.run.seed), "over_seeds": seeds.over_seeds(results),
+              "table2": seeds.table2(results, seed=cfg.run.seed),
+              "table2_by_range": {name: seeds.table2(results, seed=cfg.run.seed, value_range=name) for name in ranges},
+              "over_seeds": seeds.over_seeds(results), "certification": seeds.certification(results),
               "claims": claims.claims(evidence, seed=cfg.run.seed)}
     panels = result.pop("_panels")
     figures = _draw(cfg, out, variants, panels, result, seeds.robustness(results)) if cfg.analyze.figures else {}
     result["figures"] = {name: figures.get(name) for name in FIGURES}
-    order = ("run", "digest", "seed", "provenance", "table1", "table2", "exposure", "success_vs_k", "triplet",
-             "test_accuracy", "y1_class_change", "attack", "methods", "over_seeds", "claims", "figures")
+    order = ("run", "digest", "seed", "provenance", "table1", "table2", "table2_by_range", "exposure", "success_vs_k",
+             "triplet", "test_accuracy", "y1_class_change", "attack", "methods", "certification", "over_seeds",
+             "claims", "figures")
     store.write_json(out / JSON_NAME, {k: result[k] for k in order})
     log.info("analyze: Table 2 (latent distances over the flipped images):\n%s",
              distances.format_table(result["table2"]))

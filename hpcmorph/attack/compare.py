@@ -4,7 +4,8 @@ A run's attacks (:func:`.stage.configs`) are one per k of ``analyze.k_sweep``, p
 method of ``analyze.compare_methods`` and, with ``analyze.compare_ranges``, each of those in the other
 value range. Each is the run's config with only ``attack.method``, ``attack.pixel_range`` and
 ``attack.pixels`` changed, so each writes its own file (:func:`.stage.output_stem`) and all attack the
-same images (the choice depends on neither).
+same images (the choice depends on neither). ``attack.certify`` stays on only for the run's own
+method (in both ranges): the comparisons are of the searches, not of certification.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ RANGES = (None, [0.0, 1.0])
 
 
 def variant(cfg: Config, method: str, pixel_range) -> Config:
-    """``cfg``'s k = 1 attack by ``method`` in ``pixel_range`` (``cfg`` itself when nothing changes)."""
+    """``cfg``'s k = 1 attack by ``method`` in ``pixel_range`` (``cfg`` itself when nothing changes).
+    ``attack.certify`` certifies the run's own method: the other methods are compared uncertified."""
     a = cfg.attack
     if (a.method, a.pixel_range, a.pixels) == (method, pixel_range, 1):
         return cfg
-    return cfg.updated({"attack.method": method, "attack.pixel_range": pixel_range, "attack.pixels": 1})
+    return cfg.updated({"attack.method": method, "attack.pixel_range": pixel_range, "attack.pixels": 1,
+                        "attack.certify": a.certify and method == a.method})
 
 
 def other_range(pixel_range):

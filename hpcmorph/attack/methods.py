@@ -4,8 +4,8 @@
   fitness the target's probability (the authors) or the margin loss (``attack.fitness``).
 - ``exhaustive``: every single-pixel corner candidate (:mod:`.exhaustive`): ground truth for k = 1.
 - ``sparse-rs``: random search over k corner pixels (:mod:`.sparse_rs`).
-- ``saliency``: the attacked model's gradient ranks the corner candidates, then random search
-  (:mod:`.saliency`); its gradient counts as 3 queries.
+- ``saliency``: the attacked model's gradient ranks the corner candidates, then a best-first search
+  around the best of them or random search (:mod:`.saliency`); its gradient counts as 3 queries.
 
 Every method reads its own ``attack.*`` settings (:data:`SETTINGS`); the others do not change its
 results and stay out of the stage's digest.
@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from . import certify as certification
 from . import evolution, exhaustive, pixels, saliency, sparse_rs
 from .corners import Box
 
@@ -26,7 +27,7 @@ SETTINGS = {
     "de": ("population", "generations", "mutation", "crossover", "fitness"),
     "exhaustive": ("early_exit",),
     "sparse-rs": ("max_queries", "rs_alpha", "proposals"),
-    "saliency": ("max_queries", "rs_alpha", "proposals", "saliency_top"),
+    "saliency": ("max_queries", "rs_alpha", "proposals", "saliency_top", "saliency_radius"),
 }
 
 
@@ -34,6 +35,27 @@ def unused(method: str) -> tuple[str, ...]:
     """The method settings of the other methods that ``method`` does not read."""
     own = set(SETTINGS[method])
     return tuple(sorted({k for m in SETTINGS.values() for k in m} - own))
+
+
+CERTIFY_SETTINGS = ("certify", "certify_precision", "certify_tolerance")
+
+
+def certifies(a) -> bool:
+    """Whether the attack ``a`` (``cfg.attack``) runs the certifying scan: attack.certify at k = 1, for
+    every method but the exhaustive search (its own certificate)."""
+    return bool(a.certify) and a.pixels == 1 and a.method != "exhaustive"
+
+
+def certified(a) -> bool:
+    """Whether the output of the attack ``a`` decides its ``certified`` column: the scan runs, or the
+    method is the exhaustive search (k = 1 is all it does)."""
+    return certifies(a) or a.method == "exhaustive"
+
+
+def certify_unused(a) -> tuple[str, ...]:
+    """The certification settings that change nothing in the attack ``a``'s output (all of them
+    without a scan; the precision and tolerance also with one: the scan's answer is exact)."""
+    return CERTIFY_SETTINGS if not certifies(a) else CERTIFY_SETTINGS[1:]
 
 
 def budget(a, box: Box) -> int:
@@ -72,10 +94,35 @@ def attack(a, logits_fn, images: torch.Tensor, groups, true, target, seeds, box:
     elif a.method == "saliency":
         results = saliency.search(objective, box, true, target, seeds,
                                   saliency.Settings(a.max_queries, a.saliency_top, a.rs_alpha, a.threshold,
-                                                    a.proposals))
+                                                    a.proposals, a.saliency_radius))
     else:
         raise ValueError(f"unknown attack method {a.method!r} (methods: {', '.join(METHODS)})")
     return results, objective
+
+
+def certify(a, model, images: torch.Tensor, groups, true, target, results, box: Box,
+            device: torch.device, known=None) -> certification.Certificates:
+    """The certifying scan of the attack ``a`` (:mod:`.certify`), or its columns undecided (-1) where
+    it does not run; the exhaustive search's own outcome where it is the method.
+
+    model: the attacked model (returns ``(latent, logits)``); images: (n, C, H, W) each task's
+    normalised image on ``device``; groups, true, target: as :func:`attack`; results: its results;
+    known: the certificates found before (see :func:`.certify.certify`).
+    """
+    n = len(results)
+    success = np.array([r.success for r in results], bool)
+    if a.method == "exhaustive" and a.pixels == 1:
+        scanned = np.array([r.flips for r in results], np.int64)
+        first = np.array([r.queries - 1 if r.success else -1 for r in results], np.int64)
+        return certification.Certificates(success.astype(np.int8), scanned, first)
+    if not certifies(a):
+        none = np.full(n, -1, np.int64)
+        return certification.Certificates(none.astype(np.int8), none, none.copy())
+    objective = pixels.PixelObjective(lambda x: model(x)[1], images, 1, a.forward_batch, logits=True)
+    precision = certification.resolve_precision(a.certify_precision, device)
+    settings = certification.Settings(a.threshold, precision,
+                                      certification.tolerance_for(precision, a.certify_tolerance), a.forward_batch)
+    return certification.certify(model, objective, box, groups, true, target, success, settings, known)
 
 
 def as_arrays(results) -> dict[str, np.ndarray]:

@@ -39,7 +39,8 @@ from ..generate.morphology import CLASS_NAMES
 from ..lock import locked
 from ..mpi import Context, device_for, log
 from ..train import saved
-from . import evolution, methods, pixels
+from . import certificates as kept
+from . import certify, evolution, methods, pixels
 from .corners import Box
 
 STAGE = "attack"
@@ -120,7 +121,7 @@ def digest(cfg: Config) -> str:
     from ..train.stage import digest as train_digest
 
     # model_seed enters resolved (null means the first seed), so both spellings give one file.
-    skip = (*_NEUTRAL, "model_seed", *methods.unused(cfg.attack.method))
+    skip = (*_NEUTRAL, "model_seed", *methods.unused(cfg.attack.method), *methods.certify_unused(cfg.attack))
     keys = [f"attack.{k}" for k in cfg.attack.to_dict() if k not in skip]
     parts = {"config": cfg.digest("run.seed", "generate", *keys), "train": train_digest(cfg),
              "model_seed": model_seed(cfg)}
@@ -138,14 +139,22 @@ def columns(pixels_k: int, bands: int, size: int, n_classes: int = 3) -> dict[st
         "success": c((), "?", "targeted: the target's probability exceeded attack.threshold; "
                      "untargeted: the predicted class is no longer the true one"),
         "generations": c((), "i4", "steps run before stopping: DE generations (0: the initial population "
-                         "succeeded), random-search steps after the first candidate (sparse-rs, saliency's "
-                         "refinement); 0 for the exhaustive search"),
+                         "succeeded), random-search steps after the first candidate (sparse-rs), refinement steps "
+                         "after the ranked candidates (saliency: best-first or random); 0 for the exhaustive search"),
         "queries": c((), "i8", "model queries this attack used until it succeeded, or until its budget ran out (file "
                      "attribute budget): de, population x (generations + 1); sparse-rs, one per candidate; saliency, "
                      "3 for the gradient plus one per candidate; exhaustive, the scan position of the first success "
                      "(H x W x 2^bands without one)"),
         "flips": c((), "i8", "exhaustive search without early exit: single-pixel corner candidates that reach the "
                    "goal; -1 where not counted (other methods, or the scan stopped at the first success)"),
+        "certified": c((), "i1", "attack.certify (k = 1): 1 one pixel reaches the goal (the attack succeeded, or a "
+                       "corner candidate of the certifying scan does), 0 no single-pixel corner candidate does "
+                       "(scanned), -1 not decided (certification off, or the image was flipped at another target and "
+                       "not scanned)"),
+        "certified_flips": c((), "i8", "attack.certify: corner candidates of the certifying scan that reach the goal; "
+                             "-1 where the image was not scanned"),
+        "certified_first": c((), "i8", "attack.certify: scan index (position y W + x, times 2^bands, plus the corner) "
+                             "of the first corner candidate reaching the goal; -1 none or not scanned"),
         "pixel_xy": c((pixels_k, 2), "i4", "attacked pixels (column x, row y), counted from the image's "
                       "first column and row"),
         "pixel_values": c((pixels_k, bands), "f4", "values set at those pixels, per band, normalised "
@@ -267,9 +276,10 @@ def attack_seed(run_seed: int, row: int, target: int) -> np.random.SeedSequence:
 
 
 def attack_images(model, stretch, images: np.ndarray, rows, labels, prob_before: np.ndarray, cfg: Config,
-                  device) -> dict[str, np.ndarray]:
+                  device, known: dict | None = None) -> dict[str, np.ndarray]:
     """Attack the raw Y10 ``images`` (n, C, H, W, e-/s per pixel) at galaxy rows ``rows``: every target
-    of each, in one batched run of ``attack.method``; returns the output columns of the n x targets rows."""
+    of each, in one batched run of ``attack.method``; returns the output columns of the n x targets rows.
+    known: the attacked model's certificates found before (:func:`.certificates.read`)."""
     a = cfg.attack
     base = stretch(torch.from_numpy(np.ascontiguousarray(images, np.float32))).float()
     n, c, h, w = base.shape
@@ -285,6 +295,9 @@ def attack_images(model, stretch, images: np.ndarray, rows, labels, prob_before:
     box = Box.of(a.pixels, c, h, w, pixel_range(a, stretch))
     results, objective = methods.attack(a, lambda x: model(x)[1], task_images.to(device), which, true, target, seeds,
                                         box)
+    task_rows = np.asarray(rows, np.int64)[which]
+    certificates = methods.certify(a, model, task_images.to(device), which, true, target, results, box, device,
+                                   kept.lookup(known or {}, task_rows, target))
 
     genomes = np.stack([r.genome for r in results])
     x, y, values = pixels.decode(torch.from_numpy(genomes), a.pixels, h, w)
@@ -300,6 +313,8 @@ def attack_images(model, stretch, images: np.ndarray, rows, labels, prob_before:
             "prob_before": before.astype(np.float32), "prob_after": prob_after,
             "pred_before": before.argmax(1).astype(np.int8), "pred_after": prob_after.argmax(1).astype(np.int8),
             "attacked": attacked.numpy().astype(np.float32),
+            "certified": certificates.certified, "certified_flips": certificates.flips,
+            "certified_first": certificates.first, "_certify": certificates.cost,
             "_forward_seconds": np.array(objective.forward_seconds), "_queries": np.array(objective.queries)}
 
 
@@ -339,6 +354,34 @@ def summarize(cols: dict[str, np.ndarray], variants: list[str], mode: str) -> di
     return out
 
 
+def certification(cols: dict[str, np.ndarray], variants: list[str]) -> dict:
+    """Per variant, from the columns ``variant, index, success, certified``: images attacked, flipped by the
+    attack, flippable by one corner pixel (the attack flipped them or the scan found a corner
+    candidate), certified out of one pixel's reach (every target scanned, none reached), undecided,
+    and the attack's coverage (flipped / flippable; None without a flippable image or while some
+    image is undecided)."""
+    out = {}
+    for v_index, variant in enumerate(variants):
+        sel = cols["variant"] == v_index
+        index, success, cert = cols["index"][sel], cols["success"][sel], cols["certified"][sel]
+        images = np.unique(index)
+        pos = np.searchsorted(images, index)
+        flipped = np.zeros(len(images), bool)
+        flippable = np.zeros(len(images), bool)
+        safe = np.ones(len(images), bool)
+        np.logical_or.at(flipped, pos, success)
+        np.logical_or.at(flippable, pos, (cert == 1) | success)
+        np.logical_and.at(safe, pos, cert == 0)
+        undecided = int((~flippable & ~safe).sum())
+        n_flippable = int(flippable.sum())
+        out[variant] = {"attacked": int(len(images)), "flipped": int(flipped.sum()), "flippable": n_flippable,
+                        "safe": int(safe.sum()), "undecided": undecided,
+                        "vulnerable_fraction": (n_flippable / len(images) if len(images) and not undecided else None),
+                        "coverage": (int(flipped.sum()) / n_flippable if n_flippable and not undecided else None),
+                        "missed_rows": [int(r) for r in images[flippable & ~flipped]]}
+    return {"variants": out}
+
+
 def format_summary(summary: dict) -> str:
     lines = ["| model | attacked | flipped | attacks | successful | median queries to flip |",
              "|---|---|---|---|---|---|"]
@@ -350,6 +393,14 @@ def format_summary(summary: dict) -> str:
                      f"({num(s['success_rate'], '.0%')}) | {num(s['median_queries_to_flip'], '.0f')} |")
     lines.append(f"skipped (misclassified by a model before any attack): {summary['skipped_misclassified']} of "
                  f"{summary['examined']} test images examined")
+    cert = summary.get("certification")
+    for variant, c in ((cert or {}).get("variants") or {}).items():
+        spent = (cert.get("cost") or {}).get(variant) or {}
+        lines.append(f"certified ({variant}): {c['flippable']} of {c['attacked']} images flippable by one corner "
+                     f"pixel, {c['safe']} not, {c['undecided']} undecided; the attack flipped {c['flipped']} (coverage "
+                     f"{num(c['coverage'], '.2f')}); scan: {spent.get('images', 0)} images "
+                     f"({spent.get('cached', 0)} more known from before), {spent.get('candidates', 0)} candidates, "
+                     f"{spent.get('float32', 0)} classified by the model, {spent.get('seconds', 0):.1f} s")
     return "\n".join(lines)
 
 
@@ -385,7 +436,10 @@ def make(cfg: Config, ctx: Context, out: Path, key: str) -> None:
     choice = images(cfg, ctx, models, device, blocks.folder / "images.h5")
     log.info("attack: method %s (%s), budget %d queries per attack", a.method, _method_settings(a),
              methods.budget(a, box))
-    plan = attack_blocks(cfg, ctx, models, variants, choice, blocks, device)
+    # Rank 0 reads the certificates found before and tells the others: all ranks certify alike.
+    known = ctx.bcast({v: kept.read(kept.path(cfg, v, model_seed(cfg))) for v in variants}
+                      if ctx.is_root and methods.certifies(a) else {})
+    plan = attack_blocks(cfg, ctx, models, variants, choice, blocks, device, known)
     summary = summarize_blocks(cfg, ctx, variants, choice, blocks, plan, methods.budget(a, box))
     # Rank 0's clock, after attack_blocks' barrier: the slowest rank's. A resumed attack counts only
     # its last session (the blocks already on disk cost nothing here).
@@ -407,6 +461,7 @@ def make(cfg: Config, ctx: Context, out: Path, key: str) -> None:
         "mode": a.mode, "pixels": a.pixels, "population": a.population, "generations": a.generations,
         "mutation": a.mutation, "crossover": a.crossover, "threshold": a.threshold,
         "method": a.method, "budget": methods.budget(a, box), "gradient_queries": methods.gradient_queries(a.method),
+        "certified": methods.certified(a),
         **{k: getattr(a, k) for k in methods.SETTINGS[a.method] if k not in ("population", "generations", "mutation",
                                                                               "crossover")},
         "pixel_range": "data range (data_range_<variant>)" if a.pixel_range is None else
@@ -440,9 +495,10 @@ def images(cfg: Config, ctx: Context, models: dict, device, path: Path) -> dict:
 
 
 def attack_blocks(cfg: Config, ctx: Context, models: dict, variants: list[str], choice: dict,
-                  blocks: store.Blocks, device) -> list[tuple[int, int, int]]:
+                  blocks: store.Blocks, device, known: dict | None = None) -> list[tuple[int, int, int]]:
     """Attack the blocks not yet on disk (``attack.images_per_batch`` images of one variant each, dealt
-    round-robin); returns every block as (variant index, first image, end image)."""
+    round-robin); returns every block as (variant index, first image, end image). known: {variant:
+    certificates found before}."""
     a = cfg.attack
     rows, labels = choice["rows"], choice["labels"]
     per = a.images_per_batch
@@ -457,11 +513,17 @@ def attack_blocks(cfg: Config, ctx: Context, models: dict, variants: list[str], 
             v, lo, hi = plan[b]
             model, stretch = models[variants[v]]
             data = attack_images(model, stretch, f["y10"][rows[lo:hi]], rows[lo:hi], labels[lo:hi],
-                                 choice["probs"][variants[v]][lo:hi], cfg, device)
+                                 choice["probs"][variants[v]][lo:hi], cfg, device, (known or {}).get(variants[v]))
             queries += int(data.pop("_queries"))
             forward_s += float(data.pop("_forward_seconds"))
+            cost = data.pop("_certify")
+            if cost.images or cost.cached:
+                log.info("attack: block %d: %d images certified in %.1f s (%d candidates screened, %d classified by "
+                         "the model%s), %d known from before", b, cost.images, cost.seconds, cost.candidates,
+                         cost.float32,
+                         f", {cost.rescanned} scanned again in float32" if cost.rescanned else "", cost.cached)
             data["variant"] = np.full(len(data["index"]), v, np.int8)
-            blocks.write(b, data)
+            blocks.write(b, data, {"certify": json.dumps(cost.to_json())})
             bar.update(1)
     elapsed = time.perf_counter() - t0
     ctx.barrier()
@@ -478,11 +540,13 @@ def summarize_blocks(cfg: Config, ctx: Context, variants: list[str], choice: dic
     a = cfg.attack
     summary = None
     if ctx.is_root:
-        scal = {name: [] for name in ("variant", "index", "label", "target", "success", "queries")}
+        scal = {name: [] for name in ("variant", "index", "label", "target", "success", "queries", "certified")}
+        cost = {v: certify.Cost() for v in range(len(variants))}
         for b in range(len(plan)):
             with blocks.open(b) as bf:
                 for name in scal:
                     scal[name].append(bf[name][...])
+                cost[plan[b][0]] = cost[plan[b][0]].add(certify.Cost(**json.loads(bf.attrs["certify"])))
         kinds = columns(a.pixels, 1, 1)
         scal = {k: np.concatenate(v) if v else np.zeros(0, kinds[k].dtype) for k, v in scal.items()}
         summary = {"method": a.method, "budget": budget, "mode": a.mode, "pixels": a.pixels,
@@ -491,11 +555,29 @@ def summarize_blocks(cfg: Config, ctx: Context, variants: list[str], choice: dic
                    "examined": int(choice["examined"]), "skipped_misclassified": int(choice["skipped"]),
                    "misclassified_by_model": {k: int(v) for k, v in choice["misclassified"].items()},
                    "variants": summarize(scal, variants, a.mode)}
+        if methods.certified(a):
+            summary["certification"] = {
+                "precision": certify.resolve_precision(a.certify_precision, device_for(ctx.local_rank))
+                if methods.certifies(a) else None, **certification(scal, variants),
+                "cost": {variants[v]: c.to_json() for v, c in cost.items()}}
     return ctx.bcast(summary)
 
 
 def summary_path(cfg: Config) -> Path:
     return output_path(cfg).with_name(f"{output_stem(cfg)}_summary.json")
+
+
+def keep_certificates(cfg: Config, out: Path) -> None:
+    """Add the certifying scans of the output ``out`` to the run's certificates (:mod:`.certificates`)."""
+    with h5py.File(out, "r") as f:
+        cols = {k: f[k][...] for k in ("variant", "index", "target", "certified_flips", "certified_first")}
+        variants = str(f.attrs["variant_names"]).split(",")
+    for v, variant in enumerate(variants):
+        sel = cols["variant"] == v
+        file = kept.path(cfg, variant, model_seed(cfg))
+        held = kept.add(file, cols["index"][sel], cols["target"][sel], cols["certified_flips"][sel],
+                        cols["certified_first"][sel])
+        log.info("attack: %s holds %d certificates", file, held)
 
 
 def finish(cfg: Config, out: Path, key: str) -> list[Path]:
@@ -504,6 +586,8 @@ def finish(cfg: Config, out: Path, key: str) -> list[Path]:
         summary = json.loads(f.attrs["summary"])
     written = [store.write_json(summary_path(cfg), {**summary, "digest": key})]
     log.info("attack summary (%s, k=%d):\n%s", cfg.attack.mode, cfg.attack.pixels, format_summary(summary))
+    if methods.certifies(cfg.attack):
+        keep_certificates(cfg, out)
     if cfg.attack.figures:
         from .figures import write_figures
 

@@ -73,9 +73,20 @@ def build_tables(inp: Inputs) -> dict[str, tables.Table]:
     """Every table of the report, keyed by the stem of its CSV."""
     a = inp.analysis
     attack = a.get("attack") if isinstance(a.get("attack"), dict) else {}
+    pixels = int(attack.get("pixels") or 1)
+    configured = ((a.get("methods") or {}).get("configured") or {}).get("range") if isinstance(
+        a.get("methods"), dict) else None
     out = {"table1": tables.table1(a.get("table1")),
-           "table2": tables.table2(a.get("table2"), int(attack.get("pixels") or 1)),
+           "table2": tables.table2(a.get("table2"), pixels, configured),
            "attack": tables.attack_table(inp.attacks)}
+    # Table 2 once more for each other value range of the run's own attack (analyze.compare_ranges).
+    for name, t in (a.get("table2_by_range") or {}).items() if isinstance(a.get("table2_by_range"), dict) else ():
+        if name != configured:
+            stem = f"table2_{tables.range_id(name)}"
+            out[stem] = tables.table2(t, 1, name, id=stem)
+    cert = tables.certification_table(a.get("certification"))
+    if cert.rows:
+        out["certification"] = cert
     # The claims table exists only in analyses that measured the claims: an older one shows none.
     claims = a.get("claims")
     if isinstance(claims, list) and claims:
@@ -102,6 +113,11 @@ def build_tables(inp: Inputs) -> dict[str, tables.Table]:
             "records the seconds it took to find its output current).", ["stage", "seconds", "ranks", "finished"],
             ([t.get("stage"), t.get("seconds"), t.get("ranks"), t.get("finished")] for t in inp.timings))
     return out
+
+
+def _other_tables2(tabs: dict) -> list[str]:
+    """The stems of Table 2 in other value ranges (``table2_r01``, ...)."""
+    return [stem for stem in tabs if stem.startswith("table2_")]
 
 
 def _attack_used(a: dict) -> str:
@@ -194,10 +210,15 @@ def render(cfg: Config, inp: Inputs, tabs: dict[str, tables.Table], copied: dict
         S("table1", "Table 1: classification", tables.to_html(tabs["table1"])
           + downloads("table1.md", "table1.tex", "table1.csv")),
         S("table2", "Table 2: latent distances", tables.to_html(tabs["table2"]) + _attack_used(a)
-          + downloads("table2.md", "table2.tex", "table2.csv")),
+          + downloads("table2.md", "table2.tex", "table2.csv")
+          + "".join(tables.to_html(tabs[stem]) + downloads(f"{stem}.md", f"{stem}.tex", f"{stem}.csv")
+                    for stem in _other_tables2(tabs))),
         S("attack", "One-pixel attacks", (tables.to_html(tabs["attack"]) if tabs["attack"].rows else
                                           page.paragraph("No attack summary found.", "missing"))
           + downloads("attack.csv")),
+        S("certification", "One pixel, certified: vulnerability and the search's coverage",
+          tables.to_html(tabs["certification"]) + downloads("certification.csv") if "certification" in tabs else
+          page.paragraph("The run's k = 1 attacks were not certified (attack.certify).", "missing")),
         S("methods", "Attack methods and value ranges", figures("methods") + (
             tables.to_html(tabs["methods"]) + downloads("methods.csv") if "methods" in tabs else
             page.paragraph("No k = 1 attack outputs to compare (analyze.compare_methods, compare_ranges).",
@@ -241,6 +262,7 @@ def numbers(cfg: Config, inp: Inputs, tabs: dict[str, tables.Table], copied: dic
         "run": cfg.run.name, "title": title(cfg), "digest": key, "analysis_digest": a.get("digest"),
         "table1": {"ours": a.get("table1"), "paper": tables.PAPER_TABLE1},
         "table2": {**(a.get("table2") or {}), "paper": (a.get("table2") or {}).get("paper", tables.PAPER_TABLE2)},
+        "table2_by_range": a.get("table2_by_range"), "certification": a.get("certification"),
         "claims": a.get("claims"),
         "paper_flipped": list(tables.PAPER_FLIPPED),
         "attack": inp.attacks, "methods": a.get("methods"), "exposure": a.get("exposure"),
@@ -257,7 +279,7 @@ def numbers(cfg: Config, inp: Inputs, tabs: dict[str, tables.Table], copied: dic
 def build(cfg: Config, inp: Inputs, folder: Path, key: str) -> None:
     """Write the whole report into the (new, empty) ``folder``."""
     tabs = build_tables(inp)
-    for stem in ("table1", "table2"):
+    for stem in ("table1", "table2", *_other_tables2(tabs)):
         _write(folder / f"{stem}.md", tables.markdown(tabs[stem]))
         _write(folder / f"{stem}.tex", tables.latex(tabs[stem]))
     if "claims" in tabs:

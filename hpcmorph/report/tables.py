@@ -178,9 +178,18 @@ def _n(n: Any) -> str | None:
     return _int(n)
 
 
-def table2(ours: Mapping | None, pixels: int = 1) -> Table:
+def range_id(value_range: str | None) -> str:
+    """A table id's suffix for a value range name: ``r01`` for "[0, 1]", ``data`` for the data's."""
+    if value_range in (None, "data"):
+        return "data"
+    return "r" + "".join(c for c in str(value_range) if c.isalnum() or c == ".").replace(".", "p")
+
+
+def table2(ours: Mapping | None, pixels: int = 1, value_range: str | None = None, id: str = "table2") -> Table:
     """Table 2: latent-space distances Y10 -> Y1 and Y10 -> attacked, ours beside the paper's, and the
-    domain-adaptation / regular ratio of the means (the paper: ~2.3 for attacked images).
+    domain-adaptation / regular ratio of the means (the paper: ~2.3 for attacked images). value_range:
+    the value range of the attack whose flips it rests on (named in the caption: the paper's attacks
+    set values in [0, 1]); id: the table's id (one per range).
 
     ``ours`` is analysis.json's ``table2``: {variant: {pair: {"mean", "std", "n"}, "mean_ci": {pair: [lo, hi]},
     "scale_free": {pair: estimate}}, "ratio_mmd_over_regular": {pair: x}, "ratios": {"raw"|"scale_free":
@@ -254,10 +263,60 @@ def table2(ours: Mapping | None, pixels: int = 1) -> Table:
     scale_text = (" Scale-free rows: each distance divided by the model's latent scale (the median distance between "
                   "two of its Y10 test latents), so that the two models can be compared; the paper has none."
                   if scale_free else "")
-    return Table("table2", "Table 2: Euclidean distances in each model's latent space between a Y10 test image "
+    for r in records:
+        r["range"] = value_range
+    where = ""
+    if value_range is not None:
+        where = (" Attack values in the data's range (the normalised pixels' own), not the paper's [0, 1]."
+                 if value_range == "data" else f" Attack values in {value_range}"
+                 + (", the paper's range." if value_range == "[0, 1]" else "; the paper's were in [0, 1]."))
+    return Table(id, "Table 2: Euclidean distances in each model's latent space between a Y10 test image "
                  f"and its Y1 observation, and between it and its {attacked} attacked version, over the images "
                  "the attack flipped (mean ± std, n images), beside the paper's; and the ratio of the domain-"
-                 "adapted model's mean to the regular one's." + pooled + intervals + scale_text, header, rows, records)
+                 "adapted model's mean to the regular one's." + where + pooled + intervals + scale_text, header, rows,
+                 records)
+
+
+def certification_table(cert: Mapping | None) -> Table:
+    """The certified one-pixel vulnerability and the search's coverage (analysis.json ``certification``):
+    per value range, model and seed, then the seeds pooled: images attacked, flipped by the search,
+    flippable by one corner pixel (certified), the vulnerable fraction, the coverage, the images the
+    search missed, and what the certifying scan cost."""
+    header = ["Value range", "Model", "Seed", "Attacked", "Flipped by the search", "Flippable (certified)",
+              "Vulnerable fraction", "Coverage", "Missed (galaxy rows)", "Scanned images", "Scan (s)"]
+    rows, records = [], []
+    ranges = (cert or {}).get("ranges") if isinstance(cert, Mapping) else None
+    for rname, models in (ranges or {}).items():
+        for model, entry in (models or {}).items():
+            if not isinstance(entry, Mapping):
+                continue
+            for c in list(entry.get("per_seed") or []) + [dict(entry.get("pooled") or {}, seed="pooled")]:
+                scan = c.get("scan") if isinstance(c.get("scan"), Mapping) else {}
+                flippable = c.get("flippable")
+                if c.get("undecided"):
+                    flippable = f"{flippable} ({c.get('undecided')} undecided)"
+                missed = c.get("missed_rows")
+                cover = number(c.get("coverage"))
+                if c.get("seed") == "pooled" and c.get("min_coverage") is not None:
+                    cover = f"{cover} (lowest seed {number(c.get('min_coverage'))})"
+                rows.append([rname, variant_name(model), str(c.get("seed")), _int(c.get("attacked")),
+                             _int(c.get("flipped")), None if flippable is None else str(flippable),
+                             number(c.get("vulnerable_fraction")), cover,
+                             None if missed is None else (", ".join(map(str, missed)) or "none"),
+                             _int(scan.get("images")), number(scan.get("seconds"))])
+                records.append({"range": rname, "model": model, "seed": c.get("seed"),
+                                **{k: c.get(k) for k in ("attacked", "flipped", "flippable", "safe", "undecided",
+                                                         "vulnerable_fraction", "coverage", "min_coverage")},
+                                "missed_rows": None if missed is None else " ".join(map(str, missed)),
+                                **{f"scan_{k}": scan.get(k) for k in ("images", "candidates", "float32", "rescanned",
+                                                                     "max_error", "max_tolerance", "seconds")}})
+    method = (cert or {}).get("method") if isinstance(cert, Mapping) else None
+    caption = (f"One-pixel vulnerability, certified: for every image the run's k = 1 attack ({method}) failed on, "
+               "every pixel was set to every corner of the value box (each band at its lower or upper bound) and "
+               "classified. Flippable: the search flipped it, or a corner pixel does; vulnerable fraction: flippable "
+               "/ attacked (exact for corner pixels); coverage: flipped by the search / flippable. Missed: the "
+               "galaxy rows one pixel flips but the search did not.")
+    return Table("certification", caption, header, rows, records)
 
 
 VERDICT_MARK = {"reproduced": "reproduced", "not reproduced": "NOT reproduced", "inconclusive": "inconclusive",
