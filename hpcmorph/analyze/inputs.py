@@ -62,8 +62,7 @@ def other_range_attack(cfg: Config) -> tuple[str, Path, str] | None:
     (``analyze.compare_ranges``), when Table 2 is of k = 1 attacks and that output is current; else None
     (a warning when it should be there)."""
     from ..attack.compare import other_range, variant
-    from ..attack.stage import range_suffix
-    from .queries import range_name
+    from ..attack.stage import range_name, range_suffix
 
     if cfg.attack.pixels != 1 or not cfg.analyze.compare_ranges:
         return None
