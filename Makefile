@@ -34,9 +34,12 @@ help:
 setup:
 	@bash scripts/setup.sh
 
-# Horovod 0.28.1 needs source edits to build against torch 2.14: built once, cached in $(HOROVOD_WHEELS)
-# (the MPICH image keeps its own, built against MPICH, in the build host's cache).
-HOROVOD_WHEELS ?= .cache/wheels
+# Horovod 0.28.1 needs source edits to build against torch 2.14: built once per machine, cached in
+# $(HOROVOD_WHEELS) beside setup.sh's parallel h5py, keyed by Horovod, torch, Python and MPI (so that
+# a fresh clone on a machine that built it before does not spend 2-4 minutes again; the MPICH image
+# keeps its own, built against MPICH, in the build host's cache).
+HPCMORPH_CACHE ?= $(if $(filter 0,$(shell id -u)),/var/cache/hpcmorph,$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/hpcmorph)
+HOROVOD_WHEELS ?= $(HPCMORPH_CACHE)/wheels
 horovod: setup
 	@$(PY) -c "import horovod.torch" 2>/dev/null || { \
 	  $(PY) -m pip install -q -c requirements/constraints.txt cmake packaging setuptools wheel && \

@@ -14,7 +14,7 @@
 # cores, and the result only works with the torch it was built against, so we
 # cache it keyed on everything that makes it different:
 #
-#   CACHE_DIR/horovod-<ver>/torch-<torch ver>/<python tag>/<flavour>/horovod-*.whl
+#   CACHE_DIR/horovod-<ver>/torch-<torch ver>/<python tag>/<flavour>/mpi-<mpicc digest>/horovod-*.whl
 #
 # plus a copy (hard link) of the wheel for the most recent call directly in
 # CACHE_DIR, so that `pip install CACHE_DIR/horovod-*.whl` picks exactly one
@@ -131,8 +131,12 @@ esac
 # --- cache lookup -----------------------------------------------------------------
 mkdir -p "$CACHE_DIR"
 CACHE_DIR=$(cd "$CACHE_DIR" && pwd)
-KEY_DIR="$CACHE_DIR/horovod-$HOROVOD_VERSION/torch-$TORCH_VERSION/$PY_TAG/$FLAVOUR"
-DESC="horovod $HOROVOD_VERSION for torch $TORCH_VERSION, $PY_TAG, $FLAVOUR"
+# The MPI it links against (Open MPI or MPICH, which mpicc): one cache may serve several checkouts
+# and venvs on a machine (the Makefile's default is the machine-wide one, beside the parallel h5py).
+MPI_KEY=$({ readlink -f "$(command -v mpicc)"; mpicc -showme 2>/dev/null || mpicc -show 2>/dev/null || true; } \
+    | sha256sum | cut -c1-12)
+KEY_DIR="$CACHE_DIR/horovod-$HOROVOD_VERSION/torch-$TORCH_VERSION/$PY_TAG/$FLAVOUR/mpi-$MPI_KEY"
+DESC="horovod $HOROVOD_VERSION for torch $TORCH_VERSION, $PY_TAG, $FLAVOUR, mpicc $MPI_KEY"
 
 # Two builds into the same cache (e.g. make -j) would waste 5 minutes each and
 # race on the final move; serialise them.
