@@ -38,6 +38,7 @@ from pathlib import Path
 
 from . import sites
 from .errors import UserError
+from .layout import RunLayout
 from .stages import NAMES as STAGES
 
 SCHEDULERS = {"slurm": ("sbatch", ".sbatch"), "pbs": ("qsub", ".pbs")}
@@ -223,7 +224,7 @@ def plan(args: argparse.Namespace, cfg=None) -> list[Submission]:
             lines = sites.block(site, gpu=size.gpu, nodes=size.nodes, ranks=size.nodes * size.ppn, ppn=size.ppn,
                                 image=image, launcher=not args.launcher)
             text = with_block(script.read_text(), lines)
-            written = Path(cfg.run.root) / cfg.run.name / "jobs" / f"{stage}.{site.name}{ext}"
+            written = RunLayout.of(cfg).job_script(stage, site.name, ext)
         argv += [*time_args, *args.scheduler_arg, str(written or script)]
         out.append(Submission(stage, script, argv, stage_env, text, written))
     return out
