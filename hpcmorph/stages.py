@@ -77,9 +77,11 @@ STAGES = (
           gpu=True, gpu_job=True, ranks_per_node=4, fixed_s=2.0, efficiency=0.85),
     Stage("attack", "one-pixel attacks on the trained models (MPI-parallel)",
           "Stage 3: Su et al.'s one-pixel (or k-pixel) attack on each trained variant, on the same Y10 test "
-          "images, targeted at each other class (or untargeted), batched over whole populations and several "
-          "images; writes <run.root>/<run.name>/attack.h5, a summary and figures. Ranks share the images; a "
-          "killed run resumes where it stopped.",
+          "images, targeted at each other class (or untargeted), by attack.method: de (differential "
+          "evolution, batched over whole populations and several images), exhaustive, sparse-rs or saliency. "
+          "Writes one attack*.h5 per model seed, method, mode, k and value range (attack.h5 for the "
+          "defaults), each with a summary and figures. Ranks share the images; a killed run resumes where "
+          "it stopped.",
           gpu=True, gpu_job=False, ranks_per_node=32, fixed_s=1.2, efficiency=0.85),
     Stage("analyze", "latents, Table 2 distances, church windows, isomaps, accuracy vs exposure (MPI-parallel)",
           "Stage 4: embed the Y10, Y1 and attacked test images in each model's 256-d latent space "
