@@ -54,8 +54,9 @@ class RunLayout:
         return self.folder / TRAIN_SUMMARY
 
     def attack(self, stem: str) -> Path:
-        """One attack's output (``stem`` from ``attack.stage.output_stem``); its summary and figures
-        sit beside it under the same stem."""
+        """One attack's output (``stem`` from ``attack.stage.output_stem``): one row per (model, image,
+        target); its summary sits beside it and its figures in :attr:`figures`, both
+        named by the same stem."""
         return self.folder / f"{stem}.h5"
 
     def attack_summary(self, stem: str) -> Path:
