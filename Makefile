@@ -21,7 +21,7 @@ help:
 	@echo "make test                              set up, lint, then run the test suite"
 	@echo "make lint                              ruff on the Python, shellcheck on scripts/ and jobs/"
 	@echo "make test-cpu-kinds                    the tests that compare numbers, under avx2 + 2 threads and default + 1"
-	@echo "make test-fast                         the unit tests only (no mpirun, no end-to-end runs): under 2 minutes"
+	@echo "make test-fast                         the unit tests only (no mpirun, no end-to-end runs; its time: docs/testing.md)"
 	@echo "make test-container                    the container tests only (build the CPU image, run it under ch-run)"
 	@echo "make test-multinode                    the two-node tests only (a two-node Slurm in namespaces, as root; ~23 min)"
 	@echo "make bench                             every stage's benchmark (figures beside a bare baseline)"

@@ -38,6 +38,7 @@ import numpy as np
 from . import store
 from .config import Config
 from .errors import UserError
+from .layout import RunLayout
 
 DEVICES = ("cpu", "cuda")
 
@@ -47,7 +48,7 @@ class CalibrationError(UserError):
 
 
 def path_for(cfg: Config, device: str) -> Path:
-    return Path(cfg.run.root) / cfg.run.name / f"calibration-{device}.json"
+    return RunLayout.of(cfg).calibration(device)
 
 
 def load(cfg: Config, device: str) -> dict | None:
@@ -240,7 +241,7 @@ def write_rate(cfg: Config, seconds: float, megabytes: int = 64) -> dict:
     """MB/s of one HDF5 file written (and flushed to the OS) under the run root, then removed."""
     import h5py
 
-    folder = Path(cfg.run.root) / cfg.run.name
+    folder = RunLayout.of(cfg).folder
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / ".calibration-write.h5"
     data = np.random.default_rng(0).random(megabytes * 2 ** 20 // 4, dtype=np.float32)

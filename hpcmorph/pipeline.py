@@ -15,12 +15,13 @@ from pathlib import Path
 from . import store
 from .config import Config
 from .errors import StoreError
+from .layout import RunLayout
 from .mpi import Context, log
 from .stages import NAMES, STAGES
 
 
 def _record(cfg: Config, stage: str, seconds: float, ranks: int) -> None:
-    path = Path(cfg.run.root) / cfg.run.name / "timings.json"
+    path = RunLayout.of(cfg).timings
     try:
         timings = store.read_json(path, kind=list)
     except StoreError:
@@ -32,7 +33,7 @@ def _record(cfg: Config, stage: str, seconds: float, ranks: int) -> None:
 
 def run(cfg: Config, ctx: Context, force: bool = False, until: str = "report") -> Path:
     """Run the stages from generate through ``until``; returns the last one's output."""
-    out = Path(cfg.run.root) / cfg.run.name
+    out = RunLayout.of(cfg).folder
     for stage in STAGES[:NAMES.index(until) + 1]:
         log.info("run: stage %s", stage.name)
         ctx.barrier()

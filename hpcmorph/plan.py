@@ -40,11 +40,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import UserError
+from .stages import GPU_STAGES
+from .stages import NAMES as STAGES
+from .stages import STAGES as STAGE_TABLE
 
-STAGES = ("generate", "train", "attack", "analyze", "report")
 DEVICES = ("cpu", "cuda")
-# Stages that run on the rank's GPU when it has one; generate (GalSim) and report run on CPUs.
-GPU_STAGES = ("train", "attack", "analyze")
 
 # Per-rank figures when nothing was measured here, each at a reference image size and scaled by
 # the pixel count to the config's. cpu: one rank with 2 threads of this project's 2-core x86 test
@@ -65,12 +65,9 @@ UNITS = {"generate": "galaxies/s", "train_regular": "images/s", "train_mmd": "la
          "write": "MB/s"}
 # Figures that do not scale with the image size (MB/s).
 _UNSCALED = ("write",)
-# Fixed seconds (assumed: one tiny run on the 2-core test machine): loading models and data,
-# the figures, the report page. Per stage, or per model trained ("train") and per k ("attack").
-FIXED = {"generate": 1.0, "train": 2.0, "attack": 1.2, "analyze": 4.5, "report": 0.2}
-# Parallel efficiency assumed for more than one rank (the README's 2-rank benchmarks: generate
-# 0.94, attack 0.82, analyze 0.74; training's gradient all-reduce is not measured beyond 2 ranks).
-EFFICIENCY = {"generate": 0.9, "train": 0.85, "attack": 0.85, "analyze": 0.75, "report": 1.0}
+# Assumed per stage (the table says where from): fixed seconds, and parallel efficiency beyond one rank.
+FIXED = {s.name: s.fixed_s for s in STAGE_TABLE}
+EFFICIENCY = {s.name: s.efficiency for s in STAGE_TABLE}
 # The wall time asked for a job: factor x predicted + fixed, rounded up to ROUND seconds. The
 # factor is larger when any figure of the stage is assumed rather than measured here.
 MARGIN = {"calibrated": 1.5, "assumed": 3.0}

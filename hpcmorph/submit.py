@@ -38,18 +38,14 @@ from pathlib import Path
 
 from . import sites
 from .errors import UserError
+from .layout import RunLayout
+from .stages import GPU_JOB_STAGES, ONE_NODE, SERIAL
 from .stages import NAMES as STAGES
+from .stages import STAGES as STAGE_TABLE
 
 SCHEDULERS = {"slurm": ("sbatch", ".sbatch"), "pbs": ("qsub", ".pbs")}
-# Ranks per node a stage's scripts assume (PBS scripts' HPCMORPH_RANKS_PER_NODE defaults); on Slurm
-# used only with --nodes, to size --ntasks.
-RANKS_PER_NODE = {"generate": 32, "train": 4, "attack": 32, "analyze": 4, "report": 1}
-# Stages whose scripts stay on one node whatever --nodes says (small ones), and the serial one,
-# which also keeps its single rank whatever --ranks-per-node says.
-ONE_NODE = ("analyze", "report")
-SERIAL = ("report",)
-# Stages whose Slurm scripts ask for GPUs (--gpus-per-task=1): --gpus-per-task replaces it.
-GPU_STAGES = ("train", "analyze")
+# Ranks per node a stage's scripts assume (hpcmorph.stages.Stage.ranks_per_node).
+RANKS_PER_NODE = {s.name: s.ranks_per_node for s in STAGE_TABLE}
 
 
 class SubmitError(UserError):
@@ -199,7 +195,7 @@ def plan(args: argparse.Namespace, cfg=None) -> list[Submission]:
                 argv += [f"--nodes={nodes}", f"--ntasks-per-node={ppn}", f"--ntasks={nodes * ppn}"]
             elif ranks_per_node:
                 argv.append(f"--ntasks-per-node={ranks_per_node}")
-            if stage in GPU_STAGES and args.gpus_per_task is not None:
+            if stage in GPU_JOB_STAGES and args.gpus_per_task is not None:
                 argv.append(f"--gpus-per-task={args.gpus_per_task}")
             if size:
                 argv += [f.text for f in (*site.scheduler_args,
@@ -223,7 +219,7 @@ def plan(args: argparse.Namespace, cfg=None) -> list[Submission]:
             lines = sites.block(site, gpu=size.gpu, nodes=size.nodes, ranks=size.nodes * size.ppn, ppn=size.ppn,
                                 image=image, launcher=not args.launcher)
             text = with_block(script.read_text(), lines)
-            written = Path(cfg.run.root) / cfg.run.name / "jobs" / f"{stage}.{site.name}{ext}"
+            written = RunLayout.of(cfg).job_script(stage, site.name, ext)
         argv += [*time_args, *args.scheduler_arg, str(written or script)]
         out.append(Submission(stage, script, argv, stage_env, text, written))
     return out
@@ -257,7 +253,7 @@ def _site_size(args: argparse.Namespace, site: sites.Site, stage: str, script: P
     """A stage's job at a site: one rank per GPU of the site's GPU nodes for train and analyze
     (unless --gpus-per-task 0), one rank per usable core otherwise; --nodes and --ranks-per-node
     win; analyze stays on one node and report on one rank, as everywhere."""
-    gpu = stage in GPU_STAGES and args.gpus_per_task != 0
+    gpu = stage in GPU_JOB_STAGES and args.gpus_per_task != 0
     if stage in SERIAL:
         return Size(1, 1, False)
     nodes = 1 if stage in ONE_NODE else (args.nodes or _script_nodes(args, script))
@@ -320,7 +316,7 @@ def _wall_times(args: argparse.Namespace, scripts: dict[str, Path], cfg,
     else:
         ranks = {stage: _script_ranks(args, stage, script) for stage, script in scripts.items()}
     gpu = args.gpus_per_task != 0
-    devices = {stage: "cuda" if stage in GPU_STAGES and gpu else "cpu" for stage in scripts}
+    devices = {stage: "cuda" if stage in GPU_JOB_STAGES and gpu else "cpu" for stage in scripts}
     try:
         made = planning.make(cfg, ranks, "cuda" if "cuda" in devices.values() else "cpu", stages=list(scripts),
                              devices=devices)

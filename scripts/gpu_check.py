@@ -186,6 +186,7 @@ def step_train(cfg, ctx, device) -> dict:
 
     from hpcmorph import train
     from hpcmorph.generate import output_path
+    from hpcmorph.layout import RunLayout
     from hpcmorph.train.model import build_model
 
     if device.type == "cuda":
@@ -200,9 +201,9 @@ def step_train(cfg, ctx, device) -> dict:
     with h5py.File(output_path(cfg), "r") as f:
         rows = np.flatnonzero((f["split"][...] == 0) & (f["label"][...] >= 0))
         images, labels = f["y10"][rows], f["label"][rows].astype(np.int64)
-    run_dir = Path(cfg.run.root) / cfg.run.name
+    lay = RunLayout.of(cfg)
     for variant in cfg.train.variants:
-        metrics = json.loads((run_dir / variant / "seed0" / "metrics.json").read_text())
+        metrics = json.loads((lay.model_folder(variant, 0) / "metrics.json").read_text())
         model, stretch = load_model(cfg, variant, device)
         after = _train_loss(model, stretch, images, labels, device)
         fresh = build_model(0, dropout=cfg.train.dropout).to(device)
@@ -213,7 +214,7 @@ def step_train(cfg, ctx, device) -> dict:
                                     "train_images_per_s": metrics["train_images_per_s"],
                                     "test_accuracy_y10": metrics["y10"].get("accuracy"),
                                     "test_accuracy_y1": metrics["y1"].get("accuracy")}
-        history = [line.split(",") for line in (run_dir / variant / "seed0" / "history.csv").read_text().split()[1:]]
+        history = [line.split(",") for line in (lay.model_folder(variant, 0) / "history.csv").read_text().split()[1:]]
         first, last = float(history[0][1]), float(history[-1][1])
         out["variants"][variant].update({"train_loss_first_epoch": first, "train_loss_last_epoch": last})
         out["_checks"][f"train_{variant}_learns"] = last < TOLERANCE["learned_loss_ratio"] * first

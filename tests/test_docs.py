@@ -128,3 +128,76 @@ def test_layout_names_every_module_in_its_package():
         missing += [f"hpcmorph/{package.name}/{m.name}" for m in sorted(package.glob("*.py"))
                     if m.name != "__init__.py" and not re.search(rf"\b{re.escape(m.name)}\b", block)]
     assert not missing, f"README.md's Layout leaves out {missing}"
+
+
+# A stated duration: "99 s", "1.5 min", "a few minutes", "under 2 minutes", "~25 minutes".
+DURATION = re.compile(r"\b\d+(?:\.\d+)?\s*(?:s|sec|seconds?|min|minutes?|h|hours?)\b|\ba few (?:seconds|minutes)\b"
+                      r"|\bunder (?:a|an|\d+) (?:minute|minutes|hour|hours)\b")
+
+
+def _sentences(text: str) -> list[str]:
+    """``text`` as sentences of prose (a sentence often spans lines), and each line of code, of a
+    table, a heading or a Makefile recipe or comment on its own."""
+    units: list[str] = []
+    prose: list[str] = []
+    fenced = False
+
+    def flush() -> None:
+        if prose:
+            units.extend(re.split(r"(?<=[.!?])\s+(?=[`A-Z*(\[])", " ".join(prose)))
+            prose.clear()
+
+    for line in text.splitlines():
+        if line.startswith(("```", "~~~")):
+            flush()
+            fenced = not fenced
+        elif fenced or not line.strip() or line.startswith(("|", "#", "\t")):
+            flush()
+            units.append(line)
+        else:
+            prose.append(line.strip())
+    flush()
+    return [u for u in units if u.strip()]
+
+
+def _method_list(path: Path) -> list[str]:
+    """The methods a page lists after "`attack.method` is one of", up to the ";" (or table cell end) that ends it."""
+    found = re.search(r"`attack\.method` is one of (.*?)[;|]", re.sub(r"\s+", " ", path.read_text(encoding="utf-8")))
+    assert found, f"{path.relative_to(ROOT)} lists no methods after '`attack.method` is one of'"
+    return re.findall(r"`([^`]+)`", found.group(1))
+
+
+@pytest.mark.parametrize("page", ["pipeline.md", "attack.md"])
+def test_pages_list_the_attack_methods_there_are(page):
+    from hpcmorph.attack.methods import METHODS
+
+    assert _method_list(ROOT / "docs" / page) == list(METHODS), f"docs/{page}'s attack.method list"
+
+
+def test_the_stage_table_names_every_attack_method():
+    from hpcmorph.attack.methods import METHODS
+    from hpcmorph.stages import stage
+
+    text = stage("attack").description
+    assert [m for m in METHODS if not re.search(rf"\b{re.escape(m)}\b", text)] == []
+    assert "one per mode and k" not in text
+
+
+def test_make_test_fast_states_its_time_in_one_place():
+    stating = []
+    for path in [README, ROOT / "Makefile", *PAGES]:
+        for sentence in _sentences(path.read_text(encoding="utf-8")):
+            if "test-fast" in sentence and DURATION.search(sentence):
+                stating.append(f"{path.relative_to(ROOT)}: {sentence.strip()[:100]}")
+    assert len(stating) == 1 and stating[0].startswith("docs/testing.md"), stating
+
+
+def test_only_the_readme_quotes_how_long_make_run_takes():
+    readme = re.sub(r"\s+", " ", README.read_text(encoding="utf-8"))
+    took = re.search(r"`make run`.{0,200}? took (\d+ min \d+ s)", readme)
+    assert took, "README.md no longer says how long `make run` took"
+    for path in PAGES:
+        text = path.read_text(encoding="utf-8")
+        assert took.group(1) not in re.sub(r"\s+", " ", text), f"{path.relative_to(ROOT)} repeats the README's time"
+        quoting = [s for s in _sentences(text) if "`make run`" in s and re.search(r"\b\d+(?:\.\d+)? ?min", s)]
+        assert not quoting, f"{path.relative_to(ROOT)} quotes a `make run` time; refer to the README: {quoting}"

@@ -129,6 +129,20 @@ def test_submit_and_the_pipeline_read_the_one_table_of_stages():
     assert pipeline.STAGES is STAGES
 
 
+def test_plan_submit_and_bench_take_their_per_stage_facts_from_the_table():
+    from hpcmorph import bench, plan, stages, submit
+
+    assert plan.STAGES is NAMES and plan.GPU_STAGES is stages.GPU_STAGES
+    assert plan.FIXED == {s.name: s.fixed_s for s in STAGES}
+    assert plan.EFFICIENCY == {s.name: s.efficiency for s in STAGES}
+    assert submit.RANKS_PER_NODE == {s.name: s.ranks_per_node for s in STAGES}
+    assert not hasattr(submit, "GPU_STAGES"), "submit's GPU stages are the table's gpu_job ones"
+    # Every stage whose scripts ask for a GPU runs on it; serial stages stay on one node.
+    assert set(stages.GPU_JOB_STAGES) <= set(stages.GPU_STAGES) and set(stages.SERIAL) <= set(stages.ONE_NODE)
+    benched = sorted(p.stem for p in (Path(bench.__file__).parent).glob("*.py") if p.stem in NAMES)
+    assert sorted(bench.STAGES) == benched
+
+
 def test_every_user_error_is_one_class_the_cli_catches():
     from hpcmorph import errors
     from hpcmorph.config import ConfigError

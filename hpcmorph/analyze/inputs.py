@@ -21,6 +21,7 @@ from ..errors import StageError
 from ..generate import output_path as galaxies_path
 from ..generate.dataset import TEST
 from ..generate.survey import bands as survey_bands
+from ..layout import RunLayout
 from ..mpi import log
 from .exposure import has_clean
 
@@ -80,7 +81,7 @@ def read_table1(cfg: Config) -> dict:
     """Table 1 over seeds from ``train_summary.json`` ({variant: {"y10"|"y1": {metric: [mean, std]}, "seeds"}})."""
     from ..train.stage import digest as train_digest
 
-    path = Path(cfg.run.root) / cfg.run.name / "train_summary.json"
+    path = RunLayout.of(cfg).train_summary
     found = store.read_json(path, "run `hpcmorph train` with this config first")
     if found.get("digest") != train_digest(cfg) or "table1" not in found:
         raise StageError(f"{path} is from other train settings (digest {found.get('digest')}, this config "

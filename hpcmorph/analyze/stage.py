@@ -29,12 +29,13 @@ import h5py
 import numpy as np
 import torch
 
-from .. import store
+from .. import layout, store
 from ..attack.stage import config_for_k, model_seed, seed_configs
 from ..attack.stage import digest as attack_digest
 from ..config import Config
 from ..errors import StageError
 from ..generate.morphology import CLASS_NAMES
+from ..layout import RunLayout
 from ..lock import locked
 from ..mpi import Context, device_for, log
 from ..train import saved
@@ -43,8 +44,8 @@ from .inputs import (ATTACK_SCALARS, TestSet, attack_ks, attack_state, other_ran
                      read_test_set, require_attack)
 
 STAGE = "analyze"
-OUTPUT_DIR = "analysis"
-JSON_NAME = "analysis.json"
+OUTPUT_DIR = layout.ANALYSIS
+JSON_NAME = layout.ANALYSIS_JSON
 LATENTS, ATTACK_LATENTS = "latents.h5", "attack_latents.h5"
 FIGURES = ("figure2", "church_windows", "isomaps", "exposure", "success_vs_k", "distances", "success_vs_queries",
            "robustness")
@@ -53,7 +54,7 @@ _NEUTRAL = ("batch_size", "threads", "figures")
 
 
 def output_dir(cfg: Config) -> Path:
-    return Path(cfg.run.root) / cfg.run.name / OUTPUT_DIR
+    return RunLayout.of(cfg).analysis
 
 
 def digest(cfg: Config) -> str:

@@ -24,10 +24,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .. import store
+from .. import layout, store
 from ..config import Config
+from ..layout import RunLayout
 
-FOLDER = "certificates"
+FOLDER = layout.CERTIFICATES
 
 
 def key(cfg: Config, model_seed: int) -> str:
@@ -41,7 +42,7 @@ def key(cfg: Config, model_seed: int) -> str:
 
 
 def path(cfg: Config, variant: str, model_seed: int) -> Path:
-    return Path(cfg.run.root) / cfg.run.name / FOLDER / f"{variant}-{key(cfg, model_seed)}.h5"
+    return RunLayout.of(cfg).certificates / f"{variant}-{key(cfg, model_seed)}.h5"
 
 
 def read(file: Path) -> dict[tuple[int, int], tuple[int, int]]:

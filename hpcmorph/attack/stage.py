@@ -36,6 +36,7 @@ from ..config import Config
 from ..generate import output_path as galaxies_path
 from ..generate.dataset import TEST
 from ..generate.morphology import CLASS_NAMES
+from ..layout import RunLayout
 from ..lock import locked
 from ..mpi import Context, device_for, log
 from ..train import saved
@@ -78,7 +79,7 @@ def range_name(pixel_range) -> str:
 
 
 def output_path(cfg: Config) -> Path:
-    return Path(cfg.run.root) / cfg.run.name / f"{output_stem(cfg)}.h5"
+    return RunLayout.of(cfg).attack(output_stem(cfg))
 
 
 def config_for_k(cfg: Config, k: int) -> Config:
@@ -564,7 +565,7 @@ def summarize_blocks(cfg: Config, ctx: Context, variants: list[str], choice: dic
 
 
 def summary_path(cfg: Config) -> Path:
-    return output_path(cfg).with_name(f"{output_stem(cfg)}_summary.json")
+    return RunLayout.of(cfg).attack_summary(output_stem(cfg))
 
 
 def keep_certificates(cfg: Config, out: Path) -> None:

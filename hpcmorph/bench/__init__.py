@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import importlib
 
-STAGES = ("generate", "train", "attack", "analyze")
+from ..stages import BENCH_STAGES
+
+STAGES = BENCH_STAGES  # the stages with a module here (hpcmorph.stages.Stage.bench)
 
 
 def main(args) -> int:

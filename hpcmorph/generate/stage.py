@@ -19,14 +19,15 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .. import store
+from .. import layout, store
 from ..config import Config
+from ..layout import RunLayout
 from ..lock import locked
 from ..mpi import Context, log
 from . import dataset, morphology, survey
 from .sources import SourceError, open_source
 
-OUTPUT_NAME = "galaxies.h5"
+OUTPUT_NAME = layout.GALAXIES
 STAGE = "generate"
 
 # Per-parent scalars kept in block files and carried to every row of that parent.
@@ -63,7 +64,7 @@ def columns(n_bands: int, size: int) -> dict[str, store.Column]:
 
 
 def output_path(cfg: Config) -> Path:
-    return Path(cfg.run.root) / cfg.run.name / OUTPUT_NAME
+    return RunLayout.of(cfg).galaxies
 
 
 def digest(cfg: Config) -> str:

@@ -17,9 +17,9 @@ from typing import Any
 from .. import store
 from ..config import Config
 from ..errors import StageError
+from ..layout import RunLayout
 from ..mpi import log
 
-ANALYSIS = Path("analysis") / "analysis.json"
 # Keys of analysis.json the report cannot do without; the others are shown when present.
 REQUIRED = ("digest", "table1", "table2")
 
@@ -62,7 +62,7 @@ class Figure:
 
 @dataclass
 class Inputs:
-    run_dir: Path
+    folder: Path  # the run folder, <run.root>/<run.name>/
     analysis: dict
     train: dict | None = None
     attacks: dict[str, dict] = field(default_factory=dict)  # output stem -> its summary
@@ -73,12 +73,13 @@ class Inputs:
     provenance: dict[str, dict[str, str]] = field(default_factory=dict)  # stage -> attributes
 
 
-def run_dir(cfg: Config) -> Path:
-    return Path(cfg.run.root) / cfg.run.name
+def run_folder(cfg: Config) -> Path:
+    """The run folder the report reads from, ``<run.root>/<run.name>/``."""
+    return RunLayout.of(cfg).folder
 
 
 def analysis_path(cfg: Config) -> Path:
-    return run_dir(cfg) / ANALYSIS
+    return RunLayout.of(cfg).analysis_json
 
 
 def load_analysis(cfg: Config) -> dict:
@@ -136,14 +137,15 @@ def _attack_summaries(folder: Path, analysis: dict) -> dict[str, dict]:
 
 def gather(cfg: Config, analysis: dict) -> Inputs:
     """Everything the report shows, from the run folder of ``cfg``."""
-    folder = run_dir(cfg)
+    lay = RunLayout.of(cfg)
+    folder = lay.folder
     out = Inputs(folder, analysis)
-    out.train = _optional_json(folder / "train_summary.json", dict)
+    out.train = _optional_json(lay.train_summary, dict)
     out.attacks = _attack_summaries(folder, analysis)
-    timings = _optional_json(folder / "timings.json", list)
+    timings = _optional_json(lay.timings, list)
     out.timings = [t for t in timings if isinstance(t, dict)] if timings is not None else None
 
-    counts = folder / "figures" / "generate_class_counts.csv"
+    counts = lay.figures / "generate_class_counts.csv"
     if counts.exists():
         with open(counts, newline="") as fh:
             out.class_counts = [row for row in csv.reader(fh) if row]
@@ -154,7 +156,7 @@ def gather(cfg: Config, analysis: dict) -> Inputs:
         rel = named.get(key)
         if not isinstance(rel, str):
             continue
-        png = folder / "analysis" / rel
+        png = lay.analysis / rel
         section, caption = ANALYSIS_FIGURES.get(key, ("analysis", key.replace("_", " ")))
         if png.exists():
             out.figures.append(_figure(key, section, caption, png))
@@ -162,7 +164,7 @@ def gather(cfg: Config, analysis: dict) -> Inputs:
             out.missing_figures.append(str(png))
 
     for key, caption in GENERATE_FIGURES.items():
-        png = folder / "figures" / f"{key}.png"
+        png = lay.figures / f"{key}.png"
         if png.exists():
             out.figures.append(_figure(key, "data", caption, png))
 
@@ -172,18 +174,18 @@ def gather(cfg: Config, analysis: dict) -> Inputs:
         if not isinstance(r, dict) or (r.get("variant"), r.get("seed")) in seen:
             continue
         seen.add((r.get("variant"), r.get("seed")))
-        png = folder / str(r.get("variant")) / f"seed{r.get('seed')}" / "curves.png"
+        png = lay.model_folder(str(r.get("variant")), r.get("seed")) / "curves.png"
         if png.exists():
             out.figures.append(_figure(f"curves_{r.get('variant')}_seed{r.get('seed')}", "training",
                                        f"Training curves: {r.get('variant')}, seed {r.get('seed')}.", png))
 
-    for png in sorted((folder / "figures").glob("attack*.png")):
+    for png in sorted(lay.figures.glob("attack*.png")):
         suffix = next((s for s in sorted(ATTACK_SUFFIXES, key=len, reverse=True) if png.stem.endswith(s)), None)
         caption = ATTACK_SUFFIXES.get(suffix, png.stem)
         stem = png.stem[: -len(suffix)] if suffix else png.stem
         out.figures.append(_figure(png.stem, "attack_figures", f"{stem}: {caption}", png))
 
-    for stage, path in (("generate", folder / "galaxies.h5"), ("attack", folder / "attack.h5")):
+    for stage, path in (("generate", lay.galaxies), ("attack", lay.attack("attack"))):
         attrs = _h5_provenance(path)
         if attrs:
             out.provenance[stage] = attrs

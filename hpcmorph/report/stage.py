@@ -29,20 +29,21 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .. import store
+from .. import layout, store
 from ..config import Config
 from ..errors import StageError
+from ..layout import RunLayout
 from ..lock import locked
 from ..mpi import Context, log
 from . import browser, page, tables
-from .inputs import Inputs, config_text, gather, load_analysis, run_dir
+from .inputs import Inputs, config_text, gather, load_analysis
 
 STAGE = "report"
-OUTPUT_NAME = "report"
+OUTPUT_NAME = layout.REPORT
 
 
 def output_dir(cfg: Config) -> Path:
-    return run_dir(cfg) / OUTPUT_NAME
+    return RunLayout.of(cfg).report
 
 
 def digest(cfg: Config, analysis: dict) -> str:

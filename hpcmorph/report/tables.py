@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from collections.abc import Iterable, Mapping
 
+from .. import paper
+
 
 # hpcmorph.train.metrics.METRICS, in its order (tests check they agree): importing it here would load
 # torch through the train package, seconds for a stage that only formats numbers.
@@ -24,20 +26,10 @@ VARIANT_NAMES = {"regular": "Regular training", "mmd": "Domain adaptation (MMD)"
 DOMAINS = (("y10", "Y10"), ("y1", "Y1"))
 PAIRS = ("y10_y1", "y10_attacked")
 
-# The paper's Table 1 (test set; accuracy and weighted precision, recall, F1), as fractions.
-PAPER_TABLE1 = {
-    "regular": {"y10": {"accuracy": 0.72, "precision": 0.76, "recall": 0.72, "f1": 0.72},
-                "y1": {"accuracy": 0.43, "precision": 0.61, "recall": 0.43, "f1": 0.36}},
-    "mmd": {"y10": {"accuracy": 0.82, "precision": 0.82, "recall": 0.82, "f1": 0.82},
-            "y1": {"accuracy": 0.66, "precision": 0.67, "recall": 0.66, "f1": 0.67}},
-}
-# The paper's Table 2: latent-space Euclidean distances, mean and std over its 136 flipped images
-# (of 150 attacked). Used when analysis.json carries no "paper" entry of its own.
-PAPER_TABLE2 = {
-    "regular": {"y10_y1": {"mean": 20.2, "std": 11.9, "n": 136}, "y10_attacked": {"mean": 16.8, "std": 5.0, "n": 136}},
-    "mmd": {"y10_y1": {"mean": 29.7, "std": 17.4, "n": 136}, "y10_attacked": {"mean": 38.1, "std": 15.5, "n": 136}},
-}
-PAPER_FLIPPED = (136, 150)
+# The paper's numbers (hpcmorph.paper); Table 2 is used when analysis.json carries no "paper" entry of its own.
+PAPER_TABLE1 = paper.TABLE1
+PAPER_TABLE2 = paper.TABLE2
+PAPER_FLIPPED = paper.FLIPPED
 
 DASH = {"markdown": "–", "html": "–", "latex": "--"}
 

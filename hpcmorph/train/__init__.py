@@ -4,6 +4,6 @@ Entry point: :func:`run(config, ctx, force) <hpcmorph.train.stage.run>`; trained
 with :func:`hpcmorph.train.saved.load_model`.
 """
 
-from .stage import PREEMPTED_EXIT, Preempted, run, run_dir
+from .stage import PREEMPTED_EXIT, Preempted, model_dir, run
 
-__all__ = ["PREEMPTED_EXIT", "Preempted", "run", "run_dir"]
+__all__ = ["PREEMPTED_EXIT", "Preempted", "model_dir", "run"]

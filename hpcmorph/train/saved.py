@@ -13,13 +13,14 @@ import torch
 
 from ..config import Config
 from ..errors import StageError
+from ..layout import RunLayout
 from .model import build_model
 from .normalize import AsinhStretch
-from .stage import digest, run_dir
+from .stage import digest
 
 
 def model_path(cfg: Config, variant: str, seed: int) -> Path:
-    return run_dir(cfg, variant, seed) / "model.pt"
+    return RunLayout.of(cfg).model(variant, seed)
 
 
 def load_model(cfg: Config, variant: str, seed: int, device: torch.device) -> tuple[torch.nn.Module, AsinhStretch]:

@@ -34,12 +34,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import store
+from .. import layout, store
 from ..config import Config
 from ..errors import PREEMPTED_EXIT, BackendError, Preempted, StageError  # noqa: F401 - PREEMPTED_EXIT re-exported
 from ..generate import output_path as galaxies_path
 from ..generate.dataset import TEST, VALIDATION
 from ..generate.morphology import CLASS_NAMES
+from ..layout import RunLayout
 from ..lock import output_lock
 from ..mpi import device_for, log
 from . import data, distributed, metrics
@@ -55,8 +56,9 @@ _MODEL_KEYS = ("epochs", "patience", "batch_size", "lr", "schedule", "betas", "w
 
 
 
-def run_dir(cfg: Config, variant: str, seed: int) -> Path:
-    return Path(cfg.run.root) / cfg.run.name / variant / f"seed{seed}"
+def model_dir(cfg: Config, variant: str, seed: int) -> Path:
+    """The folder of one trained model (variant, seed)."""
+    return RunLayout.of(cfg).model_folder(variant, seed)
 
 
 def digest(cfg: Config) -> str:
@@ -154,7 +156,7 @@ def train_one(cfg: Config, backend: distributed.Single, variant: str, seed: int,
     if not force and (done := _finished(cfg, variant, seed)) is not None:
         log.info("%s seed %d is up to date; skipping", variant, seed)
         return done
-    out, device = run_dir(cfg, variant, seed), device_for(backend.local_rank)
+    out, device = model_dir(cfg, variant, seed), device_for(backend.local_rank)
     shard = read_shard(cfg, backend, variant, seed, device)
     model, optimizer = build(cfg, variant, seed, device)
     state = resume(cfg, out, model, optimizer, force, f"{variant} seed {seed}")
@@ -261,7 +263,7 @@ def train_epoch(cfg: Config, backend, variant: str, seed: int, model, optimizer,
             state["step"] = step
             save()
             raise Preempted(f"{variant} seed {seed}: stopped at epoch {epoch} step {step}; checkpoint "
-                            f"{run_dir(cfg, variant, seed) / 'checkpoint.pt'} written; run the same command "
+                            f"{model_dir(cfg, variant, seed) / 'checkpoint.pt'} written; run the same command "
                             "again to resume")
         torch.manual_seed(_step_seed(seed, backend.rank, epoch, step))
         idx = y10_batches[step]
@@ -331,7 +333,7 @@ def test(cfg: Config, backend, variant: str, seed: int, model, shard: Shard, sta
     if not identical:
         log.warning("%s seed %d: ranks ended training with different weights", variant, seed)
     backend.barrier()
-    best = torch.load(run_dir(cfg, variant, seed) / "best.pt", map_location=device, weights_only=True)
+    best = torch.load(model_dir(cfg, variant, seed) / "best.pt", map_location=device, weights_only=True)
     _unwrap(model).load_state_dict(best)
     results = {"variant": variant, "seed": seed, "best_epoch": state["best_epoch"], "epochs_run": state["epoch"],
                "best_val_loss": state["best_loss"], "train_images": shard.n_train, "ranks": backend.size,
@@ -362,7 +364,7 @@ def _write_outputs(cfg: Config, out: Path, model, stretch, history: list[dict], 
     _atomic_torch_save({"model": model.state_dict(), "normalization": stretch.to_dict(), "config": cfg.to_yaml(),
                         "digest": digest(cfg), "class_names": CLASS_NAMES, "latent_dim": model.latent_dim,
                         "dropout": cfg.train.dropout, "versions": store.versions(), "git_commit": store.git_commit()},
-                       out / "model.pt")
+                       out / layout.MODEL)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(history[0]))
     writer.writeheader()
@@ -377,7 +379,7 @@ def _write_outputs(cfg: Config, out: Path, model, stretch, history: list[dict], 
 def _finished(cfg: Config, variant: str, seed: int) -> dict | None:
     """The results of a finished run of this config (metrics.json), or None."""
     try:
-        found = store.read_json(run_dir(cfg, variant, seed) / "metrics.json")
+        found = store.read_json(model_dir(cfg, variant, seed) / "metrics.json")
     except store.StoreError:
         return None
     # The results as train_one returns them (metrics.json adds the digest).
@@ -404,7 +406,7 @@ def init_backend(cfg: Config) -> distributed.Single:
 
 def write_summary(cfg: Config, backend, results: list[dict]) -> Path:
     """``train_summary.json``: every run's results and Table 1 over seeds (rank 0)."""
-    path = Path(cfg.run.root) / cfg.run.name / "train_summary.json"
+    path = RunLayout.of(cfg).train_summary
     if backend.rank == 0:
         table = metrics.summarize(results)
         text = json.dumps(store.strict({"runs": results, "table1": table, "digest": digest(cfg)}), indent=2,
@@ -425,7 +427,7 @@ def run(cfg: Config, ctx, force: bool = False) -> Path:
     """
     with StopFlag() as stop:
         backend = init_backend(cfg)
-        held = output_lock(Path(cfg.run.root) / cfg.run.name / "train_summary.json", backend)
+        held = output_lock(RunLayout.of(cfg).train_summary, backend)
         try:
             held.acquire()
             results = []
