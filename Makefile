@@ -3,6 +3,8 @@
 VENV    ?= .venv
 CONFIG  ?= laptop
 RANKS   ?= 1
+# Settings for `make run`, as the CLI takes them: SET="attack.certify=false train.seeds=[0]"
+SET     ?=
 PY      := $(VENV)/bin/python
 HPCMORPH := $(VENV)/bin/hpcmorph
 
@@ -17,7 +19,7 @@ LAUNCH  := $(if $(filter 1,$(RANKS)),,$(MPIRUN) -n $(RANKS))
 .PHONY: setup horovod chromium lint image image-mpich run test test-fast test-cpu-kinds test-cpu-kinds-quick test-container test-mpich test-multinode bench bench-generate bench-train bench-attack bench-analyze clean help
 
 help:
-	@echo "make run    [CONFIG=laptop] [RANKS=1]  set up, then run the pipeline on the embedded default"
+	@echo "make run    [CONFIG=laptop] [RANKS=1] [SET=\"k=v ...\"]  set up, then run the pipeline on the embedded default"
 	@echo "make test                              set up, lint, then run the test suite"
 	@echo "make lint                              ruff on the Python, shellcheck on scripts/ and jobs/"
 	@echo "make test-cpu-kinds                    the tests that compare numbers, under avx2 + 2 threads and default + 1"
@@ -59,7 +61,7 @@ image-mpich:
 
 # Every stage in order; stages already done for this config are skipped, so a rerun resumes.
 run: setup
-	$(LAUNCH) $(HPCMORPH) run --config $(CONFIG)
+	$(LAUNCH) $(HPCMORPH) run --config $(CONFIG) $(foreach kv,$(SET),--set $(kv))
 
 # Headless Chromium for the report's browser check (tests/test_report.py; report.screenshot).
 chromium:
