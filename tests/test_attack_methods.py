@@ -532,7 +532,8 @@ def test_stage_certifies_every_image_resumes_from_its_certificates_and_deals_ali
     scanned and certified out of reach, whatever the model."""
     cwd = workdir(tmp_path, trained)
     run = cwd / "runs" / "tiny"
-    never = [*SALIENCY, "--set", "attack.threshold=1"]
+    # Three images (two blocks per model; the last a single image), scanned in full three times over.
+    never = [*SALIENCY, "--set", "attack.threshold=1", "--set", "attack.n_images=3"]
     res = cli([*ATTACK, *never], cwd)
     got, summary, _ = _columns(run / "attack-saliency.h5")
     n = len(got["index"])
