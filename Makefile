@@ -98,8 +98,8 @@ COMPARING := tests/test_attack.py tests/test_attack_methods.py tests/test_certif
 test-cpu-kinds-quick: setup
 	ATEN_CPU_CAPABILITY=avx2 HPCMORPH_TEST_THREADS=2 $(PY) -m pytest -q -m "not slow and not mpi" $(COMPARING)
 test-cpu-kinds: setup horovod
-	ATEN_CPU_CAPABILITY=avx2 HPCMORPH_TEST_THREADS=2 $(PY) -m pytest -q -ra $(COMPARING)
-	ATEN_CPU_CAPABILITY=default HPCMORPH_TEST_THREADS=1 $(PY) -m pytest -q -ra $(COMPARING)
+	ATEN_CPU_CAPABILITY=avx2 HPCMORPH_TEST_THREADS=2 $(PY) -m pytest -q -ra $(XDIST) $(COMPARING)
+	ATEN_CPU_CAPABILITY=default HPCMORPH_TEST_THREADS=1 $(PY) -m pytest -q -ra $(XDIST) $(COMPARING)
 
 # Marks (pyproject.toml): slow = end-to-end runs of the CLI, mpi = launches mpirun, slurm = a real Slurm,
 # container = builds the CPU image and runs it under ch-run, mpich = the MPICH image under the host's MPICH,
