@@ -70,7 +70,7 @@ class RunLayout:
 
     @property
     def certificates(self) -> Path:
-        """The folder of the exhaustive k = 1 certificates, one file per model and attack settings."""
+        """The certifying scans kept for reuse (:mod:`hpcmorph.attack.certificates`), a file per model and key."""
         return self.folder / CERTIFICATES
 
     @property

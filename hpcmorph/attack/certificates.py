@@ -24,11 +24,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .. import layout, store
+from .. import store
 from ..config import Config
 from ..layout import RunLayout
-
-FOLDER = layout.CERTIFICATES
 
 
 def key(cfg: Config, model_seed: int) -> str:
