@@ -10,10 +10,10 @@ import numpy as np
 
 from ..config import Config
 from ..generate.morphology import CLASS_NAMES
+from ..attack.stage import range_name
 from ..mpi import log
 from . import church, claims, distances, exposure, isomap
 from .inputs import attack_command, attack_state
-from .queries import range_name
 
 
 def triplet_attack(attacks: dict[str, np.ndarray], v: int, image: int) -> int | None:
@@ -56,17 +56,20 @@ def analyse(cfg: Config, models: dict, variants: list[str], lat: dict, attacks: 
     a = cfg.analyze
     test, labels = lat["index"], lat["label"]
     where = {int(r): i for i, r in enumerate(test)}
-    table2, per_image = distances.table2(attacks, att["z_attacked"], test, lat["z_y10"], lat["z_y1"], variants,
-                                         seed=cfg.run.seed)
-    table2["paper"] = distances.PAPER
-    configured = range_name(cfg.attack.pixel_range)
-    by_range, images_by_range = {configured: table2}, {configured: per_image}
-    for name, (cols, z) in (others or {}).items():
-        t, p = distances.table2(cols, z["z_attacked"], test, lat["z_y10"], lat["z_y1"], variants, seed=cfg.run.seed)
+
+    def table2_of(cols: dict, z_attacked: np.ndarray) -> tuple[dict, dict]:
+        """Table 2 (with the paper's) and its per-image panels, each flip's queries included, of one attack."""
+        t, p = distances.table2(cols, z_attacked, test, lat["z_y10"], lat["z_y1"], variants, seed=cfg.run.seed)
         t["paper"] = distances.PAPER
         for v in variants:
             p[v]["queries"] = cols["queries"][p[v]["attack_row"]]
-        by_range[name], images_by_range[name] = t, p
+        return t, p
+
+    table2, per_image = table2_of(attacks, att["z_attacked"])
+    configured = range_name(cfg.attack.pixel_range)
+    by_range, images_by_range = {configured: table2}, {configured: per_image}
+    for name, (cols, z) in (others or {}).items():
+        by_range[name], images_by_range[name] = table2_of(cols, z["z_attacked"])
 
     # The triplet of Figure 2.
     first = 0 if "regular" not in variants else variants.index("regular")
@@ -122,7 +125,6 @@ def analyse(cfg: Config, models: dict, variants: list[str], lat: dict, attacks: 
     moved = {}
     for v, name in enumerate(variants):
         moved[name] = claims.class_change(lat["pred_y10"][:, v], lat["pred_y1"][:, v])
-        per_image[name]["queries"] = attacks["queries"][per_image[name]["attack_row"]]
     return {"table2": table2, "table2_by_range": by_range, "exposure": exposure_result,
             "success_vs_k": success_vs_k(cfg, variants), "triplet": triplet, "test_accuracy": accuracy,
             "y1_class_change": moved,
