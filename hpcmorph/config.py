@@ -143,6 +143,14 @@ SCHEMA: dict[str, Any] = {
                                     "bands together, as the authors)."),
         "max_train_images": Field(0, int, "Use at most this many training images (0 = all): for quick runs.", low=0),
         "threads": Field(0, int, "torch CPU threads per rank (0 = torch's default).", low=0),
+        "precision": Field("auto", str, "Arithmetic of the training steps' forward and backward passes: 'fp32', "
+                           "'bf16' (autocast to bfloat16), 'fp16' (autocast to float16 with loss scaling) or 'auto' "
+                           "(bf16 where the device computes it natively: GPUs from Ampere on, CPUs with AMX or "
+                           "AVX512-BF16; fp16 on older GPUs; else fp32). Weights, losses, validation and test stay "
+                           "float32. docs/train.md 'Precision'.", choices=("auto", "fp32", "bf16", "fp16")),
+        "compression": Field("none", str, "Precision of the gradients the ranks exchange: 'none' (float32), 'fp16' "
+                             "(Horovod's compression or DDP's fp16 hook) or 'bf16' (DDP's hook only).",
+                             choices=("none", "fp16", "bf16")),
     },
     "attack": {
         "variants": Field(["regular", "mmd"], list, "Trained models to attack (the same images for each).",

@@ -41,8 +41,16 @@ class Single:
         """The backend and how its ranks talk, for the log."""
         return self.name
 
-    def wrap(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer):
+    def wrap(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, compression: str = "none"):
+        """(model, optimizer) that train together across the ranks; ``compression`` (``none``, ``fp16``,
+        ``bf16``) is the precision of the gradients on the wire (one rank sends nothing)."""
         return model, optimizer
+
+    def step(self, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
+        """Apply the averaged gradients: unscaled first where ``scaler`` is active (fp16), and skipped
+        when they overflowed."""
+        scaler.step(optimizer)
+        scaler.update()
 
     def evaluating(self, model: torch.nn.Module) -> torch.nn.Module:
         """The module to run evaluation passes through: its forward starts no collective, so ranks
@@ -134,13 +142,18 @@ class Horovod(Single):
         ops = "NCCL" if torch.cuda.is_available() and hvd.nccl_built() else controller
         return f"horovod ({controller} controller, {ops} allreduce)"
 
-    def wrap(self, model, optimizer):
+    def wrap(self, model, optimizer, compression="none"):
         hvd = self.hvd
+        if compression not in ("none", "fp16"):
+            raise BackendError(f"train.compression {compression!r}: Horovod compresses gradients to fp16 only; "
+                               "choose none or fp16, or train.backend=ddp for bf16")
         hvd.broadcast_parameters(model.state_dict(), root_rank=0)
         # No broadcast_optimizer_state: on a fresh Adam it takes a dummy step with zero gradients,
         # which weight decay turns into a real update (the weights then differ from DDP's). Every
         # rank builds the same fresh optimizer, or loads the same checkpoint, so there is nothing to send.
-        wrapped = hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters(), op=hvd.Average)
+        wrapped = hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters(), op=hvd.Average,
+                                           compression=hvd.Compression.fp16 if compression == "fp16"
+                                           else hvd.Compression.none)
         # DistributedOptimizer is a new optimizer over the same parameters, with no state: a resumed
         # run's Adam moments, loaded from its checkpoint into `optimizer`, were dropped, and the run
         # went on as if freshly started (seen: a 4-rank run resumed at epoch 4 ended with other
@@ -148,6 +161,18 @@ class Horovod(Single):
         if optimizer.state:
             wrapped.load_state_dict(optimizer.state_dict())
         return model, wrapped
+
+    def step(self, optimizer, scaler):
+        if not scaler.is_enabled():
+            optimizer.step()
+            return
+        # The gradients are averaged by step(); the scaler must unscale (and look for overflow in) the
+        # averaged ones, so every rank skips the same steps: Horovod's recipe for GradScaler.
+        optimizer.synchronize()
+        scaler.unscale_(optimizer)
+        with optimizer.skip_synchronize():
+            scaler.step(optimizer)
+        scaler.update()
 
     def evaluating(self, model):
         # Each rank's BatchNorm running statistics follow its own batches; the checkpoint and
@@ -194,12 +219,17 @@ class DDP(Single):
     def describe(self) -> str:
         return f"ddp ({self.transport}, rank 0 at {os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']})"
 
-    def wrap(self, model, optimizer):
+    def wrap(self, model, optimizer, compression="none"):
+        from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [self.local_rank % torch.cuda.device_count()] if torch.cuda.is_available() else None
         # DDP broadcasts rank 0's parameters and buffers at construction.
-        return DistributedDataParallel(model, device_ids=ids), optimizer
+        wrapped = DistributedDataParallel(model, device_ids=ids)
+        hooks = {"fp16": default_hooks.fp16_compress_hook, "bf16": default_hooks.bf16_compress_hook}
+        if compression in hooks:
+            wrapped.register_comm_hook(None, hooks[compression])
+        return wrapped, optimizer
 
     def evaluating(self, model):
         # DDP's forward broadcasts rank 0's buffers (BatchNorm's running statistics) before every

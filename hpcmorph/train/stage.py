@@ -27,14 +27,14 @@ import json
 import logging
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import layout, store
+from .. import layout, precision, store
 from ..config import Config
 from ..errors import PREEMPTED_EXIT, BackendError, Preempted, StageError  # noqa: F401 - PREEMPTED_EXIT re-exported
 from ..generate import output_path as galaxies_path
@@ -51,7 +51,8 @@ from .normalize import AsinhStretch
 STAGE = "train"
 # Settings that change a trained model (backend and threads do not: the weights are the same).
 _MODEL_KEYS = ("epochs", "patience", "batch_size", "lr", "schedule", "betas", "weight_decay", "weight_decay_mmd",
-               "mmd_lambda", "mmd_bandwidth", "dropout", "normalize_per_band", "max_train_images")
+               "mmd_lambda", "mmd_bandwidth", "dropout", "normalize_per_band", "max_train_images", "precision",
+               "compression")
 
 
 
@@ -150,6 +151,51 @@ class Shard:
     val_labels: np.ndarray
 
 
+@dataclass
+class Progress:
+    """Where a run stands: what a checkpoint keeps so that the same command resumes at the next step."""
+
+    epoch: int = 0                      # epochs finished
+    step: int = 0                       # steps finished within the current epoch
+    best_loss: float = float("inf")     # lowest validation loss so far, and its epoch (1-based)
+    best_epoch: int = -1
+    bad_epochs: int = 0                 # epochs since the best
+    history: list = field(default_factory=list)  # one dict per finished epoch (history.csv)
+    finished: bool = False
+
+
+@dataclass
+class TrainRun:
+    """One (variant, seed) run in progress: what every step of :func:`train_one` reads."""
+
+    cfg: Config
+    backend: distributed.Single
+    variant: str
+    seed: int
+    out: Path                           # the model's folder
+    device: torch.device
+    precision: str                      # resolved: fp32, bf16 or fp16 (see hpcmorph.precision)
+    shard: Shard
+    model: torch.nn.Module              # wrapped by the backend
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler        # active for fp16 only
+    progress: Progress
+
+    @property
+    def name(self) -> str:
+        return f"{self.variant} seed {self.seed}"
+
+    def save(self) -> None:
+        """Write ``checkpoint.pt`` (rank 0) with everything needed to resume at the next step."""
+        if self.backend.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+            _atomic_torch_save({"model": _unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
+                                "scaler": self.scaler.state_dict(), "state": asdict(self.progress),
+                                "precision": self.precision, "digest": digest(self.cfg)},
+                               self.out / "checkpoint.pt")
+        self.backend.barrier()
+
+
 def train_one(cfg: Config, backend: distributed.Single, variant: str, seed: int, stop: StopFlag,
               force: bool = False) -> dict:
     """Train one (variant, seed) to its best validation epoch and test it; returns its results."""
@@ -157,21 +203,23 @@ def train_one(cfg: Config, backend: distributed.Single, variant: str, seed: int,
         log.info("%s seed %d is up to date; skipping", variant, seed)
         return done
     out, device = model_dir(cfg, variant, seed), device_for(backend.local_rank)
+    arithmetic = precision.resolve(cfg.train.precision, device)
     shard = read_shard(cfg, backend, variant, seed, device)
-    model, optimizer = build(cfg, variant, seed, device)
-    state = resume(cfg, out, model, optimizer, force, f"{variant} seed {seed}")
-    model, optimizer = backend.wrap(model, optimizer)
-    save = _checkpointer(cfg, backend, out, model, optimizer, state)
-    while not state.get("finished"):
-        stats = train_epoch(cfg, backend, variant, seed, model, optimizer, shard, state, stop, save, device)
-        end_epoch(cfg, backend, variant, seed, model, shard, state, stats, out, device)
-        save()
-        if stop.any_rank(backend) and not state["finished"]:
-            raise Preempted(f"{variant} seed {seed}: stopped after epoch {state['epoch']}; checkpoint "
+    model, optimizer = build(cfg, variant, seed, device, arithmetic)
+    scaler = precision.grad_scaler(arithmetic, device)
+    progress = resume(cfg, out, model, optimizer, scaler, arithmetic, force, f"{variant} seed {seed}")
+    model, optimizer = backend.wrap(model, optimizer, cfg.train.compression)
+    run = TrainRun(cfg, backend, variant, seed, out, device, arithmetic, shard, model, optimizer, scaler, progress)
+    while not progress.finished:
+        stats = train_epoch(run, stop)
+        end_epoch(run, stats)
+        run.save()
+        if stop.any_rank(backend) and not progress.finished:
+            raise Preempted(f"{run.name}: stopped after epoch {progress.epoch}; checkpoint "
                             f"{out / 'checkpoint.pt'} written; run the same command again to resume")
-    results = test(cfg, backend, variant, seed, model, shard, state, device)
+    results = test(run)
     if backend.rank == 0:
-        _write_outputs(cfg, out, _unwrap(model), shard.stretch, state["history"], results)
+        _write_outputs(cfg, out, _unwrap(model), shard.stretch, progress.history, results)
     backend.barrier()
     return results
 
@@ -193,42 +241,39 @@ def read_shard(cfg: Config, backend: distributed.Single, variant: str, seed: int
                      f["y10"][val_rows], f["label"][val_rows].astype(np.int64))
 
 
-def build(cfg: Config, variant: str, seed: int, device) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
-    """The model (initialised from ``seed``) and its Adam optimizer."""
+def build(cfg: Config, variant: str, seed: int, device, arithmetic: str = "fp32") -> tuple[torch.nn.Module,
+                                                                                          torch.optim.Optimizer]:
+    """The model (initialised from ``seed``; channels-last where ``arithmetic`` runs faster so) and its Adam
+    optimizer."""
     t = cfg.train
     torch.manual_seed(seed)
     model = build_model(seed, dropout=t.dropout).to(device)
+    if precision.channels_last(arithmetic, device):
+        model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=t.lr, betas=tuple(t.betas),
                                  weight_decay=t.weight_decay_mmd if variant == "mmd" else t.weight_decay)
     return model, optimizer
 
 
-def resume(cfg: Config, out: Path, model, optimizer, force: bool, name: str) -> dict:
-    """The training state: fresh, or loaded (with the weights and optimizer) from ``checkpoint.pt``."""
-    state = {"epoch": 0, "step": 0, "best_loss": float("inf"), "best_epoch": -1, "bad_epochs": 0, "history": [],
-             "finished": False}
+def resume(cfg: Config, out: Path, model, optimizer, scaler, arithmetic: str, force: bool, name: str) -> Progress:
+    """Where the run stands: fresh, or loaded (with the weights, optimizer and loss scale) from ``checkpoint.pt``."""
     path = out / "checkpoint.pt"
     if not path.exists() or force:
-        return state
+        return Progress()
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     if ckpt.get("digest") != digest(cfg):
         raise StageError(f"{path} was written by a different config (train digest {ckpt.get('digest')}, this "
                          f"config {digest(cfg)}); remove it or pass --force to start over")
+    written = ckpt.get("precision", "fp32")
+    if written != arithmetic:
+        raise StageError(f"{path} was trained in {written} and train.precision={cfg.train.precision} is {arithmetic} "
+                         f"here: set train.precision={written} to resume it, or pass --force to start over")
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
+    if "scaler" in ckpt:
+        scaler.load_state_dict(ckpt["scaler"])
     log.info("%s: resuming at epoch %d step %d", name, ckpt["state"]["epoch"], ckpt["state"]["step"])
-    return {**state, **ckpt["state"]}
-
-
-def _checkpointer(cfg: Config, backend, out: Path, model, optimizer, state: dict):
-    """A function that writes ``checkpoint.pt`` (rank 0) with everything needed to resume."""
-    def save() -> None:
-        if backend.rank == 0:
-            out.mkdir(parents=True, exist_ok=True)
-            _atomic_torch_save({"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                                "state": state, "digest": digest(cfg)}, out / "checkpoint.pt")
-        backend.barrier()
-    return save
+    return Progress(**ckpt["state"])
 
 
 def learning_rate(t, epoch: int, step: int, steps: int) -> float:
@@ -245,107 +290,123 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-def train_epoch(cfg: Config, backend, variant: str, seed: int, model, optimizer, shard: Shard, state: dict,
-                stop: StopFlag, save, device) -> dict:
-    """One epoch of steps from ``state["step"]``; returns its training statistics. A signal checkpoints
+def _batch(run: TrainRun, images: np.ndarray) -> torch.Tensor:
+    """Images (B, C, H, W) in e-/s, normalised, on the device, in the model's memory layout."""
+    x = run.shard.stretch(torch.from_numpy(images)).to(run.device)
+    if precision.channels_last(run.precision, run.device):
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def losses(run: TrainRun, x: torch.Tensor, y: torch.Tensor, x1: torch.Tensor | None):
+    """(loss, MMD^2) of one step: the weighted cross-entropy of the Y10 batch ``x`` (labels ``y``), plus
+    lambda x MMD^2 between the Y10 and Y1 (``x1``) latents for the mmd variant.
+
+    The forward pass runs in the run's precision; both losses in float32. The MMD's squared distances
+    are differences of large sums (|a|^2 + |b|^2 - 2 a.b), which bfloat16's 8-bit mantissa would leave
+    mostly rounding: the latents are taken to float32 first, outside autocast.
+    """
+    t, n = run.cfg.train, len(y)
+    with precision.autocast(run.precision, run.device):
+        # One forward pass over both exposures, as the authors: BatchNorm sees both.
+        latent, logits = run.model(x if x1 is None else torch.cat([x, x1]))
+    ce = F.cross_entropy(logits[:n].float(), y, weight=run.shard.weight)
+    if x1 is None:
+        return ce, torch.zeros(())
+    discrepancy = mmd2(latent[:n].float(), latent[n:].float(), bandwidth=t.mmd_bandwidth)
+    return ce + t.mmd_lambda * discrepancy, discrepancy
+
+
+def train_epoch(run: TrainRun, stop: StopFlag) -> dict:
+    """One epoch of steps from ``run.progress.step``; returns its training statistics. A signal checkpoints
     at the next step and raises Preempted."""
-    t, epoch, mmd = cfg.train, state["epoch"], shard.y1 is not None
+    t, backend, shard, seed, epoch = run.cfg.train, run.backend, run.shard, run.seed, run.progress.epoch
+    mmd = shard.y1 is not None
     local_batch = t.batch_size // backend.size
     y10_batches = data.batches(len(shard.labels), local_batch, seed, epoch, data.Y10_STREAM)
     y1_batches = data.batches(len(shard.y1), local_batch, seed, epoch, data.Y1_STREAM) if mmd else None
-    model.train()
+    run.model.train()
     sums = np.zeros(3)  # loss, mmd, images
     t0 = time.perf_counter()
-    bar = _progress(backend, len(y10_batches), state["step"], f"{variant} seed {seed} epoch {epoch + 1}/{t.epochs}",
-                    cfg.run.progress)
-    for step in range(state["step"], len(y10_batches)):
+    bar = _progress(backend, len(y10_batches), run.progress.step, f"{run.name} epoch {epoch + 1}/{t.epochs}",
+                    run.cfg.run.progress)
+    for step in range(run.progress.step, len(y10_batches)):
         if stop.any_rank(backend):
-            state["step"] = step
-            save()
-            raise Preempted(f"{variant} seed {seed}: stopped at epoch {epoch} step {step}; checkpoint "
-                            f"{model_dir(cfg, variant, seed) / 'checkpoint.pt'} written; run the same command "
-                            "again to resume")
+            run.progress.step = step
+            run.save()
+            raise Preempted(f"{run.name}: stopped at epoch {epoch} step {step}; checkpoint "
+                            f"{run.out / 'checkpoint.pt'} written; run the same command again to resume")
         torch.manual_seed(_step_seed(seed, backend.rank, epoch, step))
         idx = y10_batches[step]
-        x = shard.stretch(torch.from_numpy(shard.y10[idx])).to(device)
-        y = torch.from_numpy(shard.labels[idx]).to(device)
-        if mmd:
-            # The Y1 pool is at least as large as the Y10 shard, so it has a batch for every step.
-            x1 = shard.stretch(torch.from_numpy(shard.y1[y1_batches[step % len(y1_batches)]])).to(device)
-            # One forward pass over both exposures, as the authors: BatchNorm sees both.
-            latent, logits = model(torch.cat([x, x1]))
-            logits, z10, z1 = logits[:len(idx)], latent[:len(idx)], latent[len(idx):]
-            ce = F.cross_entropy(logits, y, weight=shard.weight)
-            discrepancy = mmd2(z10, z1, bandwidth=t.mmd_bandwidth)
-            loss = ce + t.mmd_lambda * discrepancy
-        else:
-            _, logits = model(x)
-            loss = F.cross_entropy(logits, y, weight=shard.weight)
-            discrepancy = torch.zeros(())
+        x, y = _batch(run, shard.y10[idx]), torch.from_numpy(shard.labels[idx]).to(run.device)
+        # The Y1 pool is at least as large as the Y10 shard, so it has a batch for every step.
+        x1 = _batch(run, shard.y1[y1_batches[step % len(y1_batches)]]) if mmd else None
+        loss, discrepancy = losses(run, x, y, x1)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"{variant} seed {seed}: loss is {float(loss)} at epoch {epoch} step {step}")
-        optimizer.zero_grad()
-        loss.backward()
-        set_lr(optimizer, learning_rate(t, epoch, step, len(y10_batches)))
-        optimizer.step()
+            raise FloatingPointError(f"{run.name}: loss is {float(loss)} at epoch {epoch} step {step}")
+        run.optimizer.zero_grad()
+        run.scaler.scale(loss).backward()
+        set_lr(run.optimizer, learning_rate(t, epoch, step, len(y10_batches)))
+        backend.step(run.optimizer, run.scaler)
         sums += (float(loss.detach()) * len(idx), float(discrepancy.detach()) * len(idx), len(idx))
         bar.update(1)
     bar.close()
     seconds = time.perf_counter() - t0
     totals = backend.allreduce_sum(sums)
-    state["step"] = 0
+    run.progress.step = 0
     return {"train_loss": totals[0] / totals[2], "train_mmd": totals[1] / totals[2], "train_seconds": seconds,
             "images": int(totals[2])}
 
 
-def end_epoch(cfg: Config, backend, variant: str, seed: int, model, shard: Shard, state: dict, stats: dict,
-              out: Path, device) -> None:
+def end_epoch(run: TrainRun, stats: dict) -> None:
     """Validate, record the epoch, keep the best weights (``best.pt``), and decide whether training is
     finished (early stopping after ``train.patience`` epochs without a better validation loss)."""
-    t, epoch = cfg.train, state["epoch"]
-    v_loss, v_norm, v_conf = _evaluate(backend.evaluating(model), shard.val_y10, shard.val_labels, shard.stretch,
-                                       device, t.eval_batch_size, shard.weight)
+    t, backend, shard, p = run.cfg.train, run.backend, run.shard, run.progress
+    epoch = p.epoch
+    v_loss, v_norm, v_conf = _evaluate(backend.evaluating(run.model), shard.val_y10, shard.val_labels, shard.stretch,
+                                       run.device, t.eval_batch_size, shard.weight)
     v = backend.allreduce_sum([v_loss, v_norm, *v_conf.ravel()])
     val_loss, val_acc = v[0] / max(v[1], 1e-12), np.trace(v[2:].reshape(3, 3)) / max(v[2:].sum(), 1)
-    state["history"].append({"epoch": epoch + 1, "train_loss": stats["train_loss"], "train_mmd": stats["train_mmd"],
-                             "val_loss": val_loss, "val_accuracy": val_acc, "train_seconds": stats["train_seconds"],
-                             "images": stats["images"]})
-    log.info("%s seed %d epoch %d: train loss %.4f, val loss %.4f, val acc %.3f", variant, seed, epoch + 1,
+    p.history.append({"epoch": epoch + 1, "train_loss": stats["train_loss"], "train_mmd": stats["train_mmd"],
+                      "val_loss": val_loss, "val_accuracy": val_acc, "train_seconds": stats["train_seconds"],
+                      "images": stats["images"]})
+    log.info("%s epoch %d: train loss %.4f, val loss %.4f, val acc %.3f", run.name, epoch + 1,
              stats["train_loss"], val_loss, val_acc)
-    if val_loss < state["best_loss"]:
-        state.update(best_loss=val_loss, best_epoch=epoch + 1, bad_epochs=0)
+    if val_loss < p.best_loss:
+        p.best_loss, p.best_epoch, p.bad_epochs = val_loss, epoch + 1, 0
         if backend.rank == 0:
-            out.mkdir(parents=True, exist_ok=True)
-            _atomic_torch_save(_unwrap(model).state_dict(), out / "best.pt")
+            run.out.mkdir(parents=True, exist_ok=True)
+            _atomic_torch_save(_unwrap(run.model).state_dict(), run.out / "best.pt")
     else:
-        state["bad_epochs"] += 1
-    state["epoch"] = epoch + 1
-    if state["bad_epochs"] >= t.patience:
-        log.info("%s seed %d: early stop after epoch %d (best epoch %d)", variant, seed, epoch + 1, state["best_epoch"])
-    state["finished"] = state["bad_epochs"] >= t.patience or state["epoch"] >= t.epochs
+        p.bad_epochs += 1
+    p.epoch = epoch + 1
+    if p.bad_epochs >= t.patience:
+        log.info("%s: early stop after epoch %d (best epoch %d)", run.name, epoch + 1, p.best_epoch)
+    p.finished = p.bad_epochs >= t.patience or p.epoch >= t.epochs
 
 
-def test(cfg: Config, backend, variant: str, seed: int, model, shard: Shard, state: dict, device) -> dict:
-    """Load the best weights and evaluate them on the Y10 and Y1 test sets (Table 1's numbers)."""
+def test(run: TrainRun) -> dict:
+    """Load the best weights and evaluate them, in float32, on the Y10 and Y1 test sets (Table 1's numbers)."""
+    backend, p = run.backend, run.progress
     # Data parallelism must leave every rank with the same weights: check rather than trust.
-    mine_fp = _fingerprint(_unwrap(model))
+    mine_fp = _fingerprint(_unwrap(run.model))
     identical = backend.allreduce_sum([mine_fp != backend.broadcast_object(mine_fp)])[0] == 0
     if not identical:
-        log.warning("%s seed %d: ranks ended training with different weights", variant, seed)
+        log.warning("%s: ranks ended training with different weights", run.name)
     backend.barrier()
-    best = torch.load(model_dir(cfg, variant, seed) / "best.pt", map_location=device, weights_only=True)
-    _unwrap(model).load_state_dict(best)
-    results = {"variant": variant, "seed": seed, "best_epoch": state["best_epoch"], "epochs_run": state["epoch"],
-               "best_val_loss": state["best_loss"], "train_images": shard.n_train, "ranks": backend.size,
-               "backend": backend.name, "weights_identical_across_ranks": bool(identical),
-               "train_images_per_s": _throughput(state["history"]), "weights_sha256": mine_fp}
-    with store.open_checked(galaxies_path(cfg), "generate") as f:
+    best = torch.load(run.out / "best.pt", map_location=run.device, weights_only=True)
+    _unwrap(run.model).load_state_dict(best)
+    results = {"variant": run.variant, "seed": run.seed, "best_epoch": p.best_epoch, "epochs_run": p.epoch,
+               "best_val_loss": p.best_loss, "train_images": run.shard.n_train, "ranks": backend.size,
+               "backend": backend.name, "precision": run.precision, "weights_identical_across_ranks": bool(identical),
+               "train_images_per_s": _throughput(p.history), "weights_sha256": mine_fp}
+    with store.open_checked(galaxies_path(run.cfg), "generate") as f:
         test_rows = data.split_rows(f)[TEST][backend.rank::backend.size]
         labels = f["label"][test_rows].astype(np.int64)
-        evaluated = backend.evaluating(model)
+        evaluated = backend.evaluating(run.model)
         for domain in ("y10", "y1"):
-            _, _, conf = _evaluate(evaluated, f[domain][test_rows], labels, shard.stretch, device,
-                                   cfg.train.eval_batch_size, shard.weight)
+            _, _, conf = _evaluate(evaluated, f[domain][test_rows], labels, run.shard.stretch, run.device,
+                                   run.cfg.train.eval_batch_size, run.shard.weight)
             conf = backend.allreduce_sum(conf.ravel()).reshape(3, 3).astype(np.int64)
             results[domain] = metrics.from_confusion(conf)
     return results
