@@ -9,6 +9,7 @@ figure         loop                                                       unit
 =============  ========================================================  ======================
 generate       ``source.draw(i)`` then Gini-M20 of the label band          galaxies/s
 train_regular  forward, cross-entropy, backward, Adam, at the rank's batch  images/s
+               (in ``train.precision`` as the stage resolves it: recorded)
 train_mmd      the same on Y10 and Y1 batches together plus the MMD term    labelled images/s
 infer          eval-mode forward at ``train.eval_batch_size``               images/s
 embed          the same at ``analyze.batch_size`` (analyze's latents)       images/s
@@ -122,6 +123,7 @@ def train_rates(cfg: Config, device, ranks: int, seconds: float) -> dict:
     import torch
     import torch.nn.functional as F
 
+    from . import precision
     from .train.mmd import mmd2
     from .train.model import build_model
 
@@ -129,29 +131,33 @@ def train_rates(cfg: Config, device, ranks: int, seconds: float) -> dict:
     threads = _threads(t.threads)
     bands, size = len(cfg.generate.bands), cfg.generate.image_size
     batch = max(1, t.batch_size // ranks)
+    # The stage's arithmetic (train/stage.py: losses): passes under autocast, losses in float32.
+    arithmetic = precision.resolve(t.precision, device)
     out = {}
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     for variant in ("regular", "mmd"):
         model = build_model(0, dropout=t.dropout).to(device).train()
         opt = torch.optim.Adam(model.parameters(), lr=t.lr, betas=tuple(t.betas))
+        scaler = precision.grad_scaler(arithmetic, device)
         x, x1 = _images(batch, bands, size, device, 1), _images(batch, bands, size, device, 2)
         y = torch.arange(batch, device=device) % 3
 
         def step():
+            with precision.autocast(arithmetic, device):
+                latent, logits = model(torch.cat([x, x1]) if variant == "mmd" else x)
+            loss = F.cross_entropy(logits[:batch].float(), y)
             if variant == "mmd":
-                latent, logits = model(torch.cat([x, x1]))
-                loss = F.cross_entropy(logits[:batch], y) + t.mmd_lambda * mmd2(
-                    latent[:batch], latent[batch:], bandwidth=t.mmd_bandwidth)
-            else:
-                loss = F.cross_entropy(model(x)[1], y)
+                loss = loss + t.mmd_lambda * mmd2(latent[:batch].float(), latent[batch:].float(),
+                                                  bandwidth=t.mmd_bandwidth)
             opt.zero_grad()
-            loss.backward()
-            opt.step()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
 
         spent, reps = _timed(step, seconds, sync)
         out[f"train_{variant}"] = {"per_s": reps * batch / spent, "unit": "images/s" if variant == "regular"
                                    else "labelled images/s", "image_size": size, "batch": batch,
-                                   "threads": threads, "samples": reps}
+                                   "threads": threads, "samples": reps, "precision": arithmetic}
     model = build_model(0, dropout=t.dropout).to(device).eval()
     x = _images(t.eval_batch_size, bands, size, device, 3)
 

@@ -61,7 +61,8 @@ def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler:
     return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
 
-def channels_last(precision: str, device: torch.device) -> bool:
-    """Whether tensors should be laid out channels-last: where convolutions in ``precision`` run faster
-    so (oneDNN's bfloat16 and the tensor cores' reduced-precision kernels); float32 keeps the default."""
+def channels_last(precision: str) -> bool:
+    """Whether inference passes in ``precision`` (resolved) should take channels-last tensors: oneDNN's
+    bfloat16 and the tensor cores' reduced-precision convolutions run faster so; float32 keeps the
+    default. (Training stays contiguous: Horovod allreduces contiguous tensors only.)"""
     return precision != "fp32"

@@ -24,7 +24,10 @@ it ends (a run cut short keeps what it measured):
 5. ``attack_throughput``: candidates per second inside the DE loop (draws, mutation, building the
    candidate images, the forward passes) beside bare batched inference of batches of the same size,
    same model, same device, alternated twice (best of each); the ratio (aim >= 0.9);
-6. ``paper_budget``: the paper's attack (150 images x 2 targets, population 400, 80 generations,
+6. ``precision``: the model's training steps and inference passes per second in fp32, TF32, bf16
+   and fp16 (on the CPU: fp32 and bf16), each beside the device's matmul peak of that precision
+   (the roofline, hpcmorph/bench/roofline.py), and the speed-up of each over fp32;
+7. ``paper_budget``: the paper's attack (150 images x 2 targets, population 400, 80 generations,
    k = 1, both models, 100 x 100 px) by the stage's block function with a threshold no candidate
    reaches, so every attack spends its whole budget of 32,400 queries: an upper bound. Untrained
    models: speed does not depend on the weights. Run whole when a first measurement says it fits
@@ -369,6 +372,27 @@ def step_throughput(device, sizes: dict) -> dict:
             "model_share_of_attack_time": share[int(np.argmin(attack_s))], "aim_ratio": 0.9}
 
 
+def step_precision(device, sizes: dict) -> dict:
+    """Training steps and inference (the attack's forward passes) per second of the study's model in fp32,
+    TF32, bf16 and fp16 (CUDA; on the CPU fp32 and bf16), each with its achieved FLOP/s against the
+    device's matmul peak of that precision (hpcmorph.bench.roofline), and each speed-up over fp32."""
+    from hpcmorph.bench import roofline
+
+    names = ("fp32", "tf32", "bf16", "fp16") if device.type == "cuda" else ("fp32", "bf16")
+    size, batch = sizes["throughput_size"], sizes["batch"] * 4
+    out: dict = {"image_size": size, "train_batch": batch, "infer_batch": sizes["paper_forward_batch"] // 8}
+    for name in names:
+        out[name] = roofline.step_rates(name, device, size, batch, out["infer_batch"],
+                                        seconds=2.0 if device.type == "cuda" else 0.5)
+    for name in names[1:]:
+        for what in ("train", "infer"):
+            out[f"{what}_speedup_{name}"] = out[name][what]["images_per_s"] / out["fp32"][what]["images_per_s"]
+    for name in names:
+        for line in roofline.format_rows([out[name]["train"], out[name]["infer"]], f"{name}"):
+            print(line, flush=True)
+    return out
+
+
 def step_paper(device, sizes: dict, seconds_left: float) -> dict:
     import numpy as np
 
@@ -455,6 +479,7 @@ def main(argv=None) -> int:
         stage_cfg = cfg.updated({"attack.threshold": compared.get("threshold", cfg.attack.threshold)})
         report.step("stages", step_stages, stage_cfg, ctx, device)
     report.step("attack_throughput", step_throughput, device, sizes)
+    report.step("precision", step_precision, device, sizes)
     report.step("paper_budget", lambda: step_paper(device, sizes, report.left()))
     report.save()
     print(f"gpu-check: {'PASSED' if report.data['passed'] else 'FAILED'}; figures in {report.path}", flush=True)

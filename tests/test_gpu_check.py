@@ -33,7 +33,7 @@ def test_gpu_check_runs_end_to_end_on_the_cpu(tmp_path):
     assert report["mode"] == "cpu" and report["passed"] is True, report["checks"]
     steps = report["steps"]
     assert list(steps) == ["environment", "generate", "train", "attack_cuda_vs_cpu", "stages", "attack_throughput",
-                           "paper_budget"]
+                           "precision", "paper_budget"]
     assert all(s["ok"] and s["seconds"] > 0 for name, s in steps.items() if name != "environment"), steps
     assert set(report["checks"]) == {"train_regular_learns", "train_mmd_learns", "attack_prob_before_within_tolerance",
                                      "attack_same_flips", "attack_queries_within_tolerance",
@@ -46,6 +46,9 @@ def test_gpu_check_runs_end_to_end_on_the_cpu(tmp_path):
     assert throughput["attack_candidates_per_s"] > 0 and throughput["bare_images_per_s"] > 0
     assert throughput["ratio_attack_to_bare"] == pytest.approx(
         throughput["attack_candidates_per_s"] / throughput["bare_images_per_s"])
+    fp32 = steps["precision"]["fp32"]
+    assert fp32["train"]["images_per_s"] > 0 and fp32["infer"]["fraction"] > 0
+    assert fp32["flops_per_image"]["train"] > 2 * fp32["flops_per_image"]["infer"]
     paper = steps["paper_budget"]
     assert paper["queries_at_most"] == 2 * 150 * 2 * 400 * 81 and paper["budget_seconds"] > 0
     assert paper["how"].startswith("extrapolated")

@@ -44,7 +44,7 @@ def _run(tmp_path, arithmetic: str, variant: str = "mmd", size: int = 16, n: int
     labels = np.arange(n) % 3
     shard = stage.Shard(n, torch.ones(3), AsinhStretch.fit(y10), y10, labels, y1 if variant == "mmd" else None,
                         y10[:4], labels[:4])
-    model, optimizer = stage.build(cfg, variant, 0, CPU, arithmetic)
+    model, optimizer = stage.build(cfg, variant, 0, CPU)
     scaler = precision.grad_scaler(arithmetic, CPU)
     return stage.TrainRun(cfg, distributed.Single(), variant, 0, tmp_path / "m", CPU, arithmetic, shard, model,
                           optimizer, scaler, stage.Progress())
@@ -82,7 +82,7 @@ def test_a_checkpoint_is_resumed_only_in_the_precision_it_was_trained_in(tmp_pat
     # train.precision=auto was fp32 where the checkpoint was written, bf16 where it is resumed.
     run = _run(tmp_path, "fp32", configured="auto")
     run.save()
-    model, optimizer = stage.build(run.cfg, "mmd", 0, CPU, "bf16")
+    model, optimizer = stage.build(run.cfg, "mmd", 0, CPU)
     with pytest.raises(StageError, match=r"trained in fp32 and train.precision=auto is bf16 here: set "
                                          r"train.precision=fp32"):
         stage.resume(run.cfg, run.out, model, optimizer, precision.grad_scaler("bf16", CPU), "bf16", False, "mmd")

@@ -289,3 +289,24 @@ def test_cosine_schedule_falls_from_the_peak_to_zero_and_constant_stays():
     assert learning_rate(t, 2, 0, 5) == pytest.approx(0.0005)  # half way
     flat = config.load("tiny", ["train.epochs=4", "train.lr=0.001"]).train
     assert {learning_rate(flat, e, s, 5) for e in range(4) for s in range(5)} == {0.001}
+
+
+@pytest.mark.parametrize("seed", [0, 7])
+def test_the_trunk_is_torchvisions_resnet18_weight_for_weight(seed):
+    torchvision = pytest.importorskip("torchvision")
+    from hpcmorph.train.resnet import ResNet18Trunk
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        ours = ResNet18Trunk()
+        torch.manual_seed(seed)
+        theirs = torchvision.models.resnet18(weights=None)
+    mine = ours.state_dict()
+    reference = {k: v for k, v in theirs.state_dict().items() if not k.startswith("fc.")}
+    assert list(mine) == list(reference)
+    assert all(torch.equal(mine[k], reference[k]) for k in mine)
+    x = torch.randn(2, 3, 40, 40)
+    ours.eval(), theirs.eval()
+    with torch.no_grad():
+        trunk = torch.nn.Sequential(*list(theirs.children())[:-2])
+        assert torch.equal(ours(x), trunk(x))

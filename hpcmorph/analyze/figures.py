@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import plots
-from ..generate.morphology import CLASS_NAMES
+from ..generate.classes import CLASS_NAMES
 
 # Markers of the triplet, as the paper: Y10 x, Y1 star, attacked triangle.
 MARK = {"y10": ("x", "Y10"), "y1": ("*", "Y1"), "attacked": ("^", "attacked")}

@@ -18,7 +18,6 @@ from ..attack.stage import digest as attack_digest
 from ..attack.stage import output_path as attack_path
 from ..config import Config
 from ..errors import StageError
-from ..generate import output_path as galaxies_path
 from ..generate.dataset import TEST
 from ..generate.survey import bands as survey_bands
 from ..layout import RunLayout
@@ -120,7 +119,7 @@ class TestSet:
 def read_test_set(cfg: Config, attacks: dict, attack_file: Path) -> TestSet:
     """The labelled Y10 test split of galaxies.h5; checks ``analyze.triplet`` against the attacked images."""
     a = cfg.analyze
-    with store.open_checked(galaxies_path(cfg), "generate") as f:
+    with store.open_checked(RunLayout.of(cfg).galaxies, "generate") as f:
         split, label = f["split"][...], f["label"][...]
         rows = np.flatnonzero((split == TEST) & (label >= 0))
         bands = survey_bands(str(f.attrs["bands"]).split(","))

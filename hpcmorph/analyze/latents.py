@@ -18,7 +18,7 @@ import torch
 from .. import store
 from ..attack.stage import columns as attack_layout
 from ..config import Config
-from ..generate import output_path as galaxies_path
+from ..layout import RunLayout
 from ..mpi import Context
 from . import exposure
 from .inputs import ATTACK_SCALARS
@@ -113,7 +113,7 @@ def compute_latents(cfg: Config, ctx: Context, models: dict, device, test: np.nd
         att_variant = fa["variant"][...]
     att_chunks = chunks(len(att_variant), a.batch_size)
 
-    with h5py.File(galaxies_path(cfg), "r") as f, h5py.File(attack_file, "r") as fa:
+    with h5py.File(RunLayout.of(cfg).galaxies, "r") as f, h5py.File(attack_file, "r") as fa:
         def test_chunk(c: int) -> dict[str, np.ndarray]:
             lo, hi = test_chunks[c]
             rows = test[lo:hi]  # increasing: what h5py's fancy reads need

@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 
 from ..config import Config
-from ..generate.morphology import CLASS_NAMES
+from ..generate.classes import CLASS_NAMES
 from ..attack.stage import range_name
 from ..mpi import log
 from . import church, claims, distances, exposure, isomap

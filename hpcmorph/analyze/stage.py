@@ -34,7 +34,7 @@ from ..attack.stage import config_for_k, model_seed, seed_configs
 from ..attack.stage import digest as attack_digest
 from ..config import Config
 from ..errors import StageError
-from ..generate.morphology import CLASS_NAMES
+from ..generate.classes import CLASS_NAMES
 from ..layout import RunLayout
 from ..lock import locked
 from ..mpi import Context, device_for, log

@@ -52,6 +52,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from ..train import resnet
 from . import goal, local
 from .corners import Box, scan as scan_order
 from .pixels import PixelObjective, apply
@@ -183,14 +184,13 @@ def screen_of(model: torch.nn.Module, precision: str):
 
 
 def fold_batch_norms(model: torch.nn.Module) -> torch.nn.Module:
-    """``model`` (in eval mode) with each batch norm of a torchvision ResNet trunk (``features``: the stem
+    """``model`` (in eval mode) with each batch norm of a ResNet trunk (``features``: the stem
     and the basic blocks of layer1-4) folded into the convolution before it, in place; any other model
     as it is. In eval mode a batch norm is an affine map per channel, so the folded model computes the
     same function in one pass less per convolution (about 10-20 % of a bfloat16 screen's time on a
     CPU); in float32 the logits agree to rounding, in bfloat16 to the screen's own error, which the
     certifier measures on every image."""
     from torch.nn.utils.fusion import fuse_conv_bn_eval
-    from torchvision.models.resnet import BasicBlock
 
     f = getattr(model, "features", None)
     if f is None or not isinstance(getattr(f, "bn1", None), torch.nn.BatchNorm2d):
@@ -198,7 +198,7 @@ def fold_batch_norms(model: torch.nn.Module) -> torch.nn.Module:
     f.conv1, f.bn1 = fuse_conv_bn_eval(f.conv1, f.bn1), torch.nn.Identity()
     for name in ("layer1", "layer2", "layer3", "layer4"):
         for block in getattr(f, name, ()):
-            if not isinstance(block, BasicBlock):
+            if not isinstance(block, resnet.BasicBlock):
                 continue
             block.conv1, block.bn1 = fuse_conv_bn_eval(block.conv1, block.bn1), torch.nn.Identity()
             block.conv2, block.bn2 = fuse_conv_bn_eval(block.conv2, block.bn2), torch.nn.Identity()

@@ -17,7 +17,7 @@ import h5py
 import numpy as np
 
 from .. import plots
-from ..generate.morphology import CLASS_NAMES
+from ..generate.classes import CLASS_NAMES
 from ..mpi import log
 
 

@@ -33,9 +33,8 @@ import torch
 
 from .. import store
 from ..config import Config
-from ..generate import output_path as galaxies_path
 from ..generate.dataset import TEST
-from ..generate.morphology import CLASS_NAMES
+from ..generate.classes import CLASS_NAMES
 from ..layout import RunLayout
 from ..lock import locked
 from ..mpi import Context, device_for, log
@@ -214,7 +213,7 @@ def choose_images(cfg: Config, ctx: Context, models: dict, device) -> dict:
     images, so the choice does not depend on the number of ranks.
     """
     a = cfg.attack
-    with store.open_checked(galaxies_path(cfg), "generate") as f:
+    with store.open_checked(RunLayout.of(cfg).galaxies, "generate") as f:
         split, label = f["split"][...], f["label"][...]
         test = np.flatnonzero((split == TEST) & (label >= 0))
         order = test[np.random.default_rng([cfg.run.seed, SELECT_STREAM]).permutation(len(test))]
@@ -429,7 +428,7 @@ def make(cfg: Config, ctx: Context, out: Path, key: str) -> None:
         lo, hi = data_range(stretch)
         log.info("attack: %s model: normalised pixels span [%.3f, %.3f]; candidates take values in %s",
                  v, min(lo), max(hi), pixel_range(a, stretch))
-    with store.open_checked(galaxies_path(cfg), "generate") as f:
+    with store.open_checked(RunLayout.of(cfg).galaxies, "generate") as f:
         n_bands, size = f["y10"].shape[1], f["y10"].shape[-1]
     box = Box.of(a.pixels, n_bands, size, size, (0.0, 1.0))  # for the budget: the values do not matter
     blocks = store.Blocks(out.with_name(f"{out.name}.parts-{key}"))
@@ -508,7 +507,7 @@ def attack_blocks(cfg: Config, ctx: Context, models: dict, variants: list[str], 
     log.info("attack: %d blocks of up to %d images, %d already on disk, device %s", len(plan), per, n_done, device)
     t0 = time.perf_counter()
     queries, forward_s = 0, 0.0
-    with h5py.File(galaxies_path(cfg), "r") as f, \
+    with h5py.File(RunLayout.of(cfg).galaxies, "r") as f, \
             ctx.progress(total=len(mine), desc="attack (rank 0 share)", unit="block", enabled=cfg.run.progress) as bar:
         for b in mine:
             v, lo, hi = plan[b]

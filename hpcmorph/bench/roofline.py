@@ -99,3 +99,65 @@ def tf32(on: bool, device: torch.device):
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def step_rates(name: str, device: torch.device, image_size: int, train_batch: int, infer_batch: int,
+               seconds: float = 2.0) -> dict:
+    """One GalaxyNet's training steps and inference passes per second in precision ``name`` (fp32, tf32,
+    bf16, fp16) on ``device`` as the stages run them (autocast, float32 losses, a loss scaler for fp16;
+    inference channels-last where :func:`hpcmorph.precision.channels_last`), each beside its roofline.
+    Random images: the speed does not depend on the data."""
+    import torch.nn.functional as F
+
+    from ..train.model import build_model
+
+    arithmetic = "fp32" if name == "tf32" else name
+    model = build_model(0).to(device)
+    flops_train = flops_per_image(model, image_size, training=True)
+    flops_infer = flops_per_image(model, image_size, training=False)
+    x = torch.randn(train_batch, 3, image_size, image_size, device=device)
+    y = torch.arange(train_batch, device=device) % 3
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    scaler = precision.grad_scaler(arithmetic, device)
+
+    def train_step():
+        with precision.autocast(arithmetic, device):
+            _, logits = model(x)
+        loss = F.cross_entropy(logits.float(), y)
+        opt.zero_grad()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+
+    frozen = build_model(0).to(device).eval()
+    xi = torch.randn(infer_batch, 3, image_size, image_size, device=device)
+    if precision.channels_last(arithmetic):
+        frozen, xi = frozen.to(memory_format=torch.channels_last), xi.contiguous(memory_format=torch.channels_last)
+
+    def infer():
+        with torch.no_grad(), precision.autocast(arithmetic, device):
+            frozen(xi)
+
+    with tf32(name == "tf32", device):
+        model.train()
+        train_s = _per_call(train_step, seconds, device)
+        infer_s = _per_call(infer, seconds, device)
+        peak = peak_flops(name, device, seconds=seconds / 2)
+    return {"train": row(f"{name} train", train_batch / train_s, flops_train, peak),
+            "infer": row(f"{name} inference", infer_batch / infer_s, flops_infer, peak),
+            "flops_per_image": {"train": flops_train, "infer": flops_infer}}
+
+
+def _per_call(fn, seconds: float, device: torch.device) -> float:
+    """Seconds per call of ``fn``: two warm-up calls, then as many as fit in ``seconds`` (at least 3)."""
+    fn()
+    fn()
+    _sync(device)
+    t0, calls = time.perf_counter(), 0
+    while calls < 3 or time.perf_counter() - t0 < seconds:
+        fn()
+        calls += 1
+        if calls % 4 == 0:
+            _sync(device)
+    _sync(device)
+    return (time.perf_counter() - t0) / calls

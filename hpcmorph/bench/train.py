@@ -25,7 +25,7 @@ def _settings(root: Path, n: int, extra=()) -> list[str]:
 
 def bare_train(cfg, steps: int, arithmetic: str = "fp32") -> float:
     """Images per second of a plain Adam loop on the stage's model, batch and (normalised) data, its passes
-    in ``arithmetic`` (resolved; autocast, channels-last and a loss scaler as the stage uses them)."""
+    in ``arithmetic`` (resolved; autocast and a loss scaler as the stage uses them)."""
     import h5py
     import numpy as np
     import torch
@@ -43,8 +43,6 @@ def bare_train(cfg, steps: int, arithmetic: str = "fp32") -> float:
         y = torch.from_numpy(f["label"][rows].astype(np.int64))
     cpu = torch.device("cpu")
     model = build_model(0, dropout=cfg.train.dropout)
-    if precision.channels_last(arithmetic, cpu):
-        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
     scaler = precision.grad_scaler(arithmetic, cpu)
     model.train()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .morphology import MERGER
+from .classes import MERGER
 
 # Augmentations, as the paper: up/down flip and rotations by 90 and 180 degrees (0 = the original).
 AUGMENTATIONS = ("none", "flip_ud", "rot90", "rot180")

@@ -72,6 +72,8 @@ import numpy as np
 import scipy.ndimage as ndi
 import scipy.optimize as opt
 
+from .classes import CLASS_NAMES, ELLIPTICAL, MERGER, SPIRAL, UNCLASSIFIED
+
 __all__ = [
     "SPIRAL",
     "ELLIPTICAL",
@@ -86,10 +88,6 @@ __all__ = [
     "merger_statistic",
     "lotz_class",
 ]
-
-SPIRAL, ELLIPTICAL, MERGER = 0, 1, 2
-CLASS_NAMES = ("spiral", "elliptical", "merger")
-UNCLASSIFIED = -1  # lotz_class of a non-finite (degenerate) measurement
 
 FLAG_OK = 0
 FLAG_DEGENERATE = 1

@@ -7,13 +7,15 @@ matrix, which gives exactly what scikit-learn gives on the gathered predictions.
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
 METRICS = ("accuracy", "precision", "recall", "f1")
 
 
 def from_confusion(confusion: np.ndarray) -> dict:
     """Metrics of a confusion matrix (rows true class, columns predicted)."""
+    # Imported here: the stages that import this package for its digest never compute metrics.
+    from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+
     confusion = np.asarray(confusion, dtype=np.int64)
     true, pred = np.nonzero(confusion)
     counts = confusion[true, pred]

@@ -1,6 +1,7 @@
 """The classifier: a ResNet18 trunk, a 256-d linear bottleneck (the latent space) and a linear head.
 
-As the paper and the authors' released code: torchvision's resnet18 without pretrained weights,
+As the paper and the authors' released code: torchvision's resnet18 without pretrained weights
+(here :mod:`.resnet`, the same trunk and initialisation written out),
 Dropout on the last feature map, global average pooling, Linear(512, 256) with no activation and
 Linear(256, 3). torchvision's stem is kept (7x7 stride-2 conv, stride-2 max pool), so a 100x100
 image reaches layer4 as a 512 x 4 x 4 feature map (100 -> 50 -> 25 -> 25 -> 13 -> 7 -> 4).
@@ -15,7 +16,8 @@ from collections import OrderedDict
 
 import torch
 from torch import nn
-from torchvision.models import resnet18
+
+from .resnet import ResNet18Trunk
 
 TRUNK_FEATURES = 512  # channels of resnet18's layer4
 
@@ -37,7 +39,7 @@ class GalaxyNet(nn.Module):
             raise ValueError(f"GalaxyNet: dropout must be in [0, 1), got {dropout!r}")
         self.in_channels, self.latent_dim, self.n_classes = in_channels, latent_dim, n_classes
 
-        trunk = resnet18(weights=None)
+        trunk = ResNet18Trunk()
         if in_channels != 3:
             trunk.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
             # The same initialisation torchvision gives the convolution it replaces.
