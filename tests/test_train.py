@@ -3,6 +3,7 @@
 import json
 import signal
 import subprocess
+import sys
 import time
 
 import h5py
@@ -11,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import TINY_TRAIN, cli, command, env, workdir
+from helpers import TINY_TRAIN, cli, command, env, mpirun, sets, workdir
+from hpcmorph import precision
 from hpcmorph.train import data
 
 TRAIN = TINY_TRAIN
@@ -72,6 +74,68 @@ def test_horovod_and_ddp_give_the_same_weights_on_every_rank(tmp_path, galaxies)
         assert m["backend"] == backend and m["ranks"] == 2 and m["weights_identical_across_ranks"] is True
         fingerprints.append(m["weights_sha256"])
     assert fingerprints[0] == fingerprints[1]
+
+
+@pytest.mark.slow
+@pytest.mark.mpi
+@pytest.mark.parametrize("backend, compression", [("horovod", "fp16"), ("ddp", "bf16")])
+def test_auto_precision_and_compressed_gradients_keep_every_rank_alike(backend, compression, tmp_path, galaxies):
+    """train.precision=auto (bf16 where the CPU has it, else fp32: emulated 16-bit convolutions are far
+    slower than float32) with 16-bit gradients on the wire: the ranks end with the same float32 weights,
+    and the outputs say which precision ran."""
+    if backend == "horovod":
+        pytest.importorskip("horovod.torch")
+    cwd = _workdir(tmp_path, galaxies, backend)
+    cli(["train", *TRAIN, *sets(["train.variants=[mmd]", "train.epochs=1", f"train.backend={backend}",
+                                 "train.precision=auto", f"train.compression={compression}"])], cwd, ranks=2)
+    out = cwd / "runs" / "tiny" / "mmd" / "seed0"
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["precision"] == precision.resolve("auto", torch.device("cpu"))
+    assert m["ranks"] == 2 and m["weights_identical_across_ranks"] is True
+    weights = torch.load(out / "model.pt", weights_only=False)["model"]
+    assert all(w.dtype in (torch.float32, torch.int64) and torch.isfinite(w.float()).all() for w in weights.values())
+
+
+# fp16 with its loss scaler under Horovod, on a model small enough for the CPU's emulated float16: the
+# gradients one rank overflows at step 1 reach every rank through the average, and every rank skips it.
+HOROVOD_FP16 = """
+import torch
+from hpcmorph import precision
+from hpcmorph.train import distributed
+cpu = torch.device("cpu")
+b = distributed.Horovod()
+torch.manual_seed(0)
+model = torch.nn.Linear(4, 3)
+model, opt = b.wrap(model, torch.optim.SGD(model.parameters(), lr=0.1), "fp16")
+# Loss scaling as precision.grad_scaler's, from a scale at which these gradients fit float16 (the
+# default, 65536, overflows them at first: the scaler's own calibration, every rank alike).
+scaler = torch.amp.GradScaler("cpu", init_scale=16.0)
+assert precision.grad_scaler("fp16", cpu).is_enabled()
+x = torch.randn(8, 4) + b.rank
+for step in range(3):
+    with precision.autocast("fp16", cpu):
+        out = model(x)
+    loss = out.float().pow(2).mean() * (float("inf") if step == 1 and b.rank == 1 else 1.0)
+    opt.zero_grad()
+    scaler.scale(loss).backward()
+    before = [p.detach().clone() for p in model.parameters()]
+    b.step(opt, scaler)
+    print("step", step, "moved", any(not torch.equal(a, p) for a, p in zip(before, model.parameters())))
+w = torch.cat([p.detach().flatten() for p in model.parameters()])
+print("same on every rank", bool(torch.equal(w, torch.tensor(b.broadcast_object(w.tolist())))))
+b.shutdown()
+"""
+
+
+@pytest.mark.mpi
+def test_fp16_loss_scaling_under_horovod_skips_an_overflowed_step_on_every_rank(tmp_path):
+    pytest.importorskip("horovod.torch")
+    res = subprocess.run([mpirun(), "-n", "2", sys.executable, "-c", HOROVOD_FP16], cwd=tmp_path, env=env(),
+                         capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0, res.stderr[-3000:]
+    lines = res.stdout.splitlines()
+    assert sorted(lines) == sorted(["step 0 moved True", "step 1 moved False", "step 2 moved True",
+                                    "same on every rank True"] * 2), res.stdout
 
 
 @pytest.mark.slow
