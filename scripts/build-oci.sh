@@ -45,16 +45,18 @@ bash "$here/build-image.sh" "$def" "$work/rootfs.tar"
 # The image's configuration from what the def wrote into the root: %environment (Apptainer's
 # PATH and variables; docker sources no scripts), %labels, and what every container of the image
 # needs: Open MPI's consent to run as root (Docker's default user) and a bind target for outputs.
-changes=(--change "ENV=PATH=/opt/hpcmorph/.venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-         --change "ENV=OMP_NUM_THREADS=1" --change "ENV=OMPI_ALLOW_RUN_AS_ROOT=1"
-         --change "ENV=OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1" --change "ENV=LANG=C.UTF-8"
-         --change "WORKDIR=/mnt/out" --change 'CMD=["hpcmorph", "--help"]')
+# (Dockerfile syntax, one instruction per --change.)
+changes=(--change "ENV PATH=/opt/hpcmorph/.venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+         --change "ENV OMP_NUM_THREADS=1" --change "ENV OMPI_ALLOW_RUN_AS_ROOT=1"
+         --change "ENV OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1" --change "ENV LANG=C.UTF-8"
+         --change "WORKDIR /mnt/out" --change 'CMD ["hpcmorph", "--help"]')
+# Label values hold spaces and parentheses: quoted as JSON strings, which LABEL reads.
 while IFS= read -r label; do
-    changes+=(--change "LABEL=$label")
+    changes+=(--change "LABEL $label")
 done < <(tar -xOf "$work/rootfs.tar" ./.singularity.d/labels.json \
-         | python3 -c 'import json, sys; [print(f"{k}={v}") for k, v in json.load(sys.stdin).items()]')
+         | python3 -c 'import json, sys; [print(f"{k}={json.dumps(v)}") for k, v in json.load(sys.stdin).items()]')
 commit=$(git -c safe.directory='*' rev-parse --short HEAD 2>/dev/null || echo unknown)
-changes+=(--change "LABEL=org.opencontainers.image.revision=$commit")
+changes+=(--change "LABEL org.opencontainers.image.revision=\"$commit\"")
 
 say "podman import ($(du -h "$work/rootfs.tar" | cut -f1) root file system)"
 t1=$SECONDS
