@@ -283,15 +283,15 @@ pypi_cuda_toolkit() {
         || { log "no nvidia/cuNN folder in $site (torch's CUDA wheels lay out nvidia/cu13/)"; return 1; }
     ver=$("$PY" -c 'import importlib.metadata as m; print(m.version("cuda-toolkit"))' 2>/dev/null) \
         || { log "the cuda-toolkit package is not in $PY's venv: cannot tell which nvcc matches"; return 1; }
-    log "fetching nvcc from PyPI: cuda-toolkit[nvcc]==$ver"
-    "$PY" -m pip install --quiet --target "$BUILD_DIR/cuda-wheels" "cuda-toolkit[nvcc]==$ver" >&2 || return 1
+    log "fetching nvcc from PyPI: cuda-toolkit[nvcc,cccl]==$ver"
+    "$PY" -m pip install --quiet --target "$BUILD_DIR/cuda-wheels" "cuda-toolkit[nvcc,cccl]==$ver" >&2 || return 1
     root=$BUILD_DIR/cuda
     mkdir -p "$root"
     # The wheels' files as they are, then links to the venv's for the rest (cp -n: never
     # writes through a link into the venv).
     cp -a "$BUILD_DIR/cuda-wheels/nvidia/$cu/." "$root/"
     cp -asn "$site/$cu/." "$root/"
-    [[ -x $root/bin/nvcc && -d $root/nvvm ]] || { log "cuda-toolkit[nvcc]==$ver brought no bin/nvcc and nvvm/"; return 1; }
+    [[ -x $root/bin/nvcc && -d $root/nvvm ]] || { log "cuda-toolkit[nvcc,cccl]==$ver brought no bin/nvcc and nvvm/"; return 1; }
     ln -sfn lib "$root/lib64"
     [[ -e $root/lib/libcudart.so ]] || ln -s "$(cd "$root/lib" && compgen -G 'libcudart.so.*' | head -n1)" "$root/lib/libcudart.so"
     echo "$root"
