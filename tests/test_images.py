@@ -99,8 +99,12 @@ def podman(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
 
 
 def test_oci_archive_loads_and_runs_the_tiny_chain_as_outside(oci_archive, tmp_path):
-    # The archive, not the image build left in this machine's storage: removed, then loaded.
-    podman("rmi", "--force", "--ignore", "localhost/hpcmorph-cpu:latest")
+    # The archive, not the image the build left in this machine's storage: every tag of it removed
+    # (a name alone is only untagged while another tag holds the image), then loaded.
+    ids = set(podman("images", "--quiet", "--filter", "reference=localhost/hpcmorph-cpu").stdout.split())
+    if ids:
+        podman("rmi", "--force", *ids)
+    assert subprocess.run(["podman", "image", "exists", "localhost/hpcmorph-cpu:latest"]).returncode == 1
     loaded = podman("load", "--input", str(oci_archive)).stdout
     assert "localhost/hpcmorph-cpu:latest" in loaded, loaded
     config = json.loads(podman("image", "inspect", "localhost/hpcmorph-cpu:latest").stdout)[0]["Config"]
