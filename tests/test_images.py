@@ -40,9 +40,12 @@ def gpu_image(checkout, tmp_path_factory):  # noqa: F811
 
 def test_gpu_image_passes_its_test_with_cuda_nccl_and_horovod_with_nccl(gpu_image):
     assert "build-image: %test passed" in gpu_image.log
-    # The %test's own line: torch's CUDA, the NCCL it loads, Horovod's build.
-    line = next(x for x in gpu_image.log.splitlines() if x.startswith("cuda "))
-    assert line.split()[1] == "13.0" and line.endswith("horovod nccl_built True"), line
+    # The %test's own line: torch's CUDA, the NCCL it loads, Horovod's build (nccl_built() answers
+    # the NCCL version it was built with: 23007 for 2.30.7).
+    line = next(x for x in gpu_image.log.splitlines() if x.startswith("cuda ")).split()
+    assert line[:2] == ["cuda", "13.0"] and line[4:6] == ["horovod", "nccl_built"], line
+    major, minor, _ = (int(v) for v in line[3].split("."))
+    assert int(line[6]) == major * 10000 + minor * 100 + int(line[3].split(".")[2]), line
     paths = listing(gpu_image)
     assert any(p.startswith(f"{VENV_SITE}/nvidia/nccl/lib/libnccl.so") for p in paths)
     assert any(p.startswith(f"{VENV_SITE}/horovod/torch/mpi_lib_v2") for p in paths)
