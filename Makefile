@@ -16,7 +16,7 @@ export OMPI_MCA_rmaps_base_oversubscribe ?= 1
 MPIRUN  := $(if $(wildcard $(VENV)/bin/mpiexec),$(VENV)/bin/mpiexec,$(shell command -v mpirun))
 LAUNCH  := $(if $(filter 1,$(RANKS)),,$(MPIRUN) -n $(RANKS))
 
-.PHONY: setup horovod chromium lint image image-mpich run test test-fast test-cpu-kinds test-cpu-kinds-quick test-container test-mpich test-multinode bench bench-generate bench-train bench-attack bench-analyze clean help
+.PHONY: setup horovod chromium lint image image-mpich image-gpu image-oci run test test-fast test-cpu-kinds test-cpu-kinds-quick test-container test-mpich test-multinode test-images bench bench-generate bench-train bench-attack bench-analyze clean help
 
 help:
 	@echo "make run    [CONFIG=laptop] [RANKS=1] [SET=\"k=v ...\"]  set up, then run the pipeline on the embedded default"
@@ -32,6 +32,9 @@ help:
 	@echo "make image  [IMAGE=hpcmorph-cpu.sqfs]  build the CPU container image from apptainer/hpcmorph-cpu.def (root)"
 	@echo "make image-mpich [IMAGE_MPICH=...]     build the MPICH-ABI image (the facilities' hybrid model) from apptainer/hpcmorph-mpich.def"
 	@echo "make test-mpich                        build it and run the tiny chain in it under the host's MPICH, its libmpi swapped in"
+	@echo "make image-gpu [IMAGE_GPU=...]         build the GPU image (CUDA and NCCL from PyPI, Horovod with NCCL) from apptainer/hpcmorph.def"
+	@echo "make image-oci [IMAGE_OCI=...]         build the CPU image as an OCI archive for docker/podman load (podman import)"
+	@echo "make test-images                       build the GPU and OCI images, check them (%test; the tiny chain under podman run)"
 
 setup:
 	@bash scripts/setup.sh
@@ -58,6 +61,18 @@ image:
 IMAGE_MPICH ?= hpcmorph-mpich.sqfs
 image-mpich:
 	bash scripts/build-image.sh apptainer/hpcmorph-mpich.def $(IMAGE_MPICH)
+
+# The GPU image (apptainer/hpcmorph.def): the CPU image's system and venv, whose torch brings CUDA and
+# NCCL as PyPI wheels, plus Horovod built with NCCL; built the same way, no GPU needed.
+IMAGE_GPU ?= hpcmorph-gpu.sqfs
+image-gpu:
+	bash scripts/build-image.sh apptainer/hpcmorph.def $(IMAGE_GPU)
+
+# The CPU image as an OCI archive (docker load / podman load; podman-hpc at NERSC): its root file
+# system imported with podman, no registry (scripts/build-oci.sh).
+IMAGE_OCI ?= hpcmorph-cpu-oci.tar
+image-oci:
+	bash scripts/build-oci.sh apptainer/hpcmorph-cpu.def $(IMAGE_OCI)
 
 # Every stage in order; stages already done for this config are skipped, so a rerun resumes.
 run: setup
@@ -87,7 +102,7 @@ XDIST ?= -n auto --dist loadgroup
 # `make test-mpich` runs them. So are the two-node tests (marker multinode, about 23 minutes):
 # `make test-multinode`.
 test: setup horovod chromium lint
-	$(PY) -m pytest -q -ra --durations=25 -m "not mpich and not multinode" $(XDIST)
+	$(PY) -m pytest -q -ra --durations=25 -m "not mpich and not multinode and not images" $(XDIST)
 	$(MAKE) --no-print-directory test-cpu-kinds-quick
 
 # The tests that compare numbers (batched against one at a time, ranks, resumes, weights), with
@@ -103,9 +118,9 @@ test-cpu-kinds: setup horovod
 
 # Marks (pyproject.toml): slow = end-to-end runs of the CLI, mpi = launches mpirun, slurm = a real Slurm,
 # container = builds the CPU image and runs it under ch-run, mpich = the MPICH image under the host's MPICH,
-# multinode = a two-node Slurm in namespaces.
+# multinode = a two-node Slurm in namespaces, images = builds the GPU and OCI images.
 test-fast: setup
-	$(PY) -m pytest -q -ra -m "not slow and not mpi and not slurm and not container and not mpich and not multinode"
+	$(PY) -m pytest -q -ra -m "not slow and not mpi and not slurm and not container and not mpich and not multinode and not images"
 
 # Only the container tests: the image built from the def (as root), then run under Charliecloud.
 test-container: setup
@@ -115,6 +130,12 @@ test-container: setup
 # MPICH starts the ranks, each in the image under ch-run with the host's libmpi in place of the image's.
 test-mpich: setup
 	$(PY) -m pytest -q -ra -m mpich
+
+# The GPU image and the OCI image built and checked (marker images, as root; each build takes
+# minutes: docs/hpc.md): the GPU image's %test on the CPU, the OCI archive loaded and the tiny
+# chain run in it under podman, equal to the run outside.
+test-images: setup
+	$(PY) -m pytest -q -ra --durations=0 -m images
 
 # Only the two-node tests (as root): the chain across a two-node Slurm (scripts/slurm-local.sh
 # --nodes 2) against the same ranks on one host, a node lost mid-attack and mid-train, a lock held

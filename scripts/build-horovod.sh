@@ -26,8 +26,20 @@
 # Flavour: "cpu" unless HOROVOD_GPU_OPERATIONS=NCCL is set in the environment.
 # We do not auto-detect GPUs: nodes here carry partial CUDA toolkits (an nvcc
 # but no GPU), so detection would guess wrong, and a wheel's flavour should be
-# an explicit choice.  The GPU branch ("cuda<ver>-nccl") is UNTESTED: no GPU
-# was available where this script was written.
+# an explicit choice.  The GPU branch ("cuda<ver>-nccl") compiles without a
+# GPU and without a CUDA installation: CUDA comes from PyPI (below); it has not
+# yet run on a GPU.
+#
+# CUDA for the GPU flavour: Horovod's NCCL ops need HAVE_CUDA, which compiles
+# one CUDA source (horovod/common/ops/cuda/cuda_kernels.cu) with nvcc.  torch's
+# CUDA wheels bring the runtime, its headers and NCCL, but no nvcc; PyPI's
+# cuda-toolkit[nvcc] extra (nvidia-cuda-nvcc, nvidia-nvvm, nvidia-cuda-crt, at
+# the CUDA release the venv's cuda-toolkit names) brings it.  Unless
+# HOROVOD_CUDA_HOME names a toolkit, those wheels go into the build folder
+# (about 250 MB, never into the venv) and a toolkit folder is assembled there:
+# them, plus links to the venv's nvidia/cu13 headers and libraries, plus the
+# lib64 link nvcc's link step looks for.  The CUDA runtime is linked
+# statically; NCCL dynamically, the libnccl.so.2 torch loads.
 #
 # Environment knobs (all optional):
 #   HOROVOD_GPU_OPERATIONS=NCCL  build the CUDA/NCCL flavour (see above)
@@ -261,6 +273,30 @@ endif()
 ' \
     'FindPytorch CPU-only switch'
 
+# pypi_cuda_toolkit: assemble a CUDA toolkit folder in $BUILD_DIR from PyPI's wheels and print
+# its path (see the top). The CUDA release is the one the venv's torch wheels brought.
+pypi_cuda_toolkit() {
+    local site cu ver root
+    site=$("$PY" -c 'import nvidia, os; print([p for p in nvidia.__path__ if os.path.isdir(p)][0])' 2>/dev/null) \
+        || { log "no nvidia/ folder in $PY's site-packages: torch is not a CUDA build from PyPI"; return 1; }
+    cu=$(cd "$site" && compgen -G 'cu[0-9]*' | head -n1) \
+        || { log "no nvidia/cuNN folder in $site (torch's CUDA wheels lay out nvidia/cu13/)"; return 1; }
+    ver=$("$PY" -c 'import importlib.metadata as m; print(m.version("cuda-toolkit"))' 2>/dev/null) \
+        || { log "the cuda-toolkit package is not in $PY's venv: cannot tell which nvcc matches"; return 1; }
+    log "fetching nvcc from PyPI: cuda-toolkit[nvcc,cccl]==$ver"
+    "$PY" -m pip install --quiet --target "$BUILD_DIR/cuda-wheels" "cuda-toolkit[nvcc,cccl]==$ver" >&2 || return 1
+    root=$BUILD_DIR/cuda
+    mkdir -p "$root"
+    # The wheels' files as they are, then links to the venv's for the rest (cp -n: never
+    # writes through a link into the venv).
+    cp -a "$BUILD_DIR/cuda-wheels/nvidia/$cu/." "$root/"
+    cp -asn "$site/$cu/." "$root/"
+    [[ -x $root/bin/nvcc && -d $root/nvvm ]] || { log "cuda-toolkit[nvcc,cccl]==$ver brought no bin/nvcc and nvvm/"; return 1; }
+    ln -sfn lib "$root/lib64"
+    [[ -e $root/lib/libcudart.so ]] || ln -s "$(cd "$root/lib" && compgen -G 'libcudart.so.*' | head -n1)" "$root/lib/libcudart.so"
+    echo "$root"
+}
+
 export HOROVOD_WITH_PYTORCH=1 HOROVOD_WITH_MPI=1 HOROVOD_WITH_GLOO=1
 export HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_MXNET=1
 # gloo's bundled CMakeLists asks for CMake 2.8.12; CMake >= 4 refuses that
@@ -275,8 +311,16 @@ export MAKEFLAGS="-j$JOBS"
 if [[ $FLAVOUR == cpu ]]; then
     export HOROVOD_TORCH_CPU_ONLY=1
 else
-    # UNTESTED GPU branch.  HOROVOD_GPU_OPERATIONS=NCCL (already exported) makes
-    # Horovod build its CUDA/NCCL ops.  If the caller named no NCCL, use the one
+    # HOROVOD_GPU_OPERATIONS=NCCL (already exported) makes Horovod build its
+    # CUDA/NCCL ops.  CUDA from PyPI unless the caller named a toolkit (see the top).
+    if [[ -z ${HOROVOD_CUDA_HOME:-} ]]; then
+        cuda_home=$(pypi_cuda_toolkit) || die "could not assemble CUDA from PyPI's wheels (log above); set HOROVOD_CUDA_HOME to a CUDA toolkit"
+        export HOROVOD_CUDA_HOME=$cuda_home
+    fi
+    # torch's build helpers (which Horovod's FindPytorch asks whether torch has CUDA) read CUDA_HOME.
+    export CUDA_HOME=$HOROVOD_CUDA_HOME CUDAToolkit_ROOT=$HOROVOD_CUDA_HOME
+    log "CUDA toolkit: $HOROVOD_CUDA_HOME ($("$HOROVOD_CUDA_HOME/bin/nvcc" --version | tail -n1))"
+    # If the caller named no NCCL, use the one
     # torch's pip wheels ship (nvidia-nccl-cu*): it has headers and only
     # libnccl.so.2, so give CMake's find_library(nccl) a libnccl.so to find and
     # link it dynamically (torch loads the same libnccl.so.2 at import time).

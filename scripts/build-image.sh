@@ -4,7 +4,8 @@
 # def's header, its %setup run on the host, %files copied, %post run in a chroot, %environment,
 # %runscript, %test, %labels and %help written where Apptainer puts them (/.singularity.d), %test
 # run in the chroot, and the result packed as a SquashFS image, which Charliecloud's ch-run runs as
-# it is. Every section is read from the def file itself.
+# it is, or as a tar of the root file system (IMAGE ending in .tar), which `podman import` makes an
+# OCI image of (scripts/build-oci.sh). Every section is read from the def file itself.
 #
 #   bash scripts/build-image.sh [DEF] [IMAGE]      (as root; `make image` builds the CPU image)
 #
@@ -37,7 +38,8 @@ def=${1:-apptainer/hpcmorph-cpu.def}
 [[ $# -le 2 ]] || usage_error "build-image.sh takes DEF and IMAGE, not more arguments"
 [[ -f "$def" ]] || usage_error "no definition file $def"
 image=${2:-$(basename "$def" .def).sqfs}
-[[ $image == *.sqfs ]] || usage_error "IMAGE must end in .sqfs (a SquashFS image), not '$image'"
+[[ $image == *.sqfs || $image == *.tar ]] \
+    || usage_error "IMAGE must end in .sqfs (a SquashFS image) or .tar (the root file system for podman import), not '$image'"
 [[ -d "$(dirname "$image")" ]] || usage_error "no directory $(dirname "$image") for $image"
 [[ $(id -u) -eq 0 ]] || usage_error "build-image.sh must run as root (debootstrap, chroot and mounts), as apptainer build does"
 # The whole build runs in a mount namespace of its own: every mount it makes (the tmpfs it builds
@@ -336,7 +338,12 @@ t0=$SECONDS
 # zstd at level 1: the 7.1 GB root file system (mostly torch's CUDA libraries) packed on 2 busy cores
 # in 27 s to 3.5 GB, against 754 s to 3.4 GB with mksquashfs's default gzip, 22 s to 4.1 GB with
 # lz4 (docs/hpc.md). squashfuse (ch-run) and the kernel read zstd.
-# shellcheck disable=SC2086  # the options are words
-mksquashfs "$rootfs" "$partial" -noappend -quiet -no-progress $squashfs_opts >/dev/null
+if [[ $image == *.tar ]]; then
+    # Numeric owners: the image's users are its own /etc/passwd's, not this host's.
+    tar -C "$rootfs" --numeric-owner --xattrs --xattrs-include='*' -cf "$partial" .
+else
+    # shellcheck disable=SC2086  # the options are words
+    mksquashfs "$rootfs" "$partial" -noappend -quiet -no-progress $squashfs_opts >/dev/null
+fi
 mv -f "$partial" "$image"
 say "image: $image ($(du -h "$image" | cut -f1)), packed in $(elapsed $t0) s"

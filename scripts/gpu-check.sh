@@ -7,6 +7,16 @@
 #   scripts/gpu-check.sh --cpu                                         # the same, CPU, small sizes (CI)
 #   scripts/gpu-check.sh --list-wheels     # every package beyond torch a bare machine may lack
 #   scripts/gpu-check.sh --missing         # those this machine's python lacks
+#   scripts/gpu-check.sh --image IMAGE [--cpu] [--out DIR] [--budget SECONDS]
+#                                          # the same checks inside a built image, then its
+#                                          # collectives (scripts/gpu_collectives.py)
+#
+# --image runs the image's own copy of this script with the image's venv (nothing to bring), under
+# the first runtime found: apptainer or singularity (`exec --nv`, a .sif or a .sqfs), else
+# Charliecloud's ch-run (a .sqfs from `make image-gpu`), which keeps the host's /dev and gets the
+# driver's libraries (the folder holding libcuda.so.1) bound at /mnt/driver. OUT is bound at
+# /mnt/out. The collectives: one rank's sum through torch.distributed (NCCL) and through Horovod
+# (NCCL when built with it), in OUT/collectives.json.
 #
 # Packages beyond torch travel as wheels: on a machine with network, for the GPU machine's Python
 # (e.g. 3.11) and platform,
@@ -25,10 +35,11 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(dirname "$here")
 py=${PYTHON:-python3}
-mode=gpu wheels= out=gpu-check-out budget=480 list=
+mode=gpu wheels= out=gpu-check-out budget=480 list= image=
 while (($#)); do
     case $1 in
         --cpu) mode=cpu ;;
+        --image) image=${2:?--image needs an image file}; shift ;;
         --wheels) wheels=${2:?--wheels needs a folder}; shift ;;
         --out) out=${2:?--out needs a folder}; shift ;;
         --budget) budget=${2:?--budget needs seconds}; shift ;;
@@ -95,6 +106,41 @@ if [[ $list == all ]]; then
 elif [[ $list == missing ]]; then
     missing
     exit 0
+fi
+
+if [[ -n $image ]]; then
+    [[ -f $image ]] || { echo "gpu-check: error: no image $image" >&2; exit 2; }
+    mkdir -p "$out"
+    out=$(cd "$out" && pwd)
+    inner=(--out /mnt/out --budget "$budget")
+    [[ $mode == cpu ]] && inner+=(--cpu)
+    # Inside: the image's own script and venv; the collectives run even when a check failed.
+    collect="--out /mnt/out"
+    [[ $mode == cpu ]] && collect+=" --cpu"
+    cmd='cd /mnt/out && s=0; PYTHON=/opt/hpcmorph/.venv/bin/python /opt/hpcmorph/scripts/gpu-check.sh "$@" || s=$?
+         /opt/hpcmorph/.venv/bin/python /opt/hpcmorph/scripts/gpu_collectives.py '"$collect"' || s=$((s ? s : $?)); exit $s'
+    if runtime=$(command -v apptainer || command -v singularity); then
+        nv=()
+        [[ $mode == gpu ]] && nv=(--nv)
+        echo "gpu-check: running in $image under $runtime" >&2
+        exec "$runtime" exec "${nv[@]}" -B "$out:/mnt/out" "$image" /bin/bash -c \
+            "$cmd" -- "${inner[@]}"
+    elif command -v ch-run >/dev/null; then
+        binds=(-b "$out:/mnt/out")
+        if [[ $mode == gpu ]]; then
+            driver=$(ldconfig -p 2>/dev/null | awk '/libcuda\.so\.1 .*x86-64/ { print $NF; exit }')
+            [[ -z $driver ]] && for d in /usr/local/nvidia/lib64 /usr/lib64 /usr/lib/x86_64-linux-gnu; do
+                [[ -e $d/libcuda.so.1 ]] && { driver=$d/libcuda.so.1; break; }; done
+            [[ -n $driver ]] || { echo "gpu-check: error: no libcuda.so.1 on this host (no NVIDIA driver?)" >&2; exit 2; }
+            binds+=(-b "$(dirname "$(readlink -f "$driver")"):/mnt/driver" --set-env=LD_LIBRARY_PATH=/mnt/driver)
+        fi
+        echo "gpu-check: running in $image under $(command -v ch-run)" >&2
+        # ch-run keeps the caller's environment: the checkout's PYTHONPATH must not reach the image.
+        exec env -u PYTHONPATH USER="${USER:-$(id -un)}" MPLCONFIGDIR=/tmp/hpcmorph-mpl ch-run "${binds[@]}" "$image" -- /bin/bash -c \
+            "$cmd" -- "${inner[@]}"
+    fi
+    echo "gpu-check: error: --image needs apptainer, singularity or Charliecloud's ch-run; none is on PATH" >&2
+    exit 2
 fi
 
 if ! "$py" -c "import torch" 2>/dev/null; then

@@ -139,7 +139,7 @@ def attack_images(*args):
 def environment(mode: str) -> dict:
     import torch
 
-    out = {"torch": torch.__version__, "cuda_available": torch.cuda.is_available(),
+    out = {"python": sys.executable, "torch": torch.__version__, "cuda_available": torch.cuda.is_available(),
            "cuda": torch.version.cuda, "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()}
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)

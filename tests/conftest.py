@@ -20,7 +20,7 @@ from helpers import (SLURM_LOCAL, THREADS, TINY_ANALYZE, TINY_ATTACK, TINY_GEN, 
 
 # Tests that share one expensive thing of a session (a Slurm cluster, the image) run in one xdist
 # worker (`pytest -n 2 --dist loadgroup`, make test): one cluster, one image build.
-GROUPS = ("slurm", "container", "multinode")
+GROUPS = ("slurm", "container", "multinode", "images")
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -186,7 +186,13 @@ def test_tiny_pipeline_in_the_image_under_mpirun_equals_the_same_run_outside(ima
     res = subprocess.run(cmd, capture_output=True, text=True, env=ch_env(), timeout=900)
     assert res.returncode == 0, f"{' '.join(cmd)} exited {res.returncode}\n{res.stdout[-3000:]}\n{res.stderr[-5000:]}"
 
-    a, b = outside / "runs" / "tiny", inside / "runs" / "tiny"
+    assert_same_run(outside / "runs" / "tiny", inside / "runs" / "tiny")
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    """The run folder ``b`` (made in a container) holds the files of ``a`` (made outside) with the same
+    contents: HDF5 datasets and weights exactly, JSON and CSV without the fields that say when, where
+    or how fast."""
     files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
     compared = {".h5": 0, ".pt": 0, ".json": 0, ".csv": 0}
@@ -195,7 +201,7 @@ def test_tiny_pipeline_in_the_image_under_mpirun_equals_the_same_run_outside(ima
             da, db = h5_contents(a / rel), h5_contents(b / rel)
             assert sorted(da) == sorted(db), rel
             for name in da:
-                np.testing.assert_array_equal(da[name], db[name], err_msg=f"{rel}:{name} differs inside the image")
+                np.testing.assert_array_equal(da[name], db[name], err_msg=f"{rel}:{name} differs inside the container")
         elif rel.suffix == ".pt":
             import torch
 
@@ -203,12 +209,12 @@ def test_tiny_pipeline_in_the_image_under_mpirun_equals_the_same_run_outside(ima
             wa, wb = wa.get("model", wa), wb.get("model", wb)   # model.pt holds more than the weights
             assert list(wa) == list(wb), rel
             for key in wa:
-                assert torch.equal(wa[key], wb[key]), f"{rel}: {key} differs inside the image"
+                assert torch.equal(wa[key], wb[key]), f"{rel}: {key} differs inside the container"
         elif rel.suffix == ".json":
             assert drop_provenance(json.loads((a / rel).read_text())) == \
-                drop_provenance(json.loads((b / rel).read_text())), f"{rel} differs inside the image"
+                drop_provenance(json.loads((b / rel).read_text())), f"{rel} differs inside the container"
         elif rel.suffix == ".csv":
-            assert csv_data(a / rel) == csv_data(b / rel), f"{rel} differs inside the image"
+            assert csv_data(a / rel) == csv_data(b / rel), f"{rel} differs inside the container"
         else:
             continue
         compared[rel.suffix] += 1
