@@ -32,9 +32,11 @@ SETTINGS = {
 
 
 def unused(method: str) -> tuple[str, ...]:
-    """The method settings of the other methods that ``method`` does not read."""
+    """The method settings of the other methods that ``method`` does not read (and ``precision`` for the
+    exhaustive search, which classifies in float32 whatever it says)."""
     own = set(SETTINGS[method])
-    return tuple(sorted({k for m in SETTINGS.values() for k in m} - own))
+    others = tuple(sorted({k for m in SETTINGS.values() for k in m} - own))
+    return others + (("precision",) if method == "exhaustive" else ())
 
 
 CERTIFY_SETTINGS = ("certify", "certify_precision", "certify_tolerance")

@@ -9,9 +9,10 @@ from float32's by up to ~0.3 nats, enough to turn a candidate near the goal eith
 - every candidate whose reduced-precision goal margin (:func:`.certify.goal_margin`) comes within
   ``CHECK_MARGIN`` nats of success is classified again by the model in float32, and the method sees
   the float32 answer for it: only float32 says that a candidate succeeded. The re-classification is
-  a query of the attack (or of each attack of the image whose goal the candidate came near, for the
-  exhaustive search, which scores an image's candidates for all its targets); ``checked`` counts
-  them per attack, ``rejected`` those the reduced precision called a success and float32 did not;
+  a query of the attack whose goal the candidate came near (of each such attack of the image, for the
+  exhaustive search, which scores an image's candidates for all its targets), up to and including
+  the attack's first success; ``checked`` counts them per attack, ``rejected`` those of them the
+  reduced precision called a success and float32 did not;
 - a candidate the reduced precision puts further than ``CHECK_MARGIN`` from its goal is a failure
   without a float32 pass: a search may so miss a candidate that float32 would call a success (the
   price of the speed; the margin makes it rare, docs/attack.md "Precision" measures it);
@@ -77,8 +78,9 @@ class CheckedObjective(PixelObjective):
     a goal again with ``logits_fn`` (float32; module docstring).
 
     goals: (task, true, target) (n, G) per objective row (:func:`goals_of`); threshold: the goal's
-    (:mod:`.goal`). ``checked`` and ``rejected`` (n,): per task, float32 re-classifications and
-    reduced-precision successes float32 rejected; ``queries`` counts both kinds of pass.
+    (:mod:`.goal`). ``checked`` and ``rejected`` (n,): per task, its float32 re-classifications and the
+    reduced-precision successes float32 rejected among them, up to its first success (:meth:`_count`);
+    ``queries`` counts the images the model classified in either precision.
     """
 
     def __init__(self, logits_fn, reduced_fn, base: torch.Tensor, pixels: int, goals, threshold: float,
@@ -89,6 +91,7 @@ class CheckedObjective(PixelObjective):
         self.goal_task, self.goal_true, self.goal_target = task, true, target
         self.checked = np.zeros(len(base), np.int64)
         self.rejected = np.zeros(len(base), np.int64)
+        self.succeeded = np.zeros(len(base), bool)
 
     def _answer(self, rows: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         t0 = time.perf_counter()
@@ -100,17 +103,29 @@ class CheckedObjective(PixelObjective):
             z32 = forward_logits(self.logits_fn, images[near.to(images.device)])
             said = self._margin(z.cpu()[near], rows[near]) > 0
             kept = self._margin(z32.cpu(), rows[near]) > 0
-            mine = claimed[near]
-            np.add.at(self.checked, task[near][mine].numpy(), 1)
-            lost = mine & said & ~kept
-            np.add.at(self.rejected, task[near][lost].numpy(), 1)
+            self._count(task[near].numpy(), claimed[near].numpy(), said.numpy(), kept.numpy())
             z = z.clone()
             z[near.to(z.device)] = z32
-            self.queries += int(mine.sum())
+            self.queries += len(near)
         if z.is_cuda:
             torch.cuda.synchronize(z.device)
         self.forward_seconds += time.perf_counter() - t0
         return z if self.logits else torch.softmax(z, 1)
+
+    def _count(self, task: np.ndarray, claimed: np.ndarray, said: np.ndarray, kept: np.ndarray) -> None:
+        """Charge the re-classified candidates (M, in the attacks' order) to the attacks that claimed them
+        (task, claimed (M, G)): each attack up to and including its first float32 success, none after
+        (an exhaustive search without early exit goes on counting flips; those are not its queries).
+        said, kept: (M, G) the goal reached in reduced precision, in float32."""
+        order = np.broadcast_to(np.arange(len(task))[:, None], task.shape)
+        safe = np.maximum(task, 0)
+        won = claimed & kept
+        first = np.full(len(self.checked), len(task), np.int64)
+        np.minimum.at(first, task[won], order[won])
+        counted = claimed & ~self.succeeded[safe] & (order <= first[safe])
+        np.add.at(self.checked, task[counted], 1)
+        np.add.at(self.rejected, task[counted & said & ~kept], 1)
+        self.succeeded[task[won]] = True
 
     def _margin(self, logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """(N, G) goal margins (nats) of candidates with ``logits`` (N, K) for their rows' goals."""

@@ -176,7 +176,11 @@ def columns(pixels_k: int, bands: int, size: int, n_classes: int = 3) -> dict[st
 
 
 def arithmetic(cfg: Config, device: torch.device) -> str:
-    """``attack.precision`` resolved on ``device``: fp32, bf16 or fp16 (:mod:`hpcmorph.precision`)."""
+    """``attack.precision`` resolved on ``device``: fp32, bf16 or fp16 (:mod:`hpcmorph.precision`); fp32
+    for the exhaustive search, the ground truth, which a reduced precision could make miss a candidate
+    (:mod:`.mixed`; the certifier's screen is its fast exact path)."""
+    if cfg.attack.method == "exhaustive":
+        return "fp32"
     return precision.resolve(cfg.attack.precision, device)
 
 
