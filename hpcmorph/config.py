@@ -216,6 +216,11 @@ SCHEMA: dict[str, Any] = {
                              "range.", item=float, length=2, nullable=True),
         "threshold": Field(0.5, float, "A targeted attack succeeds when the target's probability exceeds this.",
                            low=0.0, high=1.0),
+        "precision": Field("auto", str, "Arithmetic of the search's forward passes: 'fp32', 'bf16' or 'fp16' (a "
+                           "copy of the model in that precision, batch norms folded; a candidate near its goal is "
+                           "classified again in float32, which alone decides a success, a query of the attack) or "
+                           "'auto' (bf16 where the device computes it natively, fp16 on older GPUs, else fp32). The "
+                           "exhaustive search, the ground truth, stays fp32. docs/attack.md 'Precision'.", choices=("auto", "fp32", "bf16", "fp16")),
         "images_per_batch": Field(8, int, "Images attacked together (all their targets) in one batched DE run; "
                                   "also the checkpoint block. Part of the output's digest: on some CPUs the last bits of a "
                                   "forward pass depend on which images share it.", low=1),

@@ -32,8 +32,9 @@ candidate, which the sample and the checks measure but cannot prove.
 - ``bfloat16``: a bfloat16, channels-last copy of the model, batch norms folded into the convolutions
   (:func:`fold_batch_norms`) (on a 64 x 64 laptop model the logits
   differ by up to ~0.3 nats from float32, so the tolerance is ~1.2 nats).
-- ``auto``: ``bfloat16`` where the hardware computes it natively (a CUDA device; a CPU with AMX or
-  AVX512-BF16), else ``float32`` (emulated bfloat16 is slower than float32).
+- ``auto``: ``bfloat16`` where the hardware computes it natively (:func:`hpcmorph.precision.native_bf16`:
+  a CUDA device from Ampere on; a CPU with AMX or AVX512-BF16), else ``float32`` (emulated bfloat16
+  is slower than float32).
 
 The goal margin, in nats, positive exactly when the candidate succeeds (:mod:`.goal`): for a
 targeted attack at t, ``z_t - log sum_{j != t} exp z_j - logit(threshold)`` (p_t > threshold); for
@@ -52,6 +53,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from .. import precision
 from ..train import resnet
 from . import goal, local
 from .corners import Box, scan as scan_order
@@ -125,25 +127,14 @@ class Certificates:
     cost: Cost = field(default_factory=Cost)
 
 
-def native_bfloat16(device: torch.device) -> bool:
-    """Whether ``device`` computes bfloat16 natively (so that a bfloat16 screen is faster than float32)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type != "cpu":
-        return False
-    try:  # private helpers, present in torch >= 2.1; a torch without them gets float32
-        return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
-    except AttributeError:
-        return False
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``attack.certify_precision`` as used on ``device``: ``auto`` becomes bfloat16 or float32."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r} (one of {', '.join(PRECISIONS)})")
-    if precision == "auto":
-        return "bfloat16" if native_bfloat16(device) else "float32"
-    return precision
+def resolve_precision(setting: str, device: torch.device) -> str:
+    """``attack.certify_precision`` as used on ``device``: ``auto`` becomes bfloat16 where the device
+    computes it natively (:func:`hpcmorph.precision.native_bf16`), else float32."""
+    if setting not in PRECISIONS:
+        raise ValueError(f"unknown precision {setting!r} (one of {', '.join(PRECISIONS)})")
+    if setting == "auto":
+        return "bfloat16" if precision.native_bf16(device) else "float32"
+    return setting
 
 
 def tolerance_for(precision: str, bfloat16_tolerance: float) -> float:
@@ -166,7 +157,7 @@ def screen_of(model: torch.nn.Module, precision: str):
         if not local.supports(model):
             return None
         return lambda image: local.Local(model, image).logits
-    fast = fold_batch_norms(copy.deepcopy(model).eval()).to(dtype=torch.bfloat16, memory_format=torch.channels_last)
+    fast = reduced_copy(model, torch.bfloat16)
 
     def of_image(image: torch.Tensor):
         def screen(position: np.ndarray, values: torch.Tensor) -> torch.Tensor:
@@ -181,6 +172,14 @@ def screen_of(model: torch.nn.Module, precision: str):
         return screen
 
     return of_image
+
+
+def reduced_copy(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """A copy of ``model`` (left as it is) in eval mode for reduced-precision inference: batch norms folded
+    (:func:`fold_batch_norms`), weights in ``dtype`` (bfloat16 or float16), laid out channels-last (oneDNN's
+    and the tensor cores' fast layout for reduced-precision convolutions). Feed it ``dtype`` channels-last
+    images."""
+    return fold_batch_norms(copy.deepcopy(model).eval()).to(dtype=dtype, memory_format=torch.channels_last)
 
 
 def fold_batch_norms(model: torch.nn.Module) -> torch.nn.Module:

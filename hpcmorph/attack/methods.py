@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from . import certify as certification
-from . import evolution, exhaustive, pixels, saliency, sparse_rs
+from . import evolution, exhaustive, mixed, pixels, saliency, sparse_rs
 from .corners import Box
 
 METHODS = ("de", "exhaustive", "sparse-rs", "saliency")
@@ -32,9 +32,11 @@ SETTINGS = {
 
 
 def unused(method: str) -> tuple[str, ...]:
-    """The method settings of the other methods that ``method`` does not read."""
+    """The method settings of the other methods that ``method`` does not read (and ``precision`` for the
+    exhaustive search, which classifies in float32 whatever it says)."""
     own = set(SETTINGS[method])
-    return tuple(sorted({k for m in SETTINGS.values() for k in m} - own))
+    others = tuple(sorted({k for m in SETTINGS.values() for k in m} - own))
+    return others + (("precision",) if method == "exhaustive" else ())
 
 
 CERTIFY_SETTINGS = ("certify", "certify_precision", "certify_tolerance")
@@ -72,15 +74,23 @@ def gradient_queries(method: str) -> int:
     return saliency.GRADIENT_QUERIES if method == "saliency" else 0
 
 
-def attack(a, logits_fn, images: torch.Tensor, groups, true, target, seeds, box: Box):
+def attack(a, logits_fn, images: torch.Tensor, groups, true, target, seeds, box: Box, reduced_fn=None):
     """Run ``a.method`` (``a`` = ``cfg.attack``) on the tasks; returns (results, objective).
 
-    logits_fn: the attacked model, images -> logits; images: (n, C, H, W) each task's normalised
-    image, on the model's device; groups: (n,) tasks with equal values share the image; true,
-    target, seeds: (n,) per task; box: the candidates' :class:`.corners.Box`.
+    logits_fn: the attacked model, images -> logits (float32); images: (n, C, H, W) each task's
+    normalised image, on the model's device; groups: (n,) tasks with equal values share the image;
+    true, target, seeds: (n,) per task; box: the candidates' :class:`.corners.Box`. reduced_fn: the
+    model in reduced precision (:func:`.mixed.reduced`), or None: the candidates are classified with
+    it and those near a goal again with ``logits_fn``, which alone decides (:mod:`.mixed`); each
+    attack's queries include its float32 re-classifications.
     """
     logits = a.method != "de" or a.fitness == "margin"
-    objective = pixels.PixelObjective(logits_fn, images, box.pixels, a.forward_batch, logits=logits)
+    if reduced_fn is None:
+        objective = pixels.PixelObjective(logits_fn, images, box.pixels, a.forward_batch, logits=logits)
+    else:
+        objective = mixed.CheckedObjective(logits_fn, reduced_fn, images, box.pixels,
+                                           mixed.goals_of(a.method, groups, true, target), a.threshold,
+                                           a.forward_batch, logits=logits)
     if a.method == "de":
         lower, upper, is_position = pixels.bounds(box.pixels, box.bands, box.height, box.width, (box.lows, box.highs))
         settings = evolution.Settings(a.population, a.generations, a.mutation, a.crossover, a.threshold, a.fitness)
@@ -97,7 +107,7 @@ def attack(a, logits_fn, images: torch.Tensor, groups, true, target, seeds, box:
                                                     a.proposals, a.saliency_radius))
     else:
         raise ValueError(f"unknown attack method {a.method!r} (methods: {', '.join(METHODS)})")
-    return results, objective
+    return mixed.settle(results, objective, true, target, a.threshold), objective
 
 
 def certify(a, model, images: torch.Tensor, groups, true, target, results, box: Box,

@@ -113,12 +113,17 @@ class PixelObjective:
             b = min(m * p, a + self.forward_batch)
             # Build only this chunk's images: memory stays at forward_batch images.
             imgs = apply(self.base.index_select(0, rows[a:b]), x[a:b], y[a:b], v[a:b])
-            t0 = time.perf_counter()
-            probs = (forward_logits if self.logits else forward_probs)(self.logits_fn, imgs)
-            if probs.is_cuda:
-                torch.cuda.synchronize(probs.device)
-            self.forward_seconds += time.perf_counter() - t0
-            out.append(probs)
+            out.append(self._answer(rows[a:b], imgs))
         self.queries += m * p
         self.calls += 1
         return torch.cat(out).double().cpu().reshape(m, p, -1)
+
+    def _answer(self, rows: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """The model's answer (probabilities or logits, float32) for candidate ``images`` of the objective
+        rows ``rows``, timed."""
+        t0 = time.perf_counter()
+        out = (forward_logits if self.logits else forward_probs)(self.logits_fn, images)
+        if out.is_cuda:
+            torch.cuda.synchronize(out.device)
+        self.forward_seconds += time.perf_counter() - t0
+        return out

@@ -31,7 +31,7 @@ import h5py
 import numpy as np
 import torch
 
-from .. import store
+from .. import precision, store
 from ..config import Config
 from ..generate.dataset import TEST
 from ..generate.classes import CLASS_NAMES
@@ -40,7 +40,7 @@ from ..lock import locked
 from ..mpi import Context, device_for, log
 from ..train import saved
 from . import certificates as kept
-from . import certify, evolution, methods, pixels
+from . import certify, evolution, methods, mixed, pixels
 from .corners import Box
 
 STAGE = "attack"
@@ -144,7 +144,12 @@ def columns(pixels_k: int, bands: int, size: int, n_classes: int = 3) -> dict[st
         "queries": c((), "i8", "model queries this attack used until it succeeded, or until its budget ran out (file "
                      "attribute budget): de, population x (generations + 1); sparse-rs, one per candidate; saliency, "
                      "3 for the gradient plus one per candidate; exhaustive, the scan position of the first success "
-                     "(H x W x 2^bands without one)"),
+                     "(H x W x 2^bands without one); in reduced precision (file attribute precision) plus the "
+                     "float32 re-classifications (column checked)"),
+        "checked": c((), "i8", "candidates of this attack classified again in float32 because the reduced precision "
+                     "put them near or at its goal (included in queries); 0 in float32"),
+        "rejected": c((), "i8", "of those, reduced-precision successes that float32 rejected (not recorded as "
+                      "successes); 0 in float32"),
         "flips": c((), "i8", "exhaustive search without early exit: single-pixel corner candidates that reach the "
                    "goal; -1 where not counted (other methods, or the scan stopped at the first success)"),
         "certified": c((), "i1", "attack.certify (k = 1): 1 one pixel reaches the goal (the attack succeeded, or a "
@@ -161,13 +166,22 @@ def columns(pixels_k: int, bands: int, size: int, n_classes: int = 3) -> dict[st
                           "(model input) units"),
         "original_values": c((pixels_k, bands), "f4", "values the pixels had before, normalised units"),
         "prob_before": c((n_classes,), "f4", "class probabilities of the unattacked (normalised Y10) image"),
-        "prob_after": c((n_classes,), "f4", "class probabilities of the attacked image (on failure: of the "
-                        "best candidate found)"),
+        "prob_after": c((n_classes,), "f4", "class probabilities of the attacked image, float32's (on failure: "
+                        "of the best candidate found, in the attack's precision)"),
         "pred_before": c((), "i1", "predicted class before the attack"),
         "pred_after": c((), "i1", "predicted class after the attack"),
         "attacked": c((bands, size, size), "f4", "the attacked image: the normalised Y10 image with the pixels "
                       "replaced, as the model saw it (on failure: the best candidate)", 1),
     }
+
+
+def arithmetic(cfg: Config, device: torch.device) -> str:
+    """``attack.precision`` resolved on ``device``: fp32, bf16 or fp16 (:mod:`hpcmorph.precision`); fp32
+    for the exhaustive search, the ground truth, which a reduced precision could make miss a candidate
+    (:mod:`.mixed`; the certifier's screen is its fast exact path)."""
+    if cfg.attack.method == "exhaustive":
+        return "fp32"
+    return precision.resolve(cfg.attack.precision, device)
 
 
 def load_model(cfg: Config, variant: str, device: torch.device):
@@ -276,10 +290,11 @@ def attack_seed(run_seed: int, row: int, target: int) -> np.random.SeedSequence:
 
 
 def attack_images(model, stretch, images: np.ndarray, rows, labels, prob_before: np.ndarray, cfg: Config,
-                  device, known: dict | None = None) -> dict[str, np.ndarray]:
+                  device, known: dict | None = None, reduced_fn=None) -> dict[str, np.ndarray]:
     """Attack the raw Y10 ``images`` (n, C, H, W, e-/s per pixel) at galaxy rows ``rows``: every target
     of each, in one batched run of ``attack.method``; returns the output columns of the n x targets rows.
-    known: the attacked model's certificates found before (:func:`.certificates.read`)."""
+    known: the attacked model's certificates found before (:func:`.certificates.read`); reduced_fn: the
+    model in the attack's reduced precision (:func:`.mixed.reduced`), None in float32."""
     a = cfg.attack
     base = stretch(torch.from_numpy(np.ascontiguousarray(images, np.float32))).float()
     n, c, h, w = base.shape
@@ -294,7 +309,7 @@ def attack_images(model, stretch, images: np.ndarray, rows, labels, prob_before:
     task_images = base[which_t]
     box = Box.of(a.pixels, c, h, w, pixel_range(a, stretch))
     results, objective = methods.attack(a, lambda x: model(x)[1], task_images.to(device), which, true, target, seeds,
-                                        box)
+                                        box, reduced_fn)
     task_rows = np.asarray(rows, np.int64)[which]
     certificates = methods.certify(a, model, task_images.to(device), which, true, target, results, box, device,
                                    kept.lookup(known or {}, task_rows, target))
@@ -315,6 +330,7 @@ def attack_images(model, stretch, images: np.ndarray, rows, labels, prob_before:
             "attacked": attacked.numpy().astype(np.float32),
             "certified": certificates.certified, "certified_flips": certificates.flips,
             "certified_first": certificates.first, "_certify": certificates.cost,
+            **mixed.counts(objective),
             "_forward_seconds": np.array(objective.forward_seconds), "_queries": np.array(objective.queries)}
 
 
@@ -350,7 +366,8 @@ def summarize(cols: dict[str, np.ndarray], variants: list[str], mode: str) -> di
                         "success_rate": float(success.mean()) if sel.any() else None,
                         "median_queries_to_flip": float(np.median(good)) if len(good) else None,
                         "mean_queries_to_flip": float(good.mean()) if len(good) else None,
-                        "queries_total": int(queries.sum()), "success_by_class_and_target": by}
+                        "queries_total": int(queries.sum()), "success_by_class_and_target": by,
+                        "checked": int(cols["checked"][sel].sum()), "rejected": int(cols["rejected"][sel].sum())}
     return out
 
 
@@ -393,6 +410,10 @@ def format_summary(summary: dict) -> str:
                      f"({num(s['success_rate'], '.0%')}) | {num(s['median_queries_to_flip'], '.0f')} |")
     lines.append(f"skipped (misclassified by a model before any attack): {summary['skipped_misclassified']} of "
                  f"{summary['examined']} test images examined")
+    if summary.get("precision", "fp32") != "fp32":
+        lines.append(f"precision {summary['precision']}, decisions in float32: " + "; ".join(
+            f"{v} {s['checked']} candidates classified again, {s['rejected']} {summary['precision']} successes rejected"
+            for v, s in summary["variants"].items()))
     cert = summary.get("certification")
     for variant, c in ((cert or {}).get("variants") or {}).items():
         spent = (cert.get("cost") or {}).get(variant) or {}
@@ -424,6 +445,7 @@ def make(cfg: Config, ctx: Context, out: Path, key: str) -> None:
     device = device_for(ctx.local_rank)
     variants = list(dict.fromkeys(a.variants))
     models = {v: load_model(cfg, v, device) for v in variants}
+    reduced = {v: mixed.reduced(model, arithmetic(cfg, device)) for v, (model, _) in models.items()}
     for v, (_, stretch) in models.items():
         lo, hi = data_range(stretch)
         log.info("attack: %s model: normalised pixels span [%.3f, %.3f]; candidates take values in %s",
@@ -434,12 +456,12 @@ def make(cfg: Config, ctx: Context, out: Path, key: str) -> None:
     blocks = store.Blocks(out.with_name(f"{out.name}.parts-{key}"))
     blocks.create(ctx)
     choice = images(cfg, ctx, models, device, blocks.folder / "images.h5")
-    log.info("attack: method %s (%s), budget %d queries per attack", a.method, _method_settings(a),
-             methods.budget(a, box))
+    log.info("attack: method %s (%s), budget %d queries per attack, precision %s", a.method, _method_settings(a),
+             methods.budget(a, box), arithmetic(cfg, device))
     # Rank 0 reads the certificates found before and tells the others: all ranks certify alike.
     known = ctx.bcast({v: kept.read(kept.path(cfg, v, model_seed(cfg))) for v in variants}
                       if ctx.is_root and methods.certifies(a) else {})
-    plan = attack_blocks(cfg, ctx, models, variants, choice, blocks, device, known)
+    plan = attack_blocks(cfg, ctx, models, variants, choice, blocks, device, known, reduced)
     summary = summarize_blocks(cfg, ctx, variants, choice, blocks, plan, methods.budget(a, box))
     # Rank 0's clock, after attack_blocks' barrier: the slowest rank's. A resumed attack counts only
     # its last session (the blocks already on disk cost nothing here).
@@ -461,7 +483,7 @@ def make(cfg: Config, ctx: Context, out: Path, key: str) -> None:
         "mode": a.mode, "pixels": a.pixels, "population": a.population, "generations": a.generations,
         "mutation": a.mutation, "crossover": a.crossover, "threshold": a.threshold,
         "method": a.method, "budget": methods.budget(a, box), "gradient_queries": methods.gradient_queries(a.method),
-        "certified": methods.certified(a),
+        "certified": methods.certified(a), "precision": arithmetic(cfg, device),
         **{k: getattr(a, k) for k in methods.SETTINGS[a.method] if k not in ("population", "generations", "mutation",
                                                                               "crossover")},
         "pixel_range": "data range (data_range_<variant>)" if a.pixel_range is None else
@@ -495,10 +517,11 @@ def images(cfg: Config, ctx: Context, models: dict, device, path: Path) -> dict:
 
 
 def attack_blocks(cfg: Config, ctx: Context, models: dict, variants: list[str], choice: dict,
-                  blocks: store.Blocks, device, known: dict | None = None) -> list[tuple[int, int, int]]:
+                  blocks: store.Blocks, device, known: dict | None = None,
+                  reduced: dict | None = None) -> list[tuple[int, int, int]]:
     """Attack the blocks not yet on disk (``attack.images_per_batch`` images of one variant each, dealt
     round-robin); returns every block as (variant index, first image, end image). known: {variant:
-    certificates found before}."""
+    certificates found before}; reduced: {variant: the model in reduced precision, or None}."""
     a = cfg.attack
     rows, labels = choice["rows"], choice["labels"]
     per = a.images_per_batch
@@ -513,7 +536,8 @@ def attack_blocks(cfg: Config, ctx: Context, models: dict, variants: list[str], 
             v, lo, hi = plan[b]
             model, stretch = models[variants[v]]
             data = attack_images(model, stretch, f["y10"][rows[lo:hi]], rows[lo:hi], labels[lo:hi],
-                                 choice["probs"][variants[v]][lo:hi], cfg, device, (known or {}).get(variants[v]))
+                                 choice["probs"][variants[v]][lo:hi], cfg, device, (known or {}).get(variants[v]),
+                                 (reduced or {}).get(variants[v]))
             queries += int(data.pop("_queries"))
             forward_s += float(data.pop("_forward_seconds"))
             cost = data.pop("_certify")
@@ -540,7 +564,8 @@ def summarize_blocks(cfg: Config, ctx: Context, variants: list[str], choice: dic
     a = cfg.attack
     summary = None
     if ctx.is_root:
-        scal = {name: [] for name in ("variant", "index", "label", "target", "success", "queries", "certified")}
+        scal = {name: [] for name in ("variant", "index", "label", "target", "success", "queries", "certified",
+                                      "checked", "rejected")}
         cost = {v: certify.Cost() for v in range(len(variants))}
         for b in range(len(plan)):
             with blocks.open(b) as bf:
@@ -550,6 +575,7 @@ def summarize_blocks(cfg: Config, ctx: Context, variants: list[str], choice: dic
         kinds = columns(a.pixels, 1, 1)
         scal = {k: np.concatenate(v) if v else np.zeros(0, kinds[k].dtype) for k, v in scal.items()}
         summary = {"method": a.method, "budget": budget, "mode": a.mode, "pixels": a.pixels,
+                   "precision": arithmetic(cfg, device_for(ctx.local_rank)),
                    "value_range": range_name(a.pixel_range), "population": a.population, "generations": a.generations,
                    "threshold": a.threshold, "model_seed": model_seed(cfg), "images": int(len(choice["rows"])),
                    "examined": int(choice["examined"]), "skipped_misclassified": int(choice["skipped"]),

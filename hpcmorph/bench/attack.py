@@ -13,7 +13,13 @@ On the benchmarks' freshly generated and trained tiny model (:func:`common.tiny_
 3. the stage end to end (``hpcmorph attack``: loading, choosing images, attacking, writing) under
    ``mpirun -n 1`` and ``-n 2``, one thread per rank: images attacked per second and the scaling
    efficiency. Timed inside the process (interpreter start-up excluded), between barriers;
-4. the attack methods side by side in both value ranges (:mod:`.attack_methods`), printed before (3).
+4. the attack methods side by side in both value ranges (:mod:`.attack_methods`), printed before (3);
+5. the roofline per precision (float32, and ``attack.precision`` auto where it is not float32): bare
+   batched inference and the laptop preset's saliency search (:data:`ROOFLINE`) in that precision,
+   candidates per second (float32 re-classifications included) and the achieved FLOP/s (the model's
+   forward FLOPs per image x images/s) against the peak of the same precision measured in the same
+   run (:mod:`.roofline`); the two precisions alternate, twice, best of each, and the search's
+   successes are set side by side.
 """
 
 from __future__ import annotations
@@ -28,11 +34,16 @@ from pathlib import Path
 import numpy as np
 
 from .attack_methods import compare_methods, print_methods
+from .roofline import format_rows
 from .common import TINY_PRESET, per_rank_count, tiny_model, tiny_settings, worker
 
 THROUGHPUT = {"images": 4, "population": 128, "generations": 1}    # 4 x 2 targets x 128 = 1024 per pass
 COMPARE = {"images": 6, "population": 40, "generations": 10,        # scipy: popsize 8 x 5 genes = 40
            "toy_attacks": 64}
+#: (5): the laptop preset's search (saliency, 200 queries, 32 ranked, radius 2, 32 proposals per step)
+#: on every correctly classified test image, both targets, in passes of up to 1024 candidates.
+ROOFLINE = {"method": "saliency", "max_queries": 200, "saliency_top": 32, "saliency_radius": 2, "proposals": 32,
+            "forward_batch": 1024}
 # (3): every test image, right or wrong (more images than the model gets right), in blocks of one image.
 STAGE = {"n_images": 8, "only_correct": False, "population": 40, "generations": 10, "images_per_batch": 1}
 
@@ -179,6 +190,74 @@ def compare_scipy(model, stretch, images, labels) -> dict:
     return out
 
 
+def _reduced_attack(cfg, model, base, which, true, target, seeds, box, reduced_fn) -> tuple[list, float, int]:
+    """(results, seconds, model queries) of the :data:`ROOFLINE` search, in ``reduced_fn``'s precision
+    (None: float32)."""
+    import torch
+
+    from ..attack import methods
+
+    a = cfg.updated({f"attack.{k}": v for k, v in ROOFLINE.items()}).attack
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        results, objective = methods.attack(a, lambda x: model(x)[1], base, which, true, target, seeds, box,
+                                            reduced_fn)
+    return results, time.perf_counter() - t0, objective.queries
+
+
+def precision_roofline(cfg, model, stretch, images, labels) -> dict:
+    """Per precision (fp32, auto's): bare inference and the search's candidates/s against the peak (module
+    docstring, 5.)."""
+    import torch
+
+    from ..attack import mixed, pixels
+    from ..attack.corners import Box
+    from ..attack.stage import attack_seed, pixel_range
+    from . import roofline as rl
+    from .train import precisions
+
+    cpu = torch.device("cpu")
+    which, true, target = _tasks(labels, len(labels))
+    seeds = [attack_seed(cfg.run.seed, i, t) for i, t in zip(which, target)]
+    base = stretch(torch.from_numpy(np.ascontiguousarray(images, np.float32))).float()[which]
+    a = cfg.updated({f"attack.{k}": v for k, v in ROOFLINE.items()}).attack
+    box = Box.of(1, base.shape[1], base.shape[2], base.shape[3], pixel_range(a, stretch))
+    flops = rl.flops_per_image(model, int(base.shape[-1]), training=False)
+    names = precisions()
+    reduced = {p: mixed.reduced(model, p) for p in names}
+    fns = {p: reduced[p] or (lambda x: model(x)[1]) for p in names}
+    batch = base.repeat((ROOFLINE["forward_batch"] + len(base) - 1) // len(base), 1, 1, 1)[:ROOFLINE["forward_batch"]]
+    bare = {p: [] for p in names}
+    search = {p: [] for p in names}
+    results = {}
+    with torch.inference_mode():
+        for p in names:
+            pixels.forward_logits(fns[p], batch)  # warm-up: oneDNN picks its kernels for this precision
+    # Alternate the precisions, twice, best of each: other work on the machine slows both alike.
+    for _ in range(2):
+        for p in names:
+            with torch.inference_mode():
+                t0 = time.perf_counter()
+                pixels.forward_logits(fns[p], batch)
+                bare[p].append(len(batch) / (time.perf_counter() - t0))
+            res, seconds, queries = _reduced_attack(cfg, model, base, which, true, target, seeds, box, reduced[p])
+            search[p].append(queries / seconds)
+            results[p] = res
+    out = {"attacks": len(which), "images": len(set(which)), "flops_per_image": flops, "precisions": names,
+           "rows": []}
+    for p in names:
+        peak = rl.peak_flops(p, cpu)
+        out["rows"].append(rl.row(f"{p} bare inference", max(bare[p]), flops, peak))
+        out["rows"].append(rl.row(f"{p} attack (saliency)", max(search[p]), flops, peak))
+        out[f"candidates_per_s_{p}"] = max(search[p])
+        out[f"successes_{p}"] = int(sum(r.success for r in results[p]))
+    auto = names[-1]
+    out["auto_precision"] = auto
+    out["ratio_auto_to_fp32"] = out[f"candidates_per_s_{auto}"] / out["candidates_per_s_fp32"]
+    out["same_successes"] = [r.success for r in results["fp32"]] == [r.success for r in results[auto]]
+    return out
+
+
 def _worker(argv: list[str]) -> None:
     """Under mpirun: run the attack stage in-process and print its wall time from rank 0."""
     from .. import config, mpi
@@ -216,6 +295,7 @@ def bench_attack(ranks: list[int]) -> dict:
         out["throughput"] = throughput(model, stretch, images, labels)
         out["compare"] = compare_scipy(model, stretch, images, labels)
         out["methods"] = compare_methods(cfg, model, stretch, images, labels)
+        out["roofline"] = precision_roofline(cfg, model, stretch, images, labels)
         stage_times = {}
         for k in sorted(set([1, *ranks])):
             # One thread per rank: the 1-rank run then uses one core, and the efficiency is per core.
@@ -256,6 +336,13 @@ def main(args) -> int:
     for k, value, eff in per_rank_count(res, "stage_images_per_s_"):
         extra = f"   efficiency {eff:.2f}" if eff is not None else ""
         print(f"      {k} rank(s)                     {value:8.3f} images/s{extra}")
+    r = res["roofline"]
+    print(f"  (5) roofline per precision: {r['attacks']} attacks ({r['images']} test images x 2 targets), the laptop "
+          f"preset's saliency search; {r['flops_per_image'] / 1e6:.0f} MFLOP per image (forward)")
+    print("\n".join(format_rows(r["rows"], "precision, what")))
+    print(f"      search in {r['auto_precision']}: {r['ratio_auto_to_fp32']:.2f}x the float32 candidates/s "
+          f"(aim >= 1.3); successes {r['successes_' + r['auto_precision']]} against float32's "
+          f"{r['successes_fp32']}, {'the same attacks' if r['same_successes'] else 'not the same attacks'}")
     print(json.dumps(res))
     return 0
 
