@@ -94,3 +94,11 @@ def test_a_checkpoint_is_resumed_only_in_the_precision_it_was_trained_in(tmp_pat
 def test_the_precision_is_part_of_the_train_digest():
     digests = {stage.digest(config.load("tiny", [f"train.precision={p}"])) for p in precision.PRECISIONS}
     assert len(digests) == len(precision.PRECISIONS)
+
+
+def test_fp32_without_compression_keeps_the_digest_models_had_before_the_settings():
+    cfg = config.load("tiny", ["train.precision=fp32", "train.compression=none"])
+    before = cfg.digest("run.seed", "generate", *(f"train.{k}" for k in stage._MODEL_KEYS
+                                                  if k not in ("precision", "compression")))
+    assert stage.digest(cfg) == before
+    assert stage.digest(config.load("tiny", ["train.precision=fp32", "train.compression=fp16"])) != before

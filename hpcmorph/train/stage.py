@@ -62,7 +62,10 @@ def model_dir(cfg: Config, variant: str, seed: int) -> Path:
 
 
 def digest(cfg: Config) -> str:
-    return cfg.digest("run.seed", "generate", *(f"train.{k}" for k in _MODEL_KEYS))
+    # Models trained before precision and compression were settings ran fp32 with uncompressed
+    # gradients: those values leave the digest as it was, so such runs stay current under them.
+    keys = [k for k in _MODEL_KEYS if (k, cfg.train[k]) not in (("precision", "fp32"), ("compression", "none"))]
+    return cfg.digest("run.seed", "generate", *(f"train.{k}" for k in keys))
 
 
 class StopFlag:
