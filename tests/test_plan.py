@@ -1,4 +1,4 @@
-"""``hpcmorph plan`` (hpcmorph/plan.py, hpcmorph/calibrate.py) and the wall times ``hpcmorph submit``
+"""``hpcmorph plan`` (hpcmorph/plan/, hpcmorph/calibrate.py) and the wall times ``hpcmorph submit``
 asks for from it."""
 
 from __future__ import annotations
