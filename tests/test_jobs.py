@@ -115,7 +115,7 @@ def test_every_script_sources_the_common_preamble(path):
     # The same lookup in every script of a scheduler (the batch system runs a copy of the script).
     first = (SLURM_SCRIPTS if path.suffix == ".sbatch" else PBS_SCRIPTS)[0].read_text()
     lookup = first[first.index("# The lines every job script shares"):first.index('source "$home/jobs/lib/common.sh"')]
-    assert lookup in text and "# shellcheck source=jobs/lib/common.sh\n" in text
+    assert lookup in text and "# shellcheck source=SCRIPTDIR/../lib/common.sh\n" in text
     assert text.count('source "$home/jobs/lib/common.sh"') == 1
     # The script's own lines come after its directives, the lookup, then the source line.
     assert text.index("set -euo pipefail") < text.index(lookup)
