@@ -84,7 +84,7 @@ chromium:
 
 # ruff (pinned in requirements/constraints.txt, settings in pyproject.toml) on the Python, shellcheck
 # (settings in .shellcheckrc) on the shell scripts and job scripts.
-SHELL_SCRIPTS := scripts/*.sh jobs/slurm/*.sbatch jobs/pbs/*.pbs .ci/run
+SHELL_SCRIPTS := scripts/*.sh jobs/lib/*.sh jobs/slurm/*.sbatch jobs/pbs/*.pbs .ci/run
 lint: setup
 	@bash scripts/apt-tool.sh shellcheck shellcheck
 	$(VENV)/bin/ruff check .

@@ -54,7 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     for s in STAGES:
-        _stage_parser(sub, s.name, s.summary, s.description)
+        p = _stage_parser(sub, s.name, s.summary, s.description)
+        if s.name == "attack":
+            p.add_argument("--list-k", action="store_true",
+                           help="print the pixel counts k one pass of the stage attacks with (attack.pixels, then "
+                           "the rest of analyze.k_sweep; space-separated, one per attack output) and exit: what "
+                           "the attack job scripts run in turn, each as --set attack.pixels=K")
 
     p = _stage_parser(sub, "run", "every stage in order (generate, train, attack, analyze, report), skipping done ones",
                       "Runs generate, train, attack (once per k in analyze.k_sweep), analyze and report "
@@ -139,6 +144,16 @@ def cmd_bench(args) -> int:
     return main(args)
 
 
+def cmd_list_k(args) -> int:
+    """``hpcmorph attack --list-k``: the k of every attack one pass makes, in order; no MPI."""
+    from . import attack
+    from .config import load
+
+    cfg = load(args.config, args.overrides)
+    print(" ".join(str(c.attack.pixels) for c in attack.configs(cfg)))
+    return 0
+
+
 def cmd_stage(args) -> int:
     """A stage (or ``run``: every stage) on the config, on every rank of the job."""
     from . import mpi
@@ -169,6 +184,8 @@ COMMANDS = {"info": cmd_info, "config": cmd_config, "submit": cmd_submit, "plan"
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "list_k", False):
+            return cmd_list_k(args)
         return COMMANDS.get(args.command, cmd_stage)(args)
     except UserError as err:  # the commands that run without MPI (config, submit, bench's own checks)
         print(f"hpcmorph: error: {err}", file=sys.stderr)

@@ -9,8 +9,15 @@ Each stage is submitted with its script from ``jobs/<scheduler>/`` (``generate``
 reach the jobs as environment variables (``HPCMORPH_CONFIG``, ``HPCMORPH_SET``,
 ``HPCMORPH_VENV``/``HPCMORPH_IMAGE``, ...), named in
 ``--export=ALL,NAME,...`` / ``-v NAME,...`` and given their values in the submitting process's
-environment, so values holding commas (``[0.7,0.2,0.1]``) survive. Prints one line per stage:
-the stage and its job id. ``--dry-run`` prints each script and the exact command and submits nothing.
+environment, so values holding commas (``[0.7,0.2,0.1]``) survive. ``HPCMORPH_HOME`` names the
+checkout whose ``jobs/lib/common.sh`` the scripts source (the part they share): Slurm and PBS run a
+copy of the script, so the job could not find it otherwise from another submit folder. The file is
+sourced, not copied into the scripts, so a job submitted by hand (``sbatch jobs/slurm/train.sbatch``)
+and one submitted here run the same lines; the batch script itself runs on the node outside any
+container (only the ranks run in ``HPCMORPH_IMAGE``/``HPCMORPH_CONTAINER``), where the checkout is.
+
+Prints one line per stage: the stage and its job id. ``--dry-run`` prints each script and the exact
+command and submits nothing.
 
 ``--nodes`` and ``--ranks-per-node`` size the big stages (generate, train, attack). ``analyze`` always
 runs on one node (``--ranks-per-node`` still sets its ranks) and ``report`` on one rank. The attack job
@@ -163,6 +170,9 @@ def plan(args: argparse.Namespace, cfg=None) -> list[Submission]:
         env["HPCMORPH_LAUNCHER"] = args.launcher
     if args.ranks_per_node and args.scheduler == "pbs" and site is sites.GENERIC:
         env["HPCMORPH_RANKS_PER_NODE"] = str(args.ranks_per_node)
+    # Where the scripts find jobs/lib/common.sh: the batch system runs a copy of each script, away from
+    # the checkout, and a job submitted from another folder has no other way to name it.
+    env["HPCMORPH_HOME"] = str(jobs_dir().resolve().parent)
     scripts = {stage: jobs_dir() / args.scheduler / f"{stage}{ext}" for stage in stages}
     for stage, script in scripts.items():
         if not script.is_file():

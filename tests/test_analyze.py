@@ -15,6 +15,7 @@ import torch
 from helpers import TINY_ANALYZE, assert_same_data, cli, datasets, workdir
 from hpcmorph import config
 from hpcmorph.analyze import church, distances, exposure, isomap, numbers, stage
+from hpcmorph.analyze.inputs import AttackRows
 from hpcmorph.attack.stage import load_model  # the attacked model: train.saved at attack.model_seed
 from hpcmorph.generate.survey import bands
 
@@ -94,24 +95,24 @@ def _attacks():
         (1, 7, 0, False, 90), (1, 7, 2, False, 90),
     ]
     v, i, t, s, q = (np.array(c) for c in zip(*rows))
-    return {"variant": v.astype(np.int8), "index": i.astype(np.int64), "target": t.astype(np.int8),
-            "success": s.astype(bool), "queries": q.astype(np.int64),
-            "prob_after": np.tile([0.2, 0.3, 0.5], (len(rows), 1)).astype(np.float32)}
+    return AttackRows(variant=v.astype(np.int8), index=i.astype(np.int64), label=np.zeros(len(rows), np.int8),
+                      target=t.astype(np.int8), success=s.astype(bool), queries=q.astype(np.int64),
+                      prob_after=np.tile([0.2, 0.3, 0.5], (len(rows), 1)).astype(np.float32))
 
 
 def test_table2_takes_the_cheapest_successful_attack_and_population_std():
     att = _attacks()
-    assert distances.chosen_attacks(att["variant"], att["index"], att["success"], att["queries"],
-                                    att["target"], 0).tolist() == [1, 2]
-    assert distances.chosen_attacks(att["variant"], att["index"], att["success"], att["queries"],
-                                    att["target"], 1).tolist() == [6]
+    assert distances.chosen_attacks(att.variant, att.index, att.success, att.queries,
+                                    att.target, 0).tolist() == [1, 2]
+    assert distances.chosen_attacks(att.variant, att.index, att.success, att.queries,
+                                    att.target, 1).tolist() == [6]
     # Latents in 2-d: every Y10 at the origin; attack row r's latent at distance 10 + r, so picking
     # another row would show; Y1 latents at distances 3 (image 5) and 5 (image 7).
     test_index = np.array([5, 7, 9])
     z_y10 = np.zeros((3, 2, 2))
     z_y1 = np.zeros((3, 2, 2))
     z_y1[0, :, 0], z_y1[1, :, 1] = 3.0, 5.0
-    z_att = np.stack([[10.0 + r, 0.0] for r in range(len(att["index"]))])
+    z_att = np.stack([[10.0 + r, 0.0] for r in range(len(att.index))])
     table, per_image = distances.table2(att, z_att, test_index, z_y10, z_y1, ["regular", "mmd"])
     assert per_image["regular"]["index"].tolist() == [5, 7] and per_image["mmd"]["index"].tolist() == [5]
     # regular: attacked distances 11 and 12 -> mean 11.5, population std 0.5; Y1 3 and 5 -> 4 +- 1.
@@ -120,7 +121,7 @@ def test_table2_takes_the_cheapest_successful_attack_and_population_std():
     assert table["mmd"]["y10_attacked"] == {"mean": 16.0, "std": 0.0, "n": 1}
     assert table["ratio_mmd_over_regular"] == {"y10_y1": 3.0 / 4.0, "y10_attacked": 16.0 / 11.5}
     # A model with nothing flipped: no mean, no ratio (and strict JSON).
-    att["success"][:] = False
+    att.success[:] = False
     table, _ = distances.table2(att, z_att, test_index, z_y10, z_y1, ["regular", "mmd"])
     assert table["mmd"]["y10_y1"] == {"mean": None, "std": None, "n": 0}
     assert table["ratio_mmd_over_regular"] == {"y10_y1": None, "y10_attacked": None}
@@ -133,15 +134,15 @@ def test_triplet_choice():
     # Image 5 is flipped for both models; 7 for the first only.
     assert numbers.default_triplet(att, 2, y1_wrong=set()) == 5
     assert numbers.default_triplet(att, 2, y1_wrong={7}) == 5  # 7 is not flipped for every model
-    att["success"][6] = False  # now no image is flipped for both: the first flipped for any
+    att.success[6] = False  # now no image is flipped for both: the first flipped for any
     assert numbers.default_triplet(att, 2, y1_wrong=set()) == 5
-    att["success"][:] = False
+    att.success[:] = False
     assert numbers.default_triplet(att, 2, y1_wrong=set()) == 5  # the first attacked
     att = _attacks()
     assert numbers.triplet_attack(att, 0, 5) == 1 and numbers.triplet_attack(att, 0, 7) == 2
     # Not flipped: the attack that came closest (highest target probability), ties to the lower target.
-    att["prob_after"][4] = [0.1, 0.1, 0.8]
-    att["prob_after"][5] = [0.1, 0.4, 0.5]
+    att.prob_after[4] = [0.1, 0.1, 0.8]
+    att.prob_after[5] = [0.1, 0.4, 0.5]
     assert numbers.triplet_attack(att, 0, 9) == 5
     assert numbers.triplet_attack(att, 1, 9) is None
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from hpcmorph.analyze import claims, distances, stats
+from hpcmorph.analyze.inputs import AttackRows
 from hpcmorph.analyze.stats import Estimate
 
 # ------------------------------------------------------------------------------------------ stats
@@ -155,8 +156,9 @@ def test_scale_free_distances_do_not_see_a_scaled_copy_of_a_model():
 
     # Every image attacked once per model, and flipped: rows 0..11 regular, 12..23 the scaled copy.
     index = np.tile(np.arange(12), 2)
-    attacks = {"variant": np.repeat([0, 1], 12).astype(np.int8), "index": index, "target": np.zeros(24, np.int8),
-               "success": np.ones(24, bool), "queries": np.full(24, 10)}
+    attacks = AttackRows(variant=np.repeat([0, 1], 12).astype(np.int8), index=index, label=np.zeros(24, np.int8),
+                         target=np.zeros(24, np.int8), success=np.ones(24, bool), queries=np.full(24, 10),
+                         prob_after=np.zeros((24, 3), np.float32))
     z_att = np.concatenate([out["regular"][2][0].numpy(), out["mmd"][2][0].numpy()])
     z_y10 = np.stack([out["regular"][0][0].numpy(), out["mmd"][0][0].numpy()], axis=1)
     z_y1 = np.stack([out["regular"][1][0].numpy(), out["mmd"][1][0].numpy()], axis=1)

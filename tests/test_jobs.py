@@ -22,6 +22,7 @@ from helpers import ROOT, SMALL_RUN, THREADS, assert_same_data, env, job_logs, s
 
 SLURM_DIR = ROOT / "jobs" / "slurm"
 PBS_DIR = ROOT / "jobs" / "pbs"
+COMMON = ROOT / "jobs" / "lib" / "common.sh"
 SLURM_SCRIPTS = sorted(SLURM_DIR.glob("*.sbatch"))
 PBS_SCRIPTS = sorted(PBS_DIR.glob("*.pbs"))
 STAGES = ("generate", "train", "attack", "analyze", "report")
@@ -52,20 +53,25 @@ def test_slurm_directives(path):
     assert "--requeue" in d, d
     assert f"--job-name=hpcmorph-{path.stem}" in d
     assert any(x.startswith("--time=") for x in d) and "--open-mode=append" in d
-    text = path.read_text()
+    text, common = path.read_text(), COMMON.read_text()
+    assert f"scheduler=slurm stage={path.stem}\n" in text
     if path.stem in ("generate", "train", "attack"):
         # Resumable: near the time limit the job requeues itself and the rerun continues.
         assert "--signal=B:USR1@120" in d, d
-        assert "trap " in text and 'scontrol requeue "$SLURM_JOB_ID"' in text
+        assert ("requeue_on_usr1 " in text or "checkpoint_on_signals" in text) and "run_stage" in text
+        assert 'scontrol requeue "$SLURM_JOB_ID"' in (text if path.stem == "train" else common)
     else:
         # Rerun from the start: a requeue at the time limit would only meet the same limit again.
         assert not any(x.startswith("--signal") for x in d) and "scontrol requeue" not in text, d
-    for var in ("HPCMORPH_CONFIG", "HPCMORPH_SET", "HPCMORPH_VENV", "HPCMORPH_IMAGE", "HPCMORPH_LAUNCHER"):
-        assert var in text, f"{path.name} ignores {var}"
-    assert f'"${{run[@]}}" {path.stem} --config "$config" "${{sets[@]}}"' in text
+        assert "requeue_on_usr1" not in text and text.rstrip().endswith("exec_stage"), text
+    for var in ("HPCMORPH_CONFIG", "HPCMORPH_SET", "HPCMORPH_VENV", "HPCMORPH_IMAGE", "HPCMORPH_LAUNCHER",
+                "HPCMORPH_HOME"):
+        assert var in text, f"{path.name} does not document {var}"
+        assert f"${{{var}" in common or var == "HPCMORPH_HOME", f"common.sh ignores {var}"
+    assert '"${run[@]}" "$stage" --config "$config" "${sets[@]}"' in common
     if path.stem == "train":
         assert "--gpus-per-task=1" in d
-        assert 'kill -USR1 "$pid"' in text and "-eq $preempted" in text
+        assert 'kill -USR1 "$pid"' in common and "checkpoint_on_signals" in text and "-eq $preempted" in text
     if path.stem == "analyze":
         assert "--nodes=1" in d and "--gpus-per-task=1" in d and "HPCMORPH_APPTAINER_FLAGS" in text, d
     if path.stem == "report":
@@ -85,15 +91,79 @@ def test_pbs_directives(path):
     lines = path.read_text().splitlines()
     last = max(i for i, line in enumerate(lines) if line.startswith("#PBS"))
     assert all(not line.strip() or line.startswith("#") for line in lines[1:last]), path
-    text = path.read_text()
-    assert 'cd "${PBS_O_WORKDIR:?}"' in text and '$(wc -l <"${PBS_NODEFILE:?}")' in text
-    assert "mpiexec -n $ranks --ppn $ppn" in text
-    assert f"stage={path.stem}\n" in text
+    text, common = path.read_text(), COMMON.read_text()
+    assert 'cd "${PBS_O_WORKDIR:?}"' in common and '$(wc -l <"${PBS_NODEFILE:?}")' in common
+    assert "mpiexec -n $ranks --ppn $ppn" in common
+    assert f"scheduler=pbs\nstage={path.stem}\n" in text
     if path.stem in ("analyze", "report"):
         assert "-l select=1:system=polaris" in d, d
     if path.stem == "report":
         assert "ranks=1\n" in text and "HPCMORPH_RANKS_PER_NODE:-" not in text
         assert any(re.fullmatch(r"-l walltime=00:\d\d:00", x) for x in d), d
+    else:
+        assert re.search(r"^ppn=\$\{HPCMORPH_RANKS_PER_NODE:-\d+\}$", text, re.M), text
+
+
+# What common.sh does once for every script; a script that does any of it itself has drifted.
+SHARED = ("for kv in ${HPCMORPH_SET", "run=(", "OMPI_ALLOW_RUN_AS_ROOT", "OMP_NUM_THREADS", "wait \"$pid\"",
+          "python3", "config=${HPCMORPH_CONFIG")
+
+
+@pytest.mark.parametrize("path", SLURM_SCRIPTS + PBS_SCRIPTS, ids=lambda p: p.name)
+def test_every_script_sources_the_common_preamble(path):
+    text = path.read_text()
+    # The same lookup in every script of a scheduler (the batch system runs a copy of the script).
+    first = (SLURM_SCRIPTS if path.suffix == ".sbatch" else PBS_SCRIPTS)[0].read_text()
+    lookup = first[first.index("# The lines every job script shares"):first.index('source "$home/jobs/lib/common.sh"')]
+    assert lookup in text and "# shellcheck source=SCRIPTDIR/../lib/common.sh\n" in text
+    assert text.count('source "$home/jobs/lib/common.sh"') == 1
+    # The script's own lines come after its directives, the lookup, then the source line.
+    assert text.index("set -euo pipefail") < text.index(lookup)
+    assert not [s for s in SHARED if s in text], path.name
+
+
+def run_copy(tmp_path: Path, script: Path, **extra: str) -> subprocess.CompletedProcess:
+    """Run a copy of SCRIPT away from the checkout (as Slurm and PBS run their spool copy), from a
+    submit folder that is not the checkout, its launcher only recording the command."""
+    spool = tmp_path / "spool"
+    spool.mkdir(exist_ok=True)
+    copy = spool / "job_script"
+    copy.write_text(script.read_text())
+    launcher = tmp_path / "launch"
+    launcher.write_text(LAUNCHER)
+    launcher.chmod(0o755)
+    nodefile = tmp_path / "nodefile"
+    nodefile.write_text("localhost\n")
+    e = {k: v for k, v in env().items() if not k.startswith(("SLURM_", "PBS_", "HPCMORPH_"))}
+    e.update({"PBS_JOBID": "17.pbs01", "PBS_O_WORKDIR": str(tmp_path), "PBS_NODEFILE": str(nodefile),
+              "HPCMORPH_LAUNCHER": str(launcher), "LAUNCH_LOG": str(tmp_path / "launch.log"),
+              "HPCMORPH_CONFIG": "tiny", **extra})
+    return subprocess.run(["bash", str(copy)], cwd=spool, env=e, capture_output=True, text=True, timeout=30)
+
+
+def test_a_copied_script_finds_the_preamble_through_hpcmorph_home(tmp_path):
+    res = run_copy(tmp_path, PBS_DIR / "report.pbs")
+    assert res.returncode == 2 and "no jobs/lib/common.sh: set HPCMORPH_HOME" in res.stderr, res.stderr
+    res = run_copy(tmp_path, PBS_DIR / "report.pbs", HPCMORPH_HOME=str(ROOT))
+    assert res.returncode == 0, res.stderr
+    assert "job 17.pbs01 on 1 node(s), 1 rank," in res.stderr, res.stderr
+    assert (tmp_path / "launch.log").read_text() == "hpcmorph report --config tiny\n"
+
+
+def test_attack_list_k_prints_the_k_of_one_pass(capsys):
+    from hpcmorph.cli import main
+
+    code = main(["attack", "--list-k", "--config", "tiny", "--set", "analyze.k_sweep=[1,3,2]", "--set",
+                 "attack.pixels=2"])
+    assert code == 0 and capsys.readouterr().out == "2 1 3\n"
+    code = main(["attack", "--list-k", "--config", "tiny", "--set", "analyze.k_sweep=[4,4,1]", "--set",
+                 "attack.pixels=1"])
+    assert code == 0 and capsys.readouterr().out == "1 4\n"
+    code = main(["attack", "--list-k", "--config", "tiny", "--set", "analyze.k_sweeps=[1]"])
+    assert code == 2 and "did you mean 'analyze.k_sweep'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["attack", "--help"])
+    assert "--list-k" in capsys.readouterr().out
 
 
 LAUNCHER = """#!/usr/bin/env bash
@@ -261,6 +331,7 @@ def without_plan(cmd: str) -> str:
     """A dry-run command without what the plan adds (tests/test_plan.py checks those): the
     HPCMORPH_PLAN variable and the wall-time argument."""
     cmd = re.sub(r" HPCMORPH_PLAN='[^']*'", "", cmd).replace(",HPCMORPH_PLAN", "")
+    cmd = re.sub(r" HPCMORPH_HOME=\S+", "", cmd).replace(",HPCMORPH_HOME", "")
     return re.sub(r" (--time=|-l walltime=)[0-9:]+", "", cmd)
 
 
@@ -272,6 +343,8 @@ def test_submit_dry_run_pbs(tmp_path):
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
     assert lines[0::2] == [f"# {s}: {PBS_DIR / (s + '.pbs')}" for s in STAGES]
+    # Every job is told where the checkout (jobs/lib/common.sh) is.
+    assert all(f" HPCMORPH_HOME={ROOT} " in c and ",HPCMORPH_HOME" in c for c in lines[1::2]), lines
     cmds = [without_plan(c) for c in lines[1::2]]
     head = ("HPCMORPH_CONFIG=tiny HPCMORPH_SET='train.epochs=1 generate.split=[0.7,0.2,0.1]' "
             "qsub -v HPCMORPH_CONFIG,HPCMORPH_SET -A proj -q prod")

@@ -1,4 +1,4 @@
-"""``hpcmorph plan`` (hpcmorph/plan.py, hpcmorph/calibrate.py) and the wall times ``hpcmorph submit``
+"""``hpcmorph plan`` (hpcmorph/plan/, hpcmorph/calibrate.py) and the wall times ``hpcmorph submit``
 asks for from it."""
 
 from __future__ import annotations
@@ -202,7 +202,10 @@ def test_submit_time_overrides_the_plan(submit, tmp_path):
 LAUNCHER = '#!/usr/bin/env bash\necho "$*" >>"$LAUNCH_LOG"\n'
 
 
-@pytest.mark.parametrize("script", sorted((ROOT / "jobs").glob("*/*.*")), ids=lambda p: p.name)
+JOB_SCRIPTS = sorted([*(ROOT / "jobs" / "slurm").glob("*.sbatch"), *(ROOT / "jobs" / "pbs").glob("*.pbs")])
+
+
+@pytest.mark.parametrize("script", JOB_SCRIPTS, ids=lambda p: p.name)
 def test_every_job_logs_its_plan(script, tmp_path):
     """Each job script's body, run here with a launcher that only records, logs HPCMORPH_PLAN."""
     launcher = tmp_path / "launch"

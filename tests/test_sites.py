@@ -138,6 +138,8 @@ def run_job(bench, script: Path, **extra: str) -> tuple[list[str], list[dict]]:
     e = {k: v for k, v in env().items() if not k.startswith(("SLURM_", "PBS_", "HPCMORPH_"))}
     e.update({"PBS_JOBID": "1234.polaris-pbs-01", "PBS_O_WORKDIR": str(bench.work), "PBS_NODEFILE": str(nodefile),
               "SLURM_JOB_ID": "5678", "SLURM_SUBMIT_DIR": str(bench.work), "HPCMORPH_CONFIG": "tiny",
+              # As hpcmorph submit passes it on: where the scripts' jobs/lib/common.sh is.
+              "HPCMORPH_HOME": str(ROOT),
               "HPCMORPH_ATTACK_K": "1 2", "LD_LIBRARY_PATH": "/host/lib",
               "BASH_FUNC_module%%": MODULE_FUNC, "BASH_FUNC_ml%%": ML_FUNC, **extra})
     for f in bench.record.parent.glob("record*"):

@@ -143,6 +143,14 @@ def test_plan_submit_and_bench_take_their_per_stage_facts_from_the_table():
     assert sorted(bench.STAGES) == benched
 
 
+def test_plan_modules_stay_short():
+    # The plan keeps one part per module (figures, work, the run's plan, the CLI), each short enough to read whole.
+    sizes = {p.name: len(p.read_text().splitlines()) for p in (PACKAGE / "plan").glob("*.py")}
+    assert {"figures.py", "work.py", "model.py", "cli.py"} <= set(sizes), sizes
+    assert not (PACKAGE / "plan.py").exists()
+    assert all(n <= 300 for n in sizes.values()), sizes
+
+
 def test_every_user_error_is_one_class_the_cli_catches():
     from hpcmorph import errors
     from hpcmorph.config import ConfigError

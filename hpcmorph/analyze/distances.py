@@ -119,13 +119,14 @@ def distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.linalg.norm(np.asarray(a, np.float64) - np.asarray(b, np.float64), axis=-1)
 
 
-def table2(attacks: dict[str, np.ndarray], z_attacked: np.ndarray, test_index: np.ndarray, z_y10: np.ndarray,
+def table2(attacks, z_attacked: np.ndarray, test_index: np.ndarray, z_y10: np.ndarray,
            z_y1: np.ndarray, variants: list[str], seed: int = 0, level: float = LEVEL,
            n_boot: int = N_BOOT) -> tuple[dict, dict]:
     """Table 2 and the per-image distances behind it.
 
-    attacks: the attack table's columns ``variant`` (index into ``variants``), ``index`` (galaxy row),
-        ``success``, ``queries``, ``target`` (N,); z_attacked: (N, D) latents of its attacked images.
+    attacks: the attack table's rows (:class:`.inputs.AttackRows`; read: ``variant``, an index into
+        ``variants``, ``index``, the galaxy row, ``success``, ``queries``, ``target``, each (N,));
+        z_attacked: (N, D) latents of its attacked images.
     test_index: (n,) galaxy rows of ``z_y10`` and ``z_y1``, shaped (n, V, D) (V = len(variants)).
     seed: the bootstrap's seed (run.seed); level, n_boot: its confidence level and resamples.
     Returns (table, per_image): table = {variant: {"y10_y1"|"y10_attacked": {"mean", "std", "n"} (raw),
@@ -138,9 +139,8 @@ def table2(attacks: dict[str, np.ndarray], z_attacked: np.ndarray, test_index: n
     where = {int(r): i for i, r in enumerate(test_index)}
     per_image: dict = {}
     for v, name in enumerate(variants):
-        rows = chosen_attacks(attacks["variant"], attacks["index"], attacks["success"], attacks["queries"],
-                              attacks["target"], v)
-        images = attacks["index"][rows]
+        rows = chosen_attacks(attacks.variant, attacks.index, attacks.success, attacks.queries, attacks.target, v)
+        images = attacks.index[rows]
         pos = np.array([where[int(r)] for r in images], np.int64)
         d_att = distance(z_attacked[rows], z_y10[pos, v]) if len(rows) else np.zeros(0)
         d_y1 = distance(z_y1[pos, v], z_y10[pos, v]) if len(rows) else np.zeros(0)

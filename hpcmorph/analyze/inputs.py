@@ -27,6 +27,24 @@ from .exposure import has_clean
 ATTACK_SCALARS = ("variant", "index", "label", "target", "success", "queries")
 
 
+@dataclass(frozen=True)
+class AttackRows:
+    """The columns of an attack output (:func:`hpcmorph.attack.columns`) the analysis reads: one row
+    per (model, image, target), N rows."""
+
+    variant: np.ndarray     # (N,) the attacked model: index into the file's variant_names
+    index: np.ndarray       # (N,) row of the attacked image in galaxies.h5
+    label: np.ndarray       # (N,) its true class
+    target: np.ndarray      # (N,) the target class; -1 for an untargeted attack
+    success: np.ndarray     # (N,) the attack reached its goal
+    queries: np.ndarray     # (N,) model queries until it did, or until the budget ran out
+    prob_after: np.ndarray  # (N, classes) the attacked model's probabilities for the attacked image
+
+    def scalars(self) -> dict[str, np.ndarray]:
+        """The scalar columns, as attack_latents.h5 keeps them beside the attacked images' latents."""
+        return {name: getattr(self, name) for name in ATTACK_SCALARS}
+
+
 def attack_state(cfg: Config, k: int) -> tuple[Path, bool]:
     """(path of the k-pixel attack, whether it is a complete output of this config)."""
     ck = config_for_k(cfg, k)
@@ -88,10 +106,10 @@ def read_table1(cfg: Config) -> dict:
     return found["table1"]
 
 
-def read_attack(path: Path, variants: list[str]) -> tuple[dict[str, np.ndarray], dict]:
-    """(scalar columns with ``prob_after``, summary) of the attack output; its variants must be ours."""
+def read_attack(path: Path, variants: list[str]) -> tuple[AttackRows, dict]:
+    """(its rows, summary) of the attack output; its variants must be ours."""
     with store.open_checked(path, "attack") as f:
-        cols = {name: f[name][...] for name in (*ATTACK_SCALARS, "prob_after")}
+        cols = AttackRows(**{name: f[name][...] for name in (*ATTACK_SCALARS, "prob_after")})
         found = str(f.attrs["variant_names"]).split(",")
         summary = json.loads(f.attrs["summary"])
     if found != variants:
@@ -116,7 +134,7 @@ class TestSet:
     fractions: list[float]    # exposure fractions to re-observe at; [] when there are no noiseless images
 
 
-def read_test_set(cfg: Config, attacks: dict, attack_file: Path) -> TestSet:
+def read_test_set(cfg: Config, attacks: AttackRows, attack_file: Path) -> TestSet:
     """The labelled Y10 test split of galaxies.h5; checks ``analyze.triplet`` against the attacked images."""
     a = cfg.analyze
     with store.open_checked(RunLayout.of(cfg).galaxies, "generate") as f:
@@ -125,8 +143,8 @@ def read_test_set(cfg: Config, attacks: dict, attack_file: Path) -> TestSet:
         bands = survey_bands(str(f.attrs["bands"]).split(","))
         pixel_scale, y1_fraction = float(f.attrs["pixel_scale_arcsec"]), float(f.attrs["y1_fraction"])
         clean_ok = len(rows) > 0 and has_clean(f["clean"][int(rows[0])])
-    if a.triplet is not None and a.triplet not in set(attacks["index"].tolist()):
-        shown = ", ".join(map(str, np.unique(attacks["index"])[:20]))
+    if a.triplet is not None and a.triplet not in set(attacks.index.tolist()):
+        shown = ", ".join(map(str, np.unique(attacks.index)[:20]))
         raise StageError(f"analyze.triplet={a.triplet} is not an attacked image of {attack_file} "
                          f"(attacked rows: {shown})")
     if not clean_ok:

@@ -8,6 +8,7 @@ take chunks round-robin and exchange the results, so the output is the same on a
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from pathlib import Path
 from collections.abc import Callable
 
@@ -21,7 +22,36 @@ from ..config import Config
 from ..layout import RunLayout
 from ..mpi import Context
 from . import exposure
-from .inputs import ATTACK_SCALARS
+from .inputs import ATTACK_SCALARS, TestSet
+
+
+@dataclass(frozen=True)
+class Latents:
+    """latents.h5: the n test images' latents and classes under each of the V models (D dimensions,
+    F exposure fractions)."""
+
+    index: np.ndarray          # (n,) rows of the test images in galaxies.h5, increasing
+    label: np.ndarray          # (n,) their classes
+    z_y10: np.ndarray          # (n, V, D) latents of the Y10 images
+    z_y1: np.ndarray           # (n, V, D) latents of the Y1 images
+    pred_y10: np.ndarray       # (n, V) classes predicted for the Y10 images
+    pred_y1: np.ndarray        # (n, V) for the Y1 images
+    pred_exposure: np.ndarray  # (n, V, F) for the images observed again at each fraction; -1 not observed
+
+    def data(self) -> dict[str, np.ndarray]:
+        """The columns by name, as :func:`write` takes them."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class AttackedLatents:
+    """The latents of an attack output's N attacked images, each under the model it attacked."""
+
+    z_attacked: np.ndarray     # (N, D)
+    pred_attacked: np.ndarray  # (N,) the class that model predicts for it
+
+    def data(self) -> dict[str, np.ndarray]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 def chunks(n: int, size: int) -> list[tuple[int, int]]:
@@ -98,13 +128,12 @@ def attack_columns(latent_dim: int) -> dict[str, store.Column]:
     }
 
 
-def compute_latents(cfg: Config, ctx: Context, models: dict, device, test: np.ndarray, attack_file: Path,
-                    fractions: list[float], bands, pixel_scale: float) -> tuple[dict, dict]:
-    """Latents of the test images and of the attacked images, every rank getting all of them.
-
-    Returns (test columns of latents.h5 without index/label, {"z_attacked", "pred_attacked"}).
-    """
+def compute_latents(cfg: Config, ctx: Context, models: dict, device, test_set: TestSet,
+                    attack_file: Path) -> tuple[Latents, AttackedLatents]:
+    """Latents of the test images and of the attacked images, every rank getting all of them."""
     a = cfg.analyze
+    test, fractions = test_set.rows, test_set.fractions
+    bands, pixel_scale = test_set.bands, test_set.pixel_scale
     variants = list(models)
     dim = next(iter(models.values()))[0].latent_dim
     n_v, n_f = len(variants), len(a.exposure_fractions)
@@ -144,11 +173,13 @@ def compute_latents(cfg: Config, ctx: Context, models: dict, device, test: np.nd
     empty = {"z_y10": np.zeros((0, n_v, dim), np.float32), "z_y1": np.zeros((0, n_v, dim), np.float32),
              "pred_y10": np.zeros((0, n_v), np.int8), "pred_y1": np.zeros((0, n_v), np.int8),
              "pred_exposure": np.zeros((0, n_v, n_f), np.int8)}
-    return concat(test_parts, empty), attacked
+    return Latents(index=test.astype(np.int64), label=test_set.labels.astype(np.int8),
+                   **concat(test_parts, empty)), attacked
 
 
-def attack_latents(cfg: Config, ctx: Context, models: dict, device, fa: h5py.File, progress=None) -> dict:
-    """{"z_attacked", "pred_attacked"} of every attacked image of the open attack file ``fa``, under
+def attack_latents(cfg: Config, ctx: Context, models: dict, device, fa: h5py.File,
+                   progress=None) -> AttackedLatents:
+    """The latents of every attacked image of the open attack file ``fa``, under
     the model it attacked, in fixed chunks of analyze.batch_size rows shared by the ranks (every rank
     gets all of them)."""
     dim = next(iter(models.values()))[0].latent_dim
@@ -167,7 +198,8 @@ def attack_latents(cfg: Config, ctx: Context, models: dict, device, fa: h5py.Fil
         return out
 
     parts = sharded(ctx, len(att_chunks), attack_chunk, progress)
-    return concat(parts, {"z_attacked": np.zeros((0, dim), np.float32), "pred_attacked": np.zeros(0, np.int8)})
+    return AttackedLatents(**concat(parts, {"z_attacked": np.zeros((0, dim), np.float32),
+                                            "pred_attacked": np.zeros(0, np.int8)}))
 
 
 def write(path: Path, cols: dict[str, store.Column], data: dict[str, np.ndarray], attrs: dict, ctx: Context,

@@ -40,7 +40,7 @@ from ..lock import locked
 from ..mpi import Context, device_for, log
 from ..train import saved
 from . import church, claims, distances, latents, numbers, queries, seeds
-from .inputs import (ATTACK_SCALARS, TestSet, attack_ks, attack_state, other_range_attack, read_attack, read_table1,
+from .inputs import (AttackRows, TestSet, attack_ks, attack_state, other_range_attack, read_attack, read_table1,
                      read_test_set, require_attack)
 
 STAGE = "analyze"
@@ -147,7 +147,7 @@ def analyse_seed(cfg: Config, ctx: Context, device, out: Path, attack_file: Path
     attacks, attack_summary = read_attack(attack_file, variants)
     test = read_test_set(cfg, attacks, attack_file)
     log.info("analyze: seed %d: %d test images, %d attack rows (k=%d), %d exposures, models %s, %d ranks, device %s",
-             seed, len(test.rows), len(attacks["index"]), cfg.attack.pixels, len(test.fractions), ",".join(variants),
+             seed, len(test.rows), len(attacks.index), cfg.attack.pixels, len(test.fractions), ",".join(variants),
              ctx.size, device)
     lat, att, attrs = embed(cfg, ctx, models, device, test, attacks, attack_file, out, key, started)
     others = {}
@@ -157,11 +157,11 @@ def analyse_seed(cfg: Config, ctx: Context, device, out: Path, attack_file: Path
         others[name] = embed_attack(cfg, ctx, models, device, path, variants, out / attack_latents_name(suffix), attrs)
     if not ctx.is_root:
         return None
-    mismatch = int(np.sum(att["pred_attacked"] != _pred_after(attack_file)))
+    mismatch = int(np.sum(att.pred_attacked != _pred_after(attack_file)))
     if mismatch:
         log.warning("analyze: %d attacked images get another class here than in %s (near-ties in the "
                     "last bits)", mismatch, attack_file.name)
-    result = numbers.analyse(cfg, models, variants, lat, attacks, att, test.fractions, test.y1_fraction, others)
+    result = numbers.analyse(cfg, models, lat, attacks, att, test, others)
     return {**result, "seed": seed, "variants": variants, "provenance": attrs_json(attrs), "attack": attack_summary,
             "methods": queries.compare(cfg, variants)}
 
@@ -184,26 +184,23 @@ def _clear(ctx: Context, out: Path) -> None:
                 (out / name).with_suffix(suffix).unlink(missing_ok=True)
 
 
-def embed(cfg: Config, ctx: Context, models: dict, device, test: TestSet, attacks: dict, attack_file: Path,
-          out: Path, key: str, started: str) -> tuple[dict, dict, dict]:
+def embed(cfg: Config, ctx: Context, models: dict, device, test: TestSet, attacks: AttackRows, attack_file: Path,
+          out: Path, key: str, started: str) -> tuple[latents.Latents, latents.AttackedLatents, dict]:
     """Every rank: latents of the test and attacked images, written to latents.h5 and
-    attack_latents.h5; returns (latents.h5 columns, attack_latents.h5 columns, their attributes)."""
+    attack_latents.h5; returns (the test images', the attacked images', their files' attributes)."""
     a, variants = cfg.analyze, list(models)
-    lat, att = latents.compute_latents(cfg, ctx, models, device, test.rows, attack_file, test.fractions, test.bands,
-                                       test.pixel_scale)
-    dim = lat["z_y10"].shape[-1]
+    lat, att = latents.compute_latents(cfg, ctx, models, device, test, attack_file)
+    dim = lat.z_y10.shape[-1]
     attrs = {**store.provenance(cfg, ctx, STAGE, key, started), "variant_names": ",".join(variants),
              "class_names": ",".join(CLASS_NAMES), "model_seed": model_seed(cfg), "attack_file": attack_file.name,
              "exposure_fractions": np.asarray(a.exposure_fractions, np.float64),
              "exposure_observed": bool(test.fractions)}
     io = store.resolve_io(cfg)
-    lat_data = {"index": test.rows.astype(np.int64), "label": test.labels.astype(np.int8), **lat}
     layout = latents.columns(len(variants), dim, len(a.exposure_fractions))
-    latents.write(out / LATENTS, layout, lat_data, attrs, ctx, io)
-    att_data = {name: attacks[name] for name in ATTACK_SCALARS}
-    att_data.update(att)
-    latents.write(out / ATTACK_LATENTS, latents.attack_columns(dim), att_data, attrs, ctx, io)
-    return lat_data, att, attrs
+    latents.write(out / LATENTS, layout, lat.data(), attrs, ctx, io)
+    latents.write(out / ATTACK_LATENTS, latents.attack_columns(dim), {**attacks.scalars(), **att.data()}, attrs,
+                  ctx, io)
+    return lat, att, attrs
 
 
 def attack_latents_name(suffix: str) -> str:
@@ -212,16 +209,14 @@ def attack_latents_name(suffix: str) -> str:
 
 
 def embed_attack(cfg: Config, ctx: Context, models: dict, device, attack_file: Path, variants: list[str], path: Path,
-                 attrs: dict) -> tuple[dict, dict]:
+                 attrs: dict) -> tuple[AttackRows, latents.AttackedLatents]:
     """Every rank: the latents of another attack output's attacked images (the other value range's),
     written to ``path``; returns (its scalar columns, its latents)."""
     attacks, _ = read_attack(attack_file, variants)
     with h5py.File(attack_file, "r") as fa:
         att = latents.attack_latents(cfg, ctx, models, device, fa)
     dim = next(iter(models.values()))[0].latent_dim
-    data = {name: attacks[name] for name in ATTACK_SCALARS}
-    data.update(att)
-    latents.write(path, latents.attack_columns(dim), data,
+    latents.write(path, latents.attack_columns(dim), {**attacks.scalars(), **att.data()},
                   {**attrs, "attack_file": attack_file.name}, ctx, store.resolve_io(cfg))
     return attacks, att
 

@@ -12,7 +12,7 @@ import csv
 import html
 import io
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 from collections.abc import Iterable, Mapping
 
@@ -119,6 +119,20 @@ def variant_name(variant: str) -> str:
 
 # ------------------------------------------------------------------------------------------- tables
 
+@dataclass(frozen=True)
+class Table1Row:
+    """One record of Table 1's CSV/JSON: a model's metric on one domain, ours over seeds beside the
+    paper's; None where there is no number."""
+
+    variant: str
+    domain: str                # y10 or y1
+    metric: str                # accuracy, precision, recall or f1
+    mean: float | None         # over the training seeds
+    std: float | None
+    seeds: int | None          # how many
+    paper: float | None
+
+
 def table1(ours: Mapping | None, paper: Mapping = PAPER_TABLE1) -> Table:
     """Table 1: per model and metric, ours (mean ± std over seeds) beside the paper's, on Y10 and Y1.
 
@@ -137,8 +151,8 @@ def table1(ours: Mapping | None, paper: Mapping = PAPER_TABLE1) -> Table:
                 mean, std = _pair(_get(ours, variant, domain, metric))
                 theirs = finite(_get(paper, variant, domain, metric))
                 row += [mean_std(mean, std, 2), None if theirs is None else f"{theirs:.2f}"]
-                records.append({"variant": variant, "domain": domain, "metric": metric, "mean": finite(mean),
-                                "std": finite(std), "seeds": n_seeds, "paper": theirs})
+                records.append(asdict(Table1Row(variant, domain, metric, finite(mean), finite(std), n_seeds,
+                                                theirs)))
             rows.append(row)
             name = ""
     return Table("table1", "Table 1: test-set accuracy and weighted precision, recall and F1 on Y10 and Y1 "
@@ -168,6 +182,28 @@ def _n(n: Any) -> str | None:
     if isinstance(n, (list, tuple)):
         return " + ".join(str(int(x)) for x in n if finite(x) is not None) or None
     return _int(n)
+
+
+@dataclass(frozen=True)
+class Table2Row:
+    """One record of Table 2's CSV/JSON: a model's (or the ratio's) latent distance of one pair, raw
+    or scale-free, beside the paper's; None where there is no number."""
+
+    variant: str                    # regular, mmd, ... or ratio_mmd_over_regular
+    pair: str                       # y10_y1 or y10_attacked
+    mean: float | None = None       # the mean distance (latent units; scale-free: in latent scales)
+    std: float | None = None        # population std over the images
+    n: float | None = None          # flipped images
+    paper_mean: float | None = None
+    paper_std: float | None = None
+    paper_n: float | None = None
+    scale: str = "raw"              # raw or scale_free
+    lo: float | None = None         # the bootstrap interval of the mean
+    hi: float | None = None
+
+    def record(self, value_range: str | None) -> dict[str, Any]:
+        """The CSV/JSON record, with the attacks' value range."""
+        return {**asdict(self), "range": value_range}
 
 
 def range_id(value_range: str | None) -> str:
@@ -208,11 +244,9 @@ def table2(ours: Mapping | None, pixels: int = 1, value_range: str | None = None
             if text is not None and finite(mine.get("n")) is not None:
                 text += f" (n={int(mine['n'])})"
             row += [text, mean_std(theirs.get("mean"), theirs.get("std"), n=theirs.get("n"))]
-            records.append({"variant": v, "pair": pair, "mean": finite(mine.get("mean")),
-                            "std": finite(mine.get("std")), "n": finite(mine.get("n")),
-                            "paper_mean": finite(theirs.get("mean")), "paper_std": finite(theirs.get("std")),
-                            "paper_n": finite(theirs.get("n")), "scale": "raw", "lo": finite(bounds[0]),
-                            "hi": finite(bounds[1])})
+            records.append(Table2Row(v, pair, finite(mine.get("mean")), finite(mine.get("std")),
+                                     finite(mine.get("n")), finite(theirs.get("mean")), finite(theirs.get("std")),
+                                     finite(theirs.get("n")), "raw", finite(bounds[0]), finite(bounds[1])))
         ratio = finite(_get(ours, "ratio_mmd_over_regular", pair))
         ratio_est = _get(ours, "ratios", "raw", pair)
         p_reg, p_mmd = finite(_get(paper, "regular", pair, "mean")), finite(_get(paper, "mmd", pair, "mean"))
@@ -223,9 +257,8 @@ def table2(ours: Mapping | None, pixels: int = 1, value_range: str | None = None
         if ratio_text is not None and isinstance(ratio_est, Mapping) and ci(ratio_est.get("lo"), ratio_est.get("hi")):
             ratio_text += f" {ci(ratio_est.get('lo'), ratio_est.get('hi'))}"
         row += [ratio_text, number(paper_ratio)]
-        records.append({"variant": "ratio_mmd_over_regular", "pair": pair, "mean": ratio, "std": None, "n": None,
-                        "paper_mean": paper_ratio, "paper_std": None, "paper_n": None, "scale": "raw",
-                        "lo": finite(_get(ratio_est, "lo")), "hi": finite(_get(ratio_est, "hi"))})
+        records.append(Table2Row("ratio_mmd_over_regular", pair, ratio, paper_mean=paper_ratio,
+                                 lo=finite(_get(ratio_est, "lo")), hi=finite(_get(ratio_est, "hi"))))
         rows.append(row)
     scale_free = any(isinstance(_get(ours, v, "scale_free"), Mapping) for v in variants)
     for pair in PAIRS if scale_free else ():
@@ -236,14 +269,12 @@ def table2(ours: Mapping | None, pixels: int = 1, value_range: str | None = None
             if text is not None and _n(_get(e, "n")):
                 text += f" (n={_n(_get(e, 'n'))})"
             row += [text, None]
-            records.append({"variant": v, "pair": pair, "mean": finite(_get(e, "value")), "std": finite(_get(e, "std")),
-                            "n": finite(_get(e, "n")), "paper_mean": None, "paper_std": None, "paper_n": None,
-                            "scale": "scale_free", "lo": finite(_get(e, "lo")), "hi": finite(_get(e, "hi"))})
+            records.append(Table2Row(v, pair, finite(_get(e, "value")), finite(_get(e, "std")), finite(_get(e, "n")),
+                                     scale="scale_free", lo=finite(_get(e, "lo")), hi=finite(_get(e, "hi"))))
         r = _get(ours, "ratios", "scale_free", pair)
         row += [estimate(r), None]
-        records.append({"variant": "ratio_mmd_over_regular", "pair": pair, "mean": finite(_get(r, "value")),
-                        "std": None, "n": None, "paper_mean": None, "paper_std": None, "paper_n": None,
-                        "scale": "scale_free", "lo": finite(_get(r, "lo")), "hi": finite(_get(r, "hi"))})
+        records.append(Table2Row("ratio_mmd_over_regular", pair, finite(_get(r, "value")), scale="scale_free",
+                                 lo=finite(_get(r, "lo")), hi=finite(_get(r, "hi"))))
         rows.append(row)
     level = finite(_get(ours, "bootstrap", "level"))
     seeds = ours.get("seeds") if isinstance(ours.get("seeds"), list) else []
@@ -255,8 +286,6 @@ def table2(ours: Mapping | None, pixels: int = 1, value_range: str | None = None
     scale_text = (" Scale-free rows: each distance divided by the model's latent scale (the median distance between "
                   "two of its Y10 test latents), so that the two models can be compared; the paper has none."
                   if scale_free else "")
-    for r in records:
-        r["range"] = value_range
     where = ""
     if value_range is not None:
         where = (" Attack values in the data's range (the normalised pixels' own), not the paper's [0, 1]."
@@ -266,7 +295,7 @@ def table2(ours: Mapping | None, pixels: int = 1, value_range: str | None = None
                  f"and its Y1 observation, and between it and its {attacked} attacked version, over the images "
                  "the attack flipped (mean ± std, n images), beside the paper's; and the ratio of the domain-"
                  "adapted model's mean to the regular one's." + where + pooled + intervals + scale_text, header, rows,
-                 records)
+                 [r.record(value_range) for r in records])
 
 
 def certification_table(cert: Mapping | None) -> Table:
