@@ -207,9 +207,10 @@ SCHEMA: dict[str, Any] = {
         "saliency_top": Field(500, int, "Saliency: gradient-ranked candidates classified at most before the "
                               "refinement (saliency_radius) takes the rest of the budget.", low=1),
         "saliency_radius": Field(0, int, "Saliency at k = 1: after the ranked candidates, a best-first search "
-                                 "around the best candidates classified so far (the other corners of their pixel, "
-                                 "then their corner at the pixels within this many pixels); 0: random search "
-                                 "(Sparse-RS) instead.", low=0, high=16),
+                                 "around the best candidates classified so far, shared by the targets of an image "
+                                 "(the other corners of their pixel and their corner at the 8 pixels around, then "
+                                 "rings 1 pixel wider around a candidate that stays the best, up to this many "
+                                 "pixels); 0: random search (Sparse-RS) instead.", low=0, high=16),
         "pixel_range": Field(None, list, "Bounds [min, max] of the values a candidate sets, in normalised (model input) "
                              "units, every band. Default (null): the range of the normalised data, i.e. the attacked "
                              "model's asinh stretch of its clip limits (about [0.46, 0.886]); [0, 1] is the authors' "

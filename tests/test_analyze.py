@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import TINY_ANALYZE, assert_same_data, cli, datasets, workdir
+from helpers import TINY_ANALYZE, TINY_ATTACK, assert_same_data, cli, datasets, workdir
 from hpcmorph import config
 from hpcmorph.analyze import church, distances, exposure, isomap, numbers, stage
 from hpcmorph.analyze.inputs import AttackRows
@@ -218,6 +218,21 @@ def serial(tiny_analyzed):
     return run / "analysis", stderr
 
 
+def _flip_distances(att: dict, lat: dict, v: int) -> tuple[list, list]:
+    """Model v's latent distances from Y10 of each flipped image's attacked image (its cheapest successful
+    attack, the lower target among equals) and of its Y1 image, from attack_latents*.h5 and latents.h5."""
+    d_att, d_y1 = [], []
+    for image in np.unique(att["index"][(att["variant"] == v) & att["success"]]):
+        rows = [r for r in range(len(att["index"]))
+                if att["variant"][r] == v and att["index"][r] == image and att["success"][r]]
+        row = min(rows, key=lambda r: (att["queries"][r], att["target"][r]))
+        p = int(np.flatnonzero(lat["index"] == image)[0])
+        z0 = lat["z_y10"][p, v].astype(np.float64)
+        d_att.append(np.linalg.norm(att["z_attacked"][row] - z0))
+        d_y1.append(np.linalg.norm(lat["z_y1"][p, v] - z0))
+    return d_att, d_y1
+
+
 def _numbers(out) -> dict:
     found = json.loads((out / "analysis.json").read_text())
     found.pop("provenance")
@@ -259,15 +274,7 @@ def test_outputs_agree_with_the_inputs_and_each_other(serial, attacked):
     # Table 2 recomputed from the h5 files, independently of distances.py.
     t2 = found["table2"]
     for v, variant in enumerate(("regular", "mmd")):
-        d_att, d_y1 = [], []
-        for image in np.unique(att["index"][(att["variant"] == v) & att["success"]]):
-            rows = [r for r in range(len(att["index"]))
-                    if att["variant"][r] == v and att["index"][r] == image and att["success"][r]]
-            row = min(rows, key=lambda r: (att["queries"][r], att["target"][r]))
-            p = int(np.flatnonzero(lat["index"] == image)[0])
-            z0 = lat["z_y10"][p, v].astype(np.float64)
-            d_att.append(np.linalg.norm(att["z_attacked"][row] - z0))
-            d_y1.append(np.linalg.norm(lat["z_y1"][p, v] - z0))
+        d_att, d_y1 = _flip_distances(att, lat, v)
         assert len(d_att) > 0, f"{variant}: nothing flipped, though every targeted attack succeeds at threshold 0"
         assert t2[variant]["y10_attacked"]["n"] == len(d_att)
         np.testing.assert_allclose(t2[variant]["y10_attacked"]["mean"], np.mean(d_att), rtol=1e-6)
@@ -392,3 +399,53 @@ def test_missing_attack_is_a_clear_error(attacked, tmp_path):
     assert "attack.h5: no such file; run `hpcmorph attack --config" in res.stderr
     assert "Traceback" not in res.stderr
     assert not (cwd / "runs" / "tiny" / "analysis" / "analysis.json").exists()
+
+
+@pytest.mark.slow
+def test_both_value_ranges_give_their_own_table2_and_claims(attacked, tmp_path):
+    """analyze.compare_ranges: the run's k = 1 attack in [0, 1] (attack-r01.h5) beside the data range's
+    gets its own latents, Table 2 and claims 3, 4, 5a and 5b rows, each from its own attack file."""
+    cwd = _workdir(tmp_path, attacked)
+    run = cwd / "runs" / "tiny"
+    cli(["attack", *TINY_ATTACK, "--set", "attack.pixel_range=[0,1]", "--set", "attack.figures=false"], cwd)
+    # Only what Table 2 and the claims need: no figures, two exposures, a small isomap.
+    cli([*ANALYZE, "--set", "analyze.compare_ranges=true", "--set", "analyze.figures=false",
+         "--set", "analyze.exposure_fractions=[0.1,1.0]", "--set", "analyze.isomap_images=20"], cwd)
+    out = run / "analysis"
+    found = json.loads((out / "analysis.json").read_text())
+    by_range = found["table2_by_range"]
+    assert list(by_range) == ["data", "[0, 1]"] and by_range["data"] == found["table2"]
+    assert list(found["methods"]["ranges"]) == ["data", "[0, 1]"]
+    lat = datasets(out / "latents.h5")
+    claims = {(r["id"], r["range"], r["variant"]): r for r in found["claims"]}
+    for name, suffix in (("data", ""), ("[0, 1]", "-r01")):
+        att = datasets(out / f"attack_latents{suffix}.h5")
+        with h5py.File(run / f"attack{suffix}.h5", "r") as a:
+            attack = {k: a[k][...] for k in ("variant", "index", "target", "success", "queries", "pred_after")}
+            assert a.attrs["pixel_range"] == "data range (data_range_<variant>)" if suffix == "" else \
+                list(a.attrs["pixel_range"]) == [0.0, 1.0]
+        for k in ("variant", "index", "target", "success", "queries"):
+            assert np.array_equal(att[k], attack[k]), (name, k)
+        np.testing.assert_array_equal(att["pred_attacked"], attack["pred_after"])
+        t2, n = by_range[name], {}
+        for v, variant in enumerate(("regular", "mmd")):
+            d_att, d_y1 = _flip_distances(att, lat, v)
+            n[variant] = len(d_att)
+            assert n[variant] > 0, f"{name}, {variant}: nothing flipped at threshold 0"
+            assert t2[variant]["y10_attacked"]["n"] == n[variant]
+            np.testing.assert_allclose(t2[variant]["y10_attacked"]["mean"], np.mean(d_att), rtol=1e-6)
+            np.testing.assert_allclose(t2[variant]["y10_y1"]["mean"], np.mean(d_y1), rtol=1e-6)
+            flipped = len(np.unique(attack["index"][(attack["variant"] == v) & attack["success"]]))
+            attacked_images = len(np.unique(attack["index"][attack["variant"] == v]))
+            three = claims[("3", name, variant)]
+            assert three["estimate"]["value"] == pytest.approx(flipped / attacked_images)
+        # Claims 4, 5a, 5b have a row for each range, over that range's flipped images.
+        for cid in ("4", "5a", "5b"):
+            r = claims[(cid, name, None)]
+            assert r["estimate"] is not None and f"{n['regular']} + {n['mmd']} flipped images" in r["note"]
+        raw = claims[("5b", name, None)]["parts"]["raw distance ratio, MMD / regular (the paper's measure)"]
+        assert raw["value"] == pytest.approx(t2["mmd"]["y10_attacked"]["mean"] / t2["regular"]["y10_attacked"]["mean"])
+    # The two files attack the same images: the ranges differ in what a pixel may take, not where.
+    with h5py.File(run / "attack.h5", "r") as a, h5py.File(run / "attack-r01.h5", "r") as b:
+        assert np.array_equal(a["index"][...], b["index"][...]) and np.array_equal(a["target"][...], b["target"][...])
+        assert not np.array_equal(a["pixel_values"][...], b["pixel_values"][...])

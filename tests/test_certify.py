@@ -306,3 +306,66 @@ def test_best_first_refinement_finds_what_the_gradient_cannot_see():
         assert (alone.success, alone.queries, alone.generations) == (found[i].success, found[i].queries,
                                                                      found[i].generations)
         assert np.array_equal(alone.genome, found[i].genome)
+
+
+DECOY = (10, 10)
+
+
+class Decoyed(torch.nn.Module):
+    """Class 1 needs band 1 bright at SPOT through a unit off at the clean image, as :class:`Hidden`,
+    but its margin points elsewhere: a small pull at DECOY, far from SPOT. Class 2 is out of reach
+    (at most -9), but its margin points at SPOT: the pixels around it raise its logit."""
+
+    def forward(self, x):
+        d = x[:, 1] - 0.5
+        y, xx = SPOT[1], SPOT[0]
+        ring = d[:, y - 1:y + 2, xx - 1:xx + 2].sum((1, 2)) - d[:, y, xx]
+        l1 = 20 * (torch.relu(d[:, y, xx] - 0.2) - 0.2) + 2 * d[:, DECOY[1], DECOY[0]]
+        return torch.stack([torch.zeros_like(l1), l1, 2 * ring - 10], 1)
+
+
+def test_the_targets_of_an_image_share_what_they_classify():
+    """Target 1's own ranking and margins lead to DECOY; target 2's lead next to SPOT, where its
+    refinement classifies the candidate that reaches class 1. Shared (one image, groups equal),
+    target 1 takes it from there; alone, it spends its budget around DECOY."""
+    from hpcmorph.attack import saliency
+
+    base = _flat(1, noise=0.002, seed=7)
+    settings = saliency.Settings(max_queries=60, top=8, proposals=4, radius=2)
+    seeds = [np.random.SeedSequence([0, t]) for t in (1, 2)]
+
+    def run(images, true, target, seeds, groups):
+        model = Counted(Decoyed())
+        res = saliency.search(objective(model, images), box(), true, target, seeds, settings, groups)
+        assert model.images + saliency.GRADIENT_QUERIES * len(res) == sum(r.queries for r in res)
+        return res
+
+    alone = run(base.expand(2, -1, -1, -1), [0, 0], [1, 2], seeds, None)
+    shared = run(base.expand(2, -1, -1, -1), [0, 0], [1, 2], seeds, [0, 0])
+    assert not alone[0].success and not alone[1].success and not shared[1].success
+    assert shared[0].success and shared[0].queries < settings.max_queries
+    x, y, v = pixels.decode(shared[0].genome, 1, H, W)
+    assert (x[0], y[0]) == SPOT and v[0, 1] == 1.0
+    # Another image in the batch (its own group) changes nothing of this one's attacks.
+    other = _flat(1, noise=0.002, seed=8)
+    batched = run(torch.cat([other, other, base, base]), [0, 0, 0, 0], [1, 2, 1, 2],
+                  [np.random.SeedSequence([1, t]) for t in (1, 2)] + seeds, [5, 5, 3, 3])
+    for a, b in zip(batched[2:], shared):
+        assert (a.success, a.queries, a.generations) == (b.success, b.queries, b.generations)
+        assert np.array_equal(a.genome, b.genome)
+
+
+def test_refinement_rings_widen_around_the_best_candidate():
+    from hpcmorph.attack import saliency
+
+    b = box()
+    q = (3 * W + 7) * 8 + 2
+    one, two = saliency.ring(q, b, 1), saliency.ring(q, b, 2)
+    assert one[:7] == [(3 * W + 7) * 8 + c for c in range(8) if c != 2]
+    for r, found in ((1, one[7:]), (2, two)):
+        pos = [divmod(n // 8, W) for n in found]
+        assert all(n % 8 == 2 for n in found) and len(found) == 8 * r
+        assert all(max(abs(y - 3), abs(x - 7)) == r for y, x in pos)
+    assert saliency.neighbours(q, b, 2) == one + two
+    # At the border the rings are cut.
+    assert len(saliency.ring(2, b, 1)) == 7 + 3 and len(saliency.ring(2, b, 2)) == 5

@@ -104,7 +104,7 @@ def attack(a, logits_fn, images: torch.Tensor, groups, true, target, seeds, box:
     elif a.method == "saliency":
         results = saliency.search(objective, box, true, target, seeds,
                                   saliency.Settings(a.max_queries, a.saliency_top, a.rs_alpha, a.threshold,
-                                                    a.proposals, a.saliency_radius))
+                                                    a.proposals, a.saliency_radius), groups)
     else:
         raise ValueError(f"unknown attack method {a.method!r} (methods: {', '.join(METHODS)})")
     return mixed.settle(results, objective, true, target, a.threshold), objective

@@ -15,24 +15,33 @@
    soon puts ``proposals`` candidates in every forward pass, which keeps the passes large (a forward
    pass of a few images costs nearly as much as one of hundreds on a CPU).
 4. Refinement, without a success. With ``radius`` > 0 (k = 1), a best-first search around the best
-   candidates classified so far: the candidate with the lowest margin loss not yet expanded gives its
-   neighbours (the other corners at its pixel, then its corner at the pixels within ``radius``), which
-   are classified ``proposals`` at a time, and each expands in turn by its true margin; when every
-   classified candidate is expanded, the ranking goes on where it stopped. Why: the first-order gain
-   cannot see a unit that is off at the clean image and that a corner value switches on, and the
-   few candidates that flip such an image can rank beyond 27,000 of 32,768 (the first-order gain of
-   one even predicts a loss); but the margins of the candidates already classified show where the
-   model is sensitive, and on the laptop models the flipping candidates lay within 2 pixels of the
-   best of the first 32 ranked ones (or at another corner of the same pixel). Otherwise (``radius``
-   0, or k > 1), Sparse-RS steps (:mod:`.sparse_rs`) start from the best ranked candidate and use
-   the rest of the budget.
+   candidates classified so far, shared by the targets of one image: the candidate with the lowest
+   margin loss not yet expanded gives its ring 1 (the other corners at its pixel, then its corner at
+   the 8 pixels around it), classified ``proposals`` at a time; it then waits in the queue with its
+   own margin for its ring 2 (its corner at the pixels 2 away), and so on up to ``radius``. So the
+   search climbs one pixel at a time while a neighbour improves, and widens around a candidate that
+   stays the best (a local optimum) while the budget lasts. Every candidate one target's attack
+   classifies is also scored by the margins of the image's other targets (the logits decide every
+   target's margin at once) and enters their queues: an attack expands the best candidate any of
+   its image's attacks found (classifying it first when it has not itself). When every queued
+   candidate is expanded, the ranking goes on where it stopped. Why: the first-order gain cannot
+   see a unit that is off at the clean image and that a corner value switches on, and the few
+   candidates that flip such an image can rank beyond 27,000 of 32,768 (the first-order gain of one
+   even predicts a loss); but the margins of the candidates already classified show where the model
+   is sensitive (on a laptop image the margins of neighbouring pixels at one corner correlate, ~0.55), and
+   the targets of one image share the move that matters most, lowering the true class's logit (the
+   laptop run's misses lay 4 pixels from the search's best candidate for their target, or near the
+   best one for the image's other target). Otherwise (``radius`` 0, or k > 1), Sparse-RS steps
+   (:mod:`.sparse_rs`) start from the best ranked candidate and use the rest of the budget.
 
 Query accounting, said plainly: the gradient counts as ``GRADIENT_QUERIES`` = 3 queries per attack
 (a backward pass costs about two forward passes), then one query per candidate classified; an
 attack's ``queries`` is that sum up to its success, or the budget ``max_queries``. The gradient is
 computed one attack at a time (batch of one image: the same arithmetic whatever else is attacked),
-for each target of an image, since the margin depends on the target. Batching as in
-:mod:`.sparse_rs`: the ranking has no random numbers, the refinement draws from each attack's seed.
+for each target of an image, since the margin depends on the target. Each attack counts only the
+candidates it classifies itself: a candidate of a sibling's that reaches its goal costs it one query.
+Batching as in :mod:`.sparse_rs`: the ranking has no random numbers, the refinement draws from each
+attack's seed, and what the targets of one image share never depends on the other images in the batch.
 """
 
 from __future__ import annotations
@@ -59,8 +68,8 @@ class Settings:
     """max_queries: the budget per attack, the gradient included (> GRADIENT_QUERIES). top: ranked
     candidates classified at most before the refinement (>= 1). alpha_init, threshold, proposals:
     as :class:`.sparse_rs.Settings` (proposals: also the most ranked candidates classified per step;
-    the ranked steps double up to it, :func:`ranked_step`). radius: pixels around the best candidates
-    the best-first refinement explores (0: Sparse-RS refines; module docstring, 4.)."""
+    the ranked steps double up to it, :func:`ranked_step`). radius: the widest ring (pixels) around a
+    candidate the best-first refinement explores (0: Sparse-RS refines; module docstring, 4.)."""
 
     max_queries: int = 2000
     top: int = 500
@@ -132,11 +141,13 @@ def _ranked(order: np.ndarray, box: Box, top: int) -> tuple[np.ndarray, np.ndarr
 
 
 def search(objective: PixelObjective, box: Box, true: Sequence[int], target: Sequence[int], seeds: Sequence,
-           settings: Settings) -> list[Result]:
+           settings: Settings, groups: Sequence | None = None) -> list[Result]:
     """Run one saliency-ranked attack per task, all tasks batched; returns one :class:`Result` per task.
 
     objective: the tasks' objective (``logits=True``); the gradient comes from its model and images.
-    true, target, seeds: as :func:`.sparse_rs.search`.
+    true, target, seeds: as :func:`.sparse_rs.search`. groups: (n,) tasks with equal values attack
+    the same image (its targets) and share what they classify in the refinement (module docstring,
+    4.); None: every task alone.
     """
     n = len(seeds)
     if not (len(true) == len(target) == n):
@@ -148,7 +159,7 @@ def search(objective: PixelObjective, box: Box, true: Sequence[int], target: Seq
     top = min(settings.top, settings.max_queries - GRADIENT_QUERIES)
     full = [ranking(grads[i], images[i], box) for i in range(n)]
     ranked = [_ranked(full[i], box, top) for i in range(n)]
-    tried: list[list] = [[] for _ in range(n)]  # (margin loss, scan index) of every candidate classified
+    tried: list[list] = [[] for _ in range(n)]  # (scan index, margin loss, probabilities) per candidate classified
 
     queries = np.full(n, GRADIENT_QUERIES, np.int64)
     results: list[Result | None] = [None] * n
@@ -172,7 +183,8 @@ def search(objective: PixelObjective, box: Box, true: Sequence[int], target: Seq
             start += r
             queries[i] += r
             done[i] += r
-            tried[i] += list(zip(loss[sl].tolist(), (position[sl, -1] * box.n_corners + corner[sl, -1]).tolist()))
+            tried[i] += list(zip((position[sl, -1] * box.n_corners + corner[sl, -1]).tolist(), loss[sl].tolist(),
+                                 probs[sl]))
             hits = np.flatnonzero(ok[sl])
             if len(hits):
                 j = sl.start + int(hits[0])
@@ -186,8 +198,9 @@ def search(objective: PixelObjective, box: Box, true: Sequence[int], target: Seq
     if not todo:
         return results
     if settings.radius > 0 and box.pixels == 1:
+        groups = list(range(n)) if groups is None else list(groups)
         for i, r in local_search(objective, box, todo, full, tried, queries, best, true_t, target_t,
-                                 settings).items():
+                                 settings, groups).items():
             results[i] = r
         return results
     state = sparse_rs.State(np.stack([best[i][0] for i in todo]), np.stack([best[i][1] for i in todo]),
@@ -205,46 +218,76 @@ def search(objective: PixelObjective, box: Box, true: Sequence[int], target: Seq
     return results
 
 
-def neighbours(q: int, box: Box, radius: int) -> list[int]:
-    """Scan indices of candidate ``q``'s neighbours: the other corners at its position (ascending),
-    then its corner at the positions within ``radius`` pixels of its own (Chebyshev distance; rows,
-    then columns ascending)."""
+def ring(q: int, box: Box, r: int) -> list[int]:
+    """Scan indices of candidate ``q``'s neighbours at distance ``r`` >= 1: at r = 1 the other corners
+    at its position (ascending) first; then its corner at the positions exactly r pixels from its
+    own (Chebyshev distance; rows, then columns ascending)."""
     position, corner = divmod(int(q), box.n_corners)
     y, x = divmod(position, box.width)
-    return ([position * box.n_corners + c for c in range(box.n_corners) if c != corner]
+    return ([position * box.n_corners + c for c in range(box.n_corners) if c != corner and r == 1]
             + [((y + dy) * box.width + x + dx) * box.n_corners + corner
-               for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1)
-               if (dy or dx) and 0 <= y + dy < box.height and 0 <= x + dx < box.width])
+               for dy in range(-r, r + 1) for dx in range(-r, r + 1)
+               if max(abs(dy), abs(dx)) == r and 0 <= y + dy < box.height and 0 <= x + dx < box.width])
+
+
+def neighbours(q: int, box: Box, radius: int) -> list[int]:
+    """Scan indices of candidate ``q``'s neighbours within ``radius``: its rings 1, 2, ... in turn."""
+    return [n for r in range(1, radius + 1) for n in ring(q, box, r)]
 
 
 def local_search(objective: PixelObjective, box: Box, todo: list[int], full: list[np.ndarray], tried: list[list],
                  queries: np.ndarray, best: list, true_t: torch.Tensor, target_t: torch.Tensor,
-                 settings: Settings) -> dict[int, Result]:
-    """k = 1: after the ranked candidates, a best-first search around the best of them (module
-    docstring, 4.); returns a :class:`Result` per attack of ``todo``.
+                 settings: Settings, groups: Sequence) -> dict[int, Result]:
+    """k = 1: after the ranked candidates, a best-first search around the best of them, shared by the
+    attacks of one image (module docstring, 4.); returns a :class:`Result` per attack of ``todo``.
 
-    full: each attack's whole ranking (scan indices); tried: each attack's (margin loss, scan index)
-    classified so far; queries, best: as :func:`search` keeps them (updated here).
+    full: each attack's whole ranking (scan indices); tried: each attack's (scan index, margin loss, class
+    probabilities) classified so far; queries, best: as :func:`search` keeps them (updated here);
+    groups: (n,) the image of each task.
     """
-    heaps = {i: list(tried[i]) for i in todo}
-    for h in heaps.values():
-        heapq.heapify(h)
-    seen = {i: {q for _, q in tried[i]} for i in todo}
+    siblings = {i: [j for j in todo if groups[j] == groups[i]] for i in todo}  # i among them
+    heaps: dict[int, list] = {i: [] for i in todo}
+    seen = {i: {t[0] for t in tried[i]} for i in todo}
+    expanded: dict[int, set] = {i: set() for i in todo}
     pending = {i: deque() for i in todo}
     next_rank = {i: 0 for i in todo}
-    best_loss = {i: min(tried[i])[0] if tried[i] else np.inf for i in todo}
     steps = {i: 0 for i in todo}
     out: dict[int, Result] = {}
 
+    def share(i: int, q: list[int], loss: list[float], probs: np.ndarray) -> None:
+        """Candidates ``q`` that attack i classified, with its margin losses and their class
+        probabilities (m, K): into the heap of every unfinished attack of its image, each scored by
+        its own goal's margin loss (the log-probabilities' margin is the logits')."""
+        if not q:
+            return
+        log_p = torch.log(torch.as_tensor(np.asarray(probs, np.float64)).clamp_min(np.finfo(np.float64).tiny))
+        for j in siblings[i]:
+            if j in out:
+                continue
+            own = loss if j == i else goal.margin_loss(log_p[None], true_t[j:j + 1], target_t[j:j + 1])[0].tolist()
+            for value, qj in zip(own, q):
+                heapq.heappush(heaps[j], (float(value), int(qj), 1))
+
+    for i in todo:
+        if tried[i]:
+            share(i, [t[0] for t in tried[i]], [t[1] for t in tried[i]], np.stack([t[2] for t in tried[i]]))
+    best_loss = {i: min(t[1] for t in tried[i]) if tried[i] else np.inf for i in todo}
+
     def draw(i: int, r: int) -> list[int]:
-        """The next ``r`` candidates of attack i: the neighbours of its best unexpanded candidate, then
+        """The next ``r`` candidates of attack i: the best unexpanded candidate its image's attacks
+        classified (by i's margin; one i has not classified itself first), then its neighbours, then
         the next best's, ...; when none is left, the ranking's next untried candidates."""
         picked: list[int] = []
         while len(picked) < r:
             if pending[i]:
                 q = pending[i].popleft()
             elif heaps[i]:
-                pending[i].extend(neighbours(heapq.heappop(heaps[i])[1], box, settings.radius))
+                loss, q, r = heapq.heappop(heaps[i])
+                if (q, r) not in expanded[i]:
+                    expanded[i].add((q, r))
+                    pending[i].extend(([q] if r == 1 else []) + ring(q, box, r))
+                    if r < settings.radius:
+                        heapq.heappush(heaps[i], (loss, q, r + 1))
                 continue
             else:
                 order = full[i]
@@ -279,14 +322,16 @@ def local_search(objective: PixelObjective, box: Box, todo: list[int], full: lis
             if len(hits):
                 j = sl.start + int(hits[0])
                 out[i] = Result(True, steps[i], int(queries[i]), genome[j].copy(), probs[j].copy())
-                continue
-            for j in range(sl.start, sl.stop):
-                heapq.heappush(heaps[i], (float(loss[j]), int(q[j])))
-            j = sl.start + int(np.argmin(loss[sl]))  # the first of equal minima
-            if loss[j] < best_loss[i]:
-                best_loss[i], best[i] = loss[j], (position[j:j + 1], corner[j:j + 1], probs[j].copy())
-            if queries[i] < settings.max_queries:
-                still.append(i)
+            else:
+                j = sl.start + int(np.argmin(loss[sl]))  # the first of equal minima
+                if loss[j] < best_loss[i]:
+                    best_loss[i], best[i] = loss[j], (position[j:j + 1], corner[j:j + 1], probs[j].copy())
+                if queries[i] < settings.max_queries:
+                    still.append(i)
+        start = 0
+        for i, r in zip(live, counts):
+            share(i, q[start:start + r].tolist(), loss[start:start + r].tolist(), probs[start:start + r])
+            start += r
         live = still
     for i in todo:
         if i not in out:
