@@ -182,3 +182,17 @@ def test_launcher_variables_are_read_in_one_place():
     assert found == ["hpcmorph/mpi.py"], found
     found = sorted(path for path, text in _sources().items() if "def device_for" in text)
     assert found == ["hpcmorph/mpi.py"], found
+
+
+def test_the_torch_stages_load_only_what_they_use():
+    """Every rank of train and attack imports its stage: torchvision (its detection operators load
+    torch._dynamo), GalSim, astropy, SciPy and scikit-learn once cost each ~3 s of CPU it never used."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, hpcmorph.train.stage, hpcmorph.attack.stage; "
+             "print(' '.join(m for m in ('torchvision', 'torch._dynamo', 'galsim', 'astropy', 'scipy', 'sklearn') "
+             "if m in sys.modules))")
+    res = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.split() == [], f"train and attack load {res.stdout.strip()} at import"
