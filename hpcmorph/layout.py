@@ -1,7 +1,7 @@
 """Where a run's files lie: every path under the run folder ``<run.root>/<run.name>/``, named once.
 
-Each stage used to spell its own ``Path(cfg.run.root) / cfg.run.name / ...``; the names now live
-here so that a reader finds the whole layout on one page and a rename cannot miss a reader. The
+The only place that joins ``run.root`` and ``run.name``: every name lives here, so that a reader
+finds the whole layout on one page and a rename cannot miss a reader. The
 stages keep their public path functions (``generate.stage.output_path``, ``attack.stage.output_path``
 ...), which delegate to this class. Nothing here touches the disk.
 """
