@@ -143,7 +143,7 @@ SCHEMA: dict[str, Any] = {
                                     "bands together, as the authors)."),
         "max_train_images": Field(0, int, "Use at most this many training images (0 = all): for quick runs.", low=0),
         "threads": Field(0, int, "torch CPU threads per rank (0 = torch's default).", low=0),
-        "precision": Field("auto", str, "Arithmetic of the training steps' forward and backward passes: 'fp32', "
+        "precision": Field("fp32", str, "Arithmetic of the training steps' forward and backward passes: 'fp32', "
                            "'bf16' (autocast to bfloat16), 'fp16' (autocast to float16 with loss scaling) or 'auto' "
                            "(bf16 where the device computes it natively: GPUs from Ampere on, CPUs with AMX or "
                            "AVX512-BF16; fp16 on older GPUs; else fp32). Weights, losses, validation and test stay "
