@@ -64,7 +64,7 @@ def load(cfg: Config, device: str) -> dict | None:
     return found if isinstance(found.get("rates"), dict) else None
 
 
-def _timed(step, seconds: float, sync=lambda: None, min_reps: int = 2) -> tuple[float, int]:
+def timed(step, seconds: float, sync=lambda: None, min_reps: int = 2) -> tuple[float, int]:
     """(seconds, repetitions) of ``step()`` run at least ``min_reps`` times and ``seconds`` long,
     after one warm-up call."""
     step()
@@ -114,7 +114,7 @@ def generate_rate(cfg: Config, seconds: float) -> dict:
         morphology.measure(clean[band])
         count[0] += 1
 
-    spent, reps = _timed(draw, seconds)
+    spent, reps = timed(draw, seconds)
     return {"per_s": reps / spent, "unit": "galaxies/s", "image_size": g.image_size, "source": g.source,
             "samples": reps}
 
@@ -154,7 +154,7 @@ def train_rates(cfg: Config, device, ranks: int, seconds: float) -> dict:
             scaler.step(opt)
             scaler.update()
 
-        spent, reps = _timed(step, seconds, sync)
+        spent, reps = timed(step, seconds, sync)
         out[f"train_{variant}"] = {"per_s": reps * batch / spent, "unit": "images/s" if variant == "regular"
                                    else "labelled images/s", "image_size": size, "batch": batch,
                                    "threads": threads, "samples": reps, "precision": arithmetic}
@@ -165,7 +165,7 @@ def train_rates(cfg: Config, device, ranks: int, seconds: float) -> dict:
         with torch.no_grad():
             model(x)
 
-    spent, reps = _timed(infer, seconds, sync)
+    spent, reps = timed(infer, seconds, sync)
     out["infer"] = {"per_s": reps * t.eval_batch_size / spent, "unit": "images/s", "image_size": size,
                     "batch": t.eval_batch_size, "threads": threads, "samples": reps}
     return out
@@ -190,7 +190,7 @@ def embed_rate(cfg: Config, device, seconds: float, infer: dict) -> dict:
             model(x)
 
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
-    spent, reps = _timed(embed, seconds, sync)
+    spent, reps = timed(embed, seconds, sync)
     return {"embed": {"per_s": reps * a.batch_size / spent, "unit": "images/s", "image_size": x.shape[-1],
                       "batch": a.batch_size, "threads": threads, "samples": reps}}
 
@@ -224,7 +224,7 @@ def attack_rate(cfg: Config, device, seconds: float) -> dict:
         evolution.evolve(objective, lower, upper, true, target, seeds, settings, resample=is_position)
 
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
-    spent, reps = _timed(attack, seconds, sync, min_reps=1)
+    spent, reps = timed(attack, seconds, sync, min_reps=1)
     return {"attack": {"per_s": reps * tasks * a.population * rounds / spent, "unit": "candidates/s",
                        "image_size": size, "batch": min(a.forward_batch, tasks * a.population), "tasks": tasks,
                        "population": a.population, "threads": threads, "samples": reps}}
@@ -238,7 +238,7 @@ def reobserve_rate(cfg: Config, seconds: float) -> dict:
     bands = survey_bands(g.bands)
     clean = np.random.default_rng(0).gamma(1.0, 2.0, (len(bands), g.image_size, g.image_size)).astype(np.float32)
     seeds = [11 + k for k in range(len(bands))]
-    spent, reps = _timed(lambda: exposure.reobserve(clean, bands, g.pixel_scale, 0.5, seeds), seconds)
+    spent, reps = timed(lambda: exposure.reobserve(clean, bands, g.pixel_scale, 0.5, seeds), seconds)
     return {"reobserve": {"per_s": reps / spent, "unit": "observations/s", "image_size": g.image_size,
                           "samples": reps}}
 

@@ -149,15 +149,10 @@ def step_rates(name: str, device: torch.device, image_size: int, train_batch: in
 
 
 def _per_call(fn, seconds: float, device: torch.device) -> float:
-    """Seconds per call of ``fn``: two warm-up calls, then as many as fit in ``seconds`` (at least 3)."""
+    """Seconds per call of ``fn``, timed as ``hpcmorph plan --calibrate`` times its figures, after one more
+    warm-up call (the first chooses oneDNN's or cuDNN's kernels)."""
+    from ..calibrate import timed
+
     fn()
-    fn()
-    _sync(device)
-    t0, calls = time.perf_counter(), 0
-    while calls < 3 or time.perf_counter() - t0 < seconds:
-        fn()
-        calls += 1
-        if calls % 4 == 0:
-            _sync(device)
-    _sync(device)
-    return (time.perf_counter() - t0) / calls
+    spent, calls = timed(fn, seconds, lambda: _sync(device), min_reps=3)
+    return spent / calls
