@@ -262,6 +262,8 @@ SCHEMA: dict[str, Any] = {
                                    "(the traditional church window) instead of the paper's raw directions."),
         "isomap_images": Field(250, int, "Random test images in each isomap (the paper: 250).", low=10),
         "isomap_neighbors": Field(5, int, "Isomap n_neighbors (the paper: 5).", low=2),
+        "calibration_bins": Field(15, int, "Equal-width confidence bins over [0, 1] of the expected calibration error "
+                                  "(top-label ECE) and the reliability diagram.", low=1, high=1000),
         "batch_size": Field(256, int, "Images per forward pass when computing latents, per rank.", low=1),
         "threads": Field(0, int, "torch CPU threads per rank (0 = torch's default).", low=0),
         "figures": Field(True, bool, "Write the church windows, isomaps, exposure and k figures."),

@@ -8,7 +8,10 @@
 - ``exposure.png``: test accuracy against exposure time, per model;
 - ``success_vs_k.png``: fraction of the attacked images flipped against the number of pixels k;
 - ``robustness.png`` (:func:`robustness`): the same against k and against the query budget, mean
-  over training seeds with the std over seeds.
+  over training seeds with the std over seeds;
+- ``calibration.png`` (:func:`reliability`): the reliability diagram, Y10 and Y1, a line per variant;
+- ``comparison.png`` (:func:`robustness_vs_accuracy`): one-pixel success against Y1 accuracy, a
+  point per variant and seed.
 
 A panel is drawn from plain arrays (``panels`` below), so the figures need no model.
 """
@@ -284,5 +287,77 @@ def robustness(by_k: dict, by_budget: dict, path: Path, budget: float | None = N
     right.set_ylim(0, 1.02)
     right.legend(fontsize=7)
     fig.suptitle("Attack success: mean over training seeds, ± std over seeds", fontsize=9)
+    fig.tight_layout()
+    return plots.save(fig, path)[0]
+
+
+def reliability(calibration: dict, path: Path) -> Path:
+    """Reliability diagram: a panel per test set (Y10, Y1), a line per variant through each non-empty
+    confidence bin's (mean confidence, accuracy), the seeds' images pooled; the diagonal is perfect
+    calibration. The legend gives each variant's ECE, mean ± std over seeds.
+
+    calibration: analysis.json's ``calibration`` (:func:`.seeds.calibration`).
+    """
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9.0, 4.0), sharey=True)
+    for ax, (domain, label) in zip(axes, (("y10", "Y10"), ("y1", "Y1"))):
+        ax.plot([0, 1], [0, 1], color="0.6", ls="--", lw=1, label="perfectly calibrated")
+        for v, per in calibration["variants"].items():
+            r = per[domain]["reliability"]
+            pts = [(c, a) for c, a in zip(r["confidence"], r["accuracy"]) if c is not None]
+            e = per[domain]["ece"]
+            text = "–" if e is None else f"{e['mean']:.3f}" + ("" if e["std"] is None else f" ± {e['std']:.3f}")
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", ms=4, label=f"{v}: ECE {text}")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("confidence (largest class probability)")
+        ax.set_title(f"{label} test set", fontsize=9)
+        ax.legend(fontsize=7, loc="upper left")
+    axes[0].set_ylabel("accuracy in the bin")
+    fig.suptitle(f"Reliability: {calibration['bins']} equal-width confidence bins, seeds "
+                 f"{', '.join(map(str, calibration['seeds']))} pooled", fontsize=9)
+    fig.tight_layout()
+    return plots.save(fig, path)[0]
+
+
+def robustness_vs_accuracy(comparison: dict, path: Path) -> Path:
+    """One-pixel success against Y1 test accuracy, one point per variant and training seed, a panel
+    per value range of the k = 1 attacks: filled where the fraction is exact (certified, or the
+    exhaustive search), hollow where it is the search's own (a lower bound).
+
+    comparison: analysis.json's ``comparison`` (:mod:`.comparison`).
+    """
+    import matplotlib.pyplot as plt
+
+    ranges = comparison["ranges"] or ["data"]
+    fig, axes = plt.subplots(1, len(ranges), figsize=(4.6 * len(ranges), 3.8), squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, name in zip(axes[0], ranges):
+        drawn = 0
+        for i, v in enumerate(comparison["variants"]):
+            row = comparison["rows"][v]
+            k1, acc = row["one_pixel"].get(name), row["accuracy_y1"]
+            if k1 is None or acc is None:
+                continue
+            exact = k1["exact"] is not None
+            y = k1["exact"] if exact else k1["search"]
+            by_seed = dict(zip(acc["seeds"], acc["values"]))
+            pts = [(by_seed[s], f) for s, f in zip(y["seeds"], y["values"]) if s in by_seed]
+            colour = colours[i % len(colours)]
+            ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=36, color=colour if exact else "none",
+                       edgecolors=colour, label=f"{v} ({len(pts)} seeds)")
+            drawn += len(pts)
+        if not drawn:
+            ax.text(0.5, 0.5, "no attacked variant", ha="center", va="center", transform=ax.transAxes)
+        ax.set_xlim(0, 1.02)
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("Y1 test accuracy")
+        ax.set_ylabel("images one pixel flips (fraction of attacked)")
+        ax.set_title(f"values in the {name} range" if name == "data" else f"values in {name}", fontsize=9)
+        if drawn:
+            ax.legend(fontsize=7)
+    fig.suptitle("Robustness against Y1 accuracy, a point per variant and seed (filled: certified or exhaustive; "
+                 "hollow: the search's)", fontsize=8)
     fig.tight_layout()
     return plots.save(fig, path)[0]

@@ -94,16 +94,18 @@ def other_range_attack(cfg: Config) -> tuple[str, Path, str] | None:
     return range_name(c.attack.pixel_range), path, range_suffix(c.attack.pixel_range)
 
 
-def read_table1(cfg: Config) -> dict:
-    """Table 1 over seeds from ``train_summary.json`` ({variant: {"y10"|"y1": {metric: [mean, std]}, "seeds"}})."""
+def read_train_summary(cfg: Config) -> dict:
+    """``train_summary.json`` of this config: {"runs": [per variant and seed: {"variant", "seed", "y10",
+    "y1", ...}], "table1": {variant: {"y10"|"y1": {metric: [mean, std]}, "seeds"}}, "digest"}."""
     from ..train.stage import digest as train_digest
 
     path = RunLayout.of(cfg).train_summary
     found = store.read_json(path, "run `hpcmorph train` with this config first")
-    if found.get("digest") != train_digest(cfg) or "table1" not in found:
+    if found.get("digest") != train_digest(cfg) or "table1" not in found or not isinstance(found.get("runs"), list):
         raise StageError(f"{path} is from other train settings (digest {found.get('digest')}, this config "
                          f"{train_digest(cfg)}); run `hpcmorph train` with this config first")
-    return found["table1"]
+    return found
+
 
 
 def read_attack(path: Path, variants: list[str]) -> tuple[AttackRows, dict]:

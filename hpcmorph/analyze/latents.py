@@ -177,6 +177,30 @@ def compute_latents(cfg: Config, ctx: Context, models: dict, device, test_set: T
                    **concat(test_parts, empty)), attacked
 
 
+def test_latents(cfg: Config, ctx: Context, models: dict, device, test_set: TestSet) -> tuple[np.ndarray, np.ndarray]:
+    """(z_y10, z_y1), each (n, V, D): the latents of the Y10 and Y1 test images under each of
+    ``models`` ({variant: (model, stretch)}), in the fixed chunks of :func:`compute_latents` shared by
+    the ranks (every rank gets all of them). For the models the analysis embeds for calibration only
+    (trained, not attacked): no exposures, no file."""
+    test, n_v = test_set.rows, len(models)
+    dim = next(iter(models.values()))[0].latent_dim
+    test_chunks = chunks(len(test), cfg.analyze.batch_size)
+    with h5py.File(RunLayout.of(cfg).galaxies, "r") as f:
+        def test_chunk(c: int) -> dict[str, np.ndarray]:
+            lo, hi = test_chunks[c]
+            rows = test[lo:hi]
+            y10, y1 = f["y10"][rows], f["y1"][rows]
+            out = {name: np.empty((hi - lo, n_v, dim), np.float32) for name in ("z_y10", "z_y1")}
+            for v, (model, stretch) in enumerate(models.values()):
+                out["z_y10"][:, v] = embed(model, y10, device, stretch)[0]
+                out["z_y1"][:, v] = embed(model, y1, device, stretch)[0]
+            return out
+
+        parts = sharded(ctx, len(test_chunks), test_chunk)
+    z = concat(parts, {"z_y10": np.zeros((0, n_v, dim), np.float32), "z_y1": np.zeros((0, n_v, dim), np.float32)})
+    return z["z_y10"], z["z_y1"]
+
+
 def attack_latents(cfg: Config, ctx: Context, models: dict, device, fa: h5py.File,
                    progress=None) -> AttackedLatents:
     """The latents of every attacked image of the open attack file ``fa``, under

@@ -23,6 +23,36 @@ def _spread(values: list) -> dict:
             "n": len(kept), "values": [None if x is None else float(x) for x in values]}
 
 
+def spread(values: list, seeds: list) -> dict | None:
+    """{"mean", "std" (sample, ddof 1; None for one value), "n", "values", "seeds"} of per-seed values;
+    None when a seed has no value (a number of the comparison is complete over the seeds or not run)."""
+    if not values or any(v is None for v in values):
+        return None
+    e = mean_std([float(v) for v in values])
+    return {"mean": e.value, "std": e.std if len(values) > 1 else None, "n": len(values),
+            "values": [float(v) for v in values], "seeds": list(seeds)}
+
+
+def calibration(results: list[dict], bins: int) -> dict:
+    """analysis.json's ``calibration``: per variant (every one with calibration numbers: the trained
+    ones) and test set, the ECE, Brier score and accuracy over the analysed seeds (:func:`spread`),
+    the test images per seed, and the reliability diagram of the seeds' images pooled."""
+    from .calibration import DEFINITION, pooled_reliability
+
+    seeds = [r["seed"] for r in results]
+    variants = list(dict.fromkeys(v for r in results for v in r["calibration"]))
+    out: dict = {"bins": bins, "definition": DEFINITION, "seeds": seeds, "variants": {}}
+    for v in variants:
+        per = [r["calibration"].get(v) for r in results]
+        if any(p is None for p in per):
+            continue
+        out["variants"][v] = {d: {**{m: spread([p[d][m] for p in per], seeds) for m in ("ece", "brier", "accuracy")},
+                                  "n": [p[d]["n"] for p in per],
+                                  "reliability": pooled_reliability([p[d]["reliability"] for p in per])}
+                              for d in ("y10", "y1")}
+    return out
+
+
 def evidence(results: list[dict]) -> dict:
     """The claims' evidence (:mod:`.claims`), one entry per analysed seed and model."""
     configured = results[0]["methods"]["configured"]["range"]

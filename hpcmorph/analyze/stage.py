@@ -39,16 +39,16 @@ from ..layout import RunLayout
 from ..lock import locked
 from ..mpi import Context, device_for, log
 from ..train import saved
-from . import church, claims, distances, latents, numbers, queries, seeds
-from .inputs import (AttackRows, TestSet, attack_ks, attack_state, other_range_attack, read_attack, read_table1,
-                     read_test_set, require_attack)
+from . import calibration, church, claims, comparison, distances, latents, numbers, queries, seeds
+from .inputs import (AttackRows, TestSet, attack_ks, attack_state, other_range_attack, read_attack,
+                     read_test_set, read_train_summary, require_attack)
 
 STAGE = "analyze"
 OUTPUT_DIR = layout.ANALYSIS
 JSON_NAME = layout.ANALYSIS_JSON
 LATENTS, ATTACK_LATENTS = "latents.h5", "attack_latents.h5"
 FIGURES = ("figure2", "church_windows", "isomaps", "exposure", "success_vs_k", "distances", "success_vs_queries",
-           "robustness")
+           "robustness", "calibration", "comparison")
 # Settings that change no number (batching is fixed per chunk; figures are drawn from the numbers).
 _NEUTRAL = ("batch_size", "threads", "figures")
 
@@ -128,11 +128,11 @@ def run(cfg: Config, ctx: Context, force: bool = False) -> Path:
     if cfg.analyze.threads:
         torch.set_num_threads(cfg.analyze.threads)
     device = device_for(ctx.local_rank)
-    table1 = read_table1(cfg)
+    train_summary = read_train_summary(cfg)
     _clear(ctx, out)
     results = [analyse_seed(c, ctx, device, seed_dir(cfg, c), f, key, started) for c, f in zip(seeds, attack_files)]
     if ctx.is_root:
-        conclude(cfg, out, key, results, table1)
+        conclude(cfg, out, key, results, train_summary)
     ctx.barrier()
     return out
 
@@ -150,6 +150,10 @@ def analyse_seed(cfg: Config, ctx: Context, device, out: Path, attack_file: Path
              seed, len(test.rows), len(attacks.index), cfg.attack.pixels, len(test.fractions), ",".join(variants),
              ctx.size, device)
     lat, att, attrs = embed(cfg, ctx, models, device, test, attacks, attack_file, out, key, started)
+    # The trained variants that were not attacked: their test latents too, for calibration only.
+    unattacked = {v: saved.load_model(cfg, v, seed, device) for v in dict.fromkeys(cfg.train.variants)
+                  if v not in models}
+    z_unattacked = latents.test_latents(cfg, ctx, unattacked, device, test) if unattacked else None
     others = {}
     other = other_range_attack(cfg)
     if other is not None:
@@ -162,8 +166,14 @@ def analyse_seed(cfg: Config, ctx: Context, device, out: Path, attack_file: Path
         log.warning("analyze: %d attacked images get another class here than in %s (near-ties in the "
                     "last bits)", mismatch, attack_file.name)
     result = numbers.analyse(cfg, models, lat, attacks, att, test, others)
+    bins = cfg.analyze.calibration_bins
+    cal = {v: calibration.of_model(models[v][0], lat.z_y10[:, i], lat.z_y1[:, i], lat.label, bins)
+           for i, v in enumerate(variants)}
+    for i, (v, (model, _)) in enumerate(unattacked.items()):
+        cal[v] = calibration.of_model(model, z_unattacked[0][:, i], z_unattacked[1][:, i], lat.label, bins)
+    order = comparison.variants_of(list(cfg.train.variants), [{"variants": variants}])
     return {**result, "seed": seed, "variants": variants, "provenance": attrs_json(attrs), "attack": attack_summary,
-            "methods": queries.compare(cfg, variants)}
+            "methods": queries.compare(cfg, variants), "calibration": {v: cal[v] for v in order if v in cal}}
 
 
 def _check_church_grid(cfg: Config) -> None:
@@ -221,25 +231,31 @@ def embed_attack(cfg: Config, ctx: Context, models: dict, device, attack_file: P
     return attacks, att
 
 
-def conclude(cfg: Config, out: Path, key: str, results: list[dict], table1: dict) -> None:
+def conclude(cfg: Config, out: Path, key: str, results: list[dict], train_summary: dict) -> None:
     """Rank 0: the numbers over seeds, the figures, and analysis.json last (the mark of a complete
     analysis). Table 2 pools the flipped images of every analysed seed; the first seed's numbers are
-    the paper's single-model figures (church windows, isomaps, the triplet)."""
+    the paper's single-model figures (church windows, isomaps, the triplet). The comparison has a
+    row per trained variant (``train_summary``: train_summary.json)."""
     result = dict(results[0])
     variants = result.pop("variants")
+    result.pop("calibration")
     evidence = seeds.evidence(results)
     ranges = [name for name in results[0]["table2_by_range"] if all(name in r["table2_by_range"] for r in results)]
-    result = {"run": cfg.run.name, "digest": key, "table1": table1, **result,
+    result = {"run": cfg.run.name, "digest": key, "table1": train_summary["table1"], **result,
               "table2": seeds.table2(results, seed=cfg.run.seed),
               "table2_by_range": {name: seeds.table2(results, seed=cfg.run.seed, value_range=name) for name in ranges},
               "over_seeds": seeds.over_seeds(results), "certification": seeds.certification(results),
-              "claims": claims.claims(evidence, seed=cfg.run.seed)}
+              "claims": claims.claims(evidence, seed=cfg.run.seed),
+              "calibration": seeds.calibration(results, cfg.analyze.calibration_bins)}
+    ks = sorted({2, 3} | {k for k in cfg.analyze.k_sweep if k > 1})
+    result["comparison"] = comparison.table(list(cfg.train.variants), results, train_summary["runs"], result["table2"],
+                                            ks, cfg.analyze.calibration_bins)
     panels = result.pop("_panels")
     figures = _draw(cfg, out, variants, panels, result, seeds.robustness(results)) if cfg.analyze.figures else {}
     result["figures"] = {name: figures.get(name) for name in FIGURES}
     order = ("run", "digest", "seed", "provenance", "table1", "table2", "table2_by_range", "exposure", "success_vs_k",
              "triplet", "test_accuracy", "y1_class_change", "attack", "methods", "certification", "over_seeds",
-             "claims", "figures")
+             "claims", "calibration", "comparison", "figures")
     store.write_json(out / JSON_NAME, {k: result[k] for k in order})
     log.info("analyze: Table 2 (latent distances over the flipped images):\n%s",
              distances.format_table(result["table2"]))
@@ -275,6 +291,8 @@ def _draw(cfg: Config, out: Path, variants: list[str], panels: dict, result: dic
         "success_vs_k": figures.success_vs_k(result["success_vs_k"], out / "success_vs_k.png"),
         "success_vs_queries": figures.success_vs_queries(result["methods"], out / "success_vs_queries.png"),
         "robustness": figures.robustness(*robustness[:2], out / "robustness.png", budget=robustness[2]),
+        "calibration": figures.reliability(result["calibration"], out / "calibration.png"),
+        "comparison": figures.robustness_vs_accuracy(result["comparison"], out / "comparison.png"),
     }
     if result["exposure"] is not None:
         e = result["exposure"]
