@@ -357,7 +357,7 @@ def robustness_vs_accuracy(comparison: dict, path: Path) -> Path:
         ax.set_title(f"values in the {name} range" if name == "data" else f"values in {name}", fontsize=9)
         if drawn:
             ax.legend(fontsize=7)
-    fig.suptitle("Robustness against Y1 accuracy, a point per variant and seed (filled: certified or exhaustive; "
-                 "hollow: the search's)", fontsize=8)
+    fig.suptitle("Robustness against Y1 accuracy, a point per variant and seed\n(filled: certified or exhaustive; "
+                 "hollow: found by the search)", fontsize=8)
     fig.tight_layout()
     return plots.save(fig, path)[0]

@@ -33,6 +33,11 @@ ANALYSIS_FIGURES = {
     "success_vs_k": ("success_vs_k", "Fraction of attacked images flipped against the number of pixels changed k."),
     "robustness": ("success_vs_k", "Attack success against the number of pixels k and against the query budget, "
                                    "per model: mean over training seeds, error bars and bands the std over seeds."),
+    "comparison": ("comparison", "One-pixel success against Y1 test accuracy, a point per variant and training seed "
+                                 "(filled: the certified or exhaustive fraction; hollow: the search's own)."),
+    "calibration": ("comparison", "Reliability diagram: accuracy against confidence in equal-width confidence bins, "
+                                  "per variant, the analysed seeds' test images pooled; the diagonal is perfect "
+                                  "calibration."),
     "distances": ("distances", "Latent distances Y10 -> Y1 and Y10 -> attacked over the flipped images."),
     "success_vs_queries": ("methods", "Fraction of the attacked images flipped against the model queries per attack, "
                                       "per method, model and value range; dashed: the exhaustive oracle."),

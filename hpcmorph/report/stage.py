@@ -5,10 +5,11 @@ The report is built in ``report.tmp-<pid>/`` and then swapped in for ``report/``
 failed half-way never sits under the final name and the previous one survives it. What it writes:
 
 - ``index.html``: self-contained (inline CSS, figures as data URIs): the claims table (when the
-  analysis has one), Tables 1 and 2 beside the paper's, the attack summary, Figure 2, exposure and
+  analysis has one), every variant compared (accuracy, calibration, robustness), Tables 1 and 2 beside the paper's, the attack summary, Figure 2, exposure and
   k curves, distances, generate's figures, training curves, attack figures, stage timings, the
   config and provenance;
 - ``table1.md|tex|csv``, ``table2.md|tex|csv``, ``claims.md|csv`` (with a claims table),
+  ``comparison.md|csv`` (every variant in one table, with an analysis that has it),
   ``attack.csv``, ``exposure.csv``, ``success_vs_k.csv``, ``timings.csv``, ``methods.csv`` (the
   last four when the run has them);
 - ``numbers.json``: every number shown, strict JSON, with the report's ``digest``;
@@ -95,6 +96,9 @@ def build_tables(inp: Inputs) -> dict[str, tables.Table]:
     methods = tables.methods_table(a.get("methods"))
     if methods.rows:
         out["methods"] = methods
+    comparison = tables.comparison_table(a.get("comparison"))
+    if comparison.rows:
+        out["comparison"] = comparison
     exp = a.get("exposure")
     if isinstance(exp, dict):
         out["exposure"] = tables.curve_table(
@@ -208,6 +212,10 @@ def render(cfg: Config, inp: Inputs, tabs: dict[str, tables.Table], copied: dict
     sections = [S("claims", "The paper's claims", tables.to_html(tabs["claims"]) + downloads("claims.md", "claims.csv"))
                 ] if "claims" in tabs else []
     sections += [
+        S("comparison", "Every variant compared: accuracy, calibration, robustness", figures("comparison") + (
+            tables.to_html(tabs["comparison"]) + downloads("comparison.md", "comparison.csv") if "comparison" in tabs
+            else page.paragraph("The analysis has no comparison of variants (made before it existed).",
+                                "missing"))),
         S("table1", "Table 1: classification", tables.to_html(tabs["table1"])
           + downloads("table1.md", "table1.tex", "table1.csv")),
         S("table2", "Table 2: latent distances", tables.to_html(tabs["table2"]) + _attack_used(a)
@@ -264,7 +272,7 @@ def numbers(cfg: Config, inp: Inputs, tabs: dict[str, tables.Table], copied: dic
         "table1": {"ours": a.get("table1"), "paper": tables.PAPER_TABLE1},
         "table2": {**(a.get("table2") or {}), "paper": (a.get("table2") or {}).get("paper", tables.PAPER_TABLE2)},
         "table2_by_range": a.get("table2_by_range"), "certification": a.get("certification"),
-        "claims": a.get("claims"),
+        "claims": a.get("claims"), "calibration": a.get("calibration"), "comparison": a.get("comparison"),
         "paper_flipped": list(tables.PAPER_FLIPPED),
         "attack": inp.attacks, "methods": a.get("methods"), "exposure": a.get("exposure"),
         "success_vs_k": a.get("success_vs_k"),
@@ -283,8 +291,9 @@ def build(cfg: Config, inp: Inputs, folder: Path, key: str) -> None:
     for stem in ("table1", "table2", *_other_tables2(tabs)):
         _write(folder / f"{stem}.md", tables.markdown(tabs[stem]))
         _write(folder / f"{stem}.tex", tables.latex(tabs[stem]))
-    if "claims" in tabs:
-        _write(folder / "claims.md", tables.markdown(tabs["claims"]))
+    for stem in ("claims", "comparison"):
+        if stem in tabs:
+            _write(folder / f"{stem}.md", tables.markdown(tabs[stem]))
     for stem, t in tabs.items():
         _write(folder / f"{stem}.csv", tables.to_csv(t))
     copied = copy_figures(inp, folder / "figures")

@@ -538,3 +538,71 @@ def methods_table(methods: Mapping | None) -> Table:
                "range) and [0, 1] (the paper's). The exhaustive corner search is the oracle: the images one pixel "
                "can flip at a corner value. Wall time: the whole attack output (every model in it), from its summary.")
     return Table("methods", caption, header, rows, records)
+
+
+NOT_RUN = "not run"
+
+
+def _spread_text(s: Any) -> str:
+    """A comparison cell (:func:`hpcmorph.analyze.seeds.spread`): ``mean ± std`` over seeds (the mean
+    alone for one seed); "not run" without one."""
+    if not isinstance(s, Mapping) or finite(s.get("mean")) is None:
+        return NOT_RUN
+    return mean_std(s.get("mean"), s.get("std"), 3 if abs(s["mean"]) < 10 else None)
+
+
+def comparison_table(comparison: Mapping | None) -> Table:
+    """Every trained variant in one table (analysis.json ``comparison``): accuracy, calibration, one-pixel
+    success per value range (the search's, and the certified or exhaustive fraction), success at k > 1
+    and within query budgets, mean ± sample std over seeds; the latent distances, scale-free, pooled
+    over the flipped images with their 95 % interval. "not run": the run has no such number (a variant
+    not attacked, a k not swept, no certification, a budget above the attack's)."""
+    c = comparison if isinstance(comparison, Mapping) else {}
+    ranges, ks, budgets = list(c.get("ranges") or []), list(c.get("k") or []), list(c.get("budgets") or [])
+    header = ["Model", "Seeds", "Y10 accuracy", "Y1 accuracy", "ECE Y10", "ECE Y1", "Brier Y10", "Brier Y1"]
+    for name in ranges:
+        header += [f"1 pixel, {name} range (search)", f"1 pixel, {name} range (exact)"]
+    header += [f"k = {k}" for k in ks] + [f"within {q} queries" for q in budgets]
+    header += ["Distance Y10–Y1 (scale-free)", "Distance Y10–attacked (scale-free)"]
+    rows, records = [], []
+    for v in c.get("variants") or []:
+        r = (c.get("rows") or {}).get(v)
+        if not isinstance(r, Mapping):
+            continue
+        cells: dict[str, Any] = {f"{m}_{d}": r.get(f"{m}_{d}") for m in ("accuracy", "ece", "brier")
+                                 for d in ("y10", "y1")}
+        for name in ranges:
+            k1 = (r.get("one_pixel") or {}).get(name) or {}
+            cells[f"one_pixel_{name}_search"] = k1.get("search")
+            cells[f"one_pixel_{name}_exact"] = k1.get("exact")
+        cells.update({f"k{k}": (r.get("success_k") or {}).get(str(k)) for k in ks})
+        cells.update({f"within_{q}": (r.get("within_budget") or {}).get(str(q)) for q in budgets})
+        text = [_spread_text(x) for x in cells.values()]
+        for name in ranges:
+            source = ((r.get("one_pixel") or {}).get(name) or {}).get("exact_source")
+            i = list(cells).index(f"one_pixel_{name}_exact")
+            if source:
+                text[i] += f" ({source})"
+        distances = [r.get(f"distance_{k}") for k in ("y10_y1", "y10_attacked")]
+        none_flipped = "no flipped image" if r.get("attacked") else NOT_RUN
+        text += [estimate(e) or none_flipped for e in distances]
+        seeds = (r.get("ece_y10") or {}).get("n")
+        trained = (r.get("accuracy_y10") or {}).get("n")
+        seed_text = f"{_int(seeds) or 0}" + ("" if trained in (None, seeds) else f" ({trained} trained)")
+        rows.append([variant_name(str(v)), seed_text, *text])
+        for key, x in [*cells.items(), *zip(("distance_y10_y1", "distance_y10_attacked"), distances)]:
+            x = x if isinstance(x, Mapping) else {}
+            records.append({"variant": v, "column": key, "mean": x.get("mean", x.get("value")), "std": x.get("std"),
+                            "n": x.get("n"), "lo": x.get("lo"), "hi": x.get("hi"),
+                            "values": None if x.get("values") is None else " ".join(map(str, x["values"]))})
+    configured = c.get("configured") or {}
+    caption = ("Every trained variant: mean ± sample std over training seeds (accuracies over every trained seed, "
+               "from train_summary.json; the rest over the analysed seeds). ECE: top-label expected calibration "
+               f"error over {c.get('calibration_bins')} equal-width confidence bins; Brier: multiclass, the mean "
+               "over test images of the squared distance between the class probabilities and the one-hot true "
+               f"class. 1 pixel: fraction of the attacked images flipped, by the run's own attack "
+               f"({configured.get('method')}: search) and exactly (certified, or the exhaustive search); "
+               "k = 2, 3: fraction flipped by the k-pixel attack; within q queries: fraction the run's own attack "
+               "flipped within q model queries. Distances: mean scale-free latent distance over the flipped images "
+               "of every analysed seed, 95 % bootstrap interval. \"not run\": the run has no such number.")
+    return Table("comparison", caption, header, rows, records)
