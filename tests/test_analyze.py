@@ -201,7 +201,7 @@ def test_reobservation_is_reproducible_and_longer_exposures_are_less_noisy():
 ANALYZE = ["analyze", *TINY_ANALYZE]
 TOP_KEYS = ["run", "digest", "seed", "provenance", "table1", "table2", "table2_by_range", "exposure", "success_vs_k",
             "triplet", "test_accuracy", "y1_class_change", "attack", "methods", "certification", "over_seeds", "claims",
-            "figures"]
+            "calibration", "comparison", "figures"]
 
 
 @pytest.fixture(scope="module")
@@ -336,12 +336,96 @@ def test_outputs_agree_with_the_inputs_and_each_other(serial, attacked):
 
     # Figures: every one listed, PNG and PDF, not blank.
     assert set(found["figures"]) == {"figure2", "church_windows", "isomaps", "exposure", "success_vs_k", "distances",
-                                     "success_vs_queries", "robustness"}
+                                     "success_vs_queries", "robustness", "calibration", "comparison"}
     for name in found["figures"].values():
         assert matplotlib.image.imread(out / name)[..., :3].std() > 0.02, name
         assert (out / name).with_suffix(".pdf").stat().st_size > 1000
     assert "Table 2" in res and "| Y10 - attacked | mmd |" in res
     assert not list(out.glob("*.tmp*"))
+
+
+def _calibration_by_hand(model, z: np.ndarray, labels: np.ndarray, bins: int) -> tuple[float, float]:
+    """(top-label ECE, multiclass Brier) of the model's head on latents z, written out bin by bin."""
+    w, b = model.head.weight.detach().double().numpy(), model.head.bias.detach().double().numpy()
+    logits = z.astype(np.float64) @ w.T + b
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    conf, right = p.max(1), p.argmax(1) == labels
+    ece = 0.0
+    for i in range(bins):
+        inside = (conf > i / bins) & (conf <= (i + 1) / bins)
+        if inside.any():
+            ece += inside.mean() * abs(right[inside].mean() - conf[inside].mean())
+    brier = np.mean([np.sum((p[j] - np.eye(p.shape[1])[labels[j]]) ** 2) for j in range(len(labels))])
+    return ece, brier
+
+
+def _check_comparison(found: dict, run, lat: dict, models: dict, attacked_variants: list[str]) -> None:
+    """The comparison has a row per trained variant, in train.variants order; its accuracies are
+    train_summary.json's, its calibration the head's on latents (``lat`` for the attacked models,
+    ``models``' own forward pass otherwise), its one-pixel success the attack summary's."""
+    train = json.loads((run / "train_summary.json").read_text())
+    trained = list(dict.fromkeys(r["variant"] for r in train["runs"]))
+    c = found["comparison"]
+    assert c["variants"] == list(c["rows"]) == trained and c["seeds"] == [0] and c["k"] == [2, 3]
+    summary = found["attack"]["variants"]
+    bins = found["calibration"]["bins"]
+    assert bins == c["calibration_bins"] == 15
+    for variant in trained:
+        row = c["rows"][variant]
+        for d in ("y10", "y1"):
+            runs = sorted((r for r in train["runs"] if r["variant"] == variant), key=lambda r: r["seed"])
+            assert row[f"accuracy_{d}"]["values"] == [r[d]["accuracy"] for r in runs]
+            model, stretch = models[variant]
+            if variant in attacked_variants:
+                z = lat[f"z_{d}"][:, attacked_variants.index(variant)]
+            else:
+                with torch.no_grad(), h5py.File(run / "galaxies.h5", "r") as g:
+                    z = model(stretch(torch.from_numpy(g[d][lat["index"]])))[0].numpy()
+            ece, brier = _calibration_by_hand(model, z, lat["label"].astype(int), bins)
+            assert row[f"ece_{d}"]["values"] == [pytest.approx(ece, rel=1e-4, abs=1e-6)], (variant, d)
+            assert row[f"brier_{d}"]["values"] == [pytest.approx(brier, rel=1e-4)], (variant, d)
+            assert found["calibration"]["variants"][variant][d]["n"] == [len(lat["label"])]
+        assert row["attacked"] == (variant in attacked_variants)
+        if variant in attacked_variants:
+            s = summary[variant]
+            assert row["one_pixel"]["data"]["search"]["values"] == [s["flipped"] / s["attacked"]]
+            # Not certified, no exhaustive search, k = 2 and 3 not swept: not run, never 0.
+            assert row["one_pixel"]["data"]["exact"] is None and row["success_k"] == {"2": None, "3": None}
+            t2 = found["table2"][variant]["scale_free"]["y10_attacked"]
+            assert row["distance_y10_attacked"] == t2 and t2["n"] == s["flipped"]
+        else:
+            assert row["one_pixel"] == {"data": None} and row["distance_y10_y1"] is None
+            assert set(row["success_k"].values()) == set(row["within_budget"].values()) == {None}
+
+
+@pytest.mark.slow
+def test_the_comparison_has_every_trained_variant_and_the_stages_numbers(serial, attacked):
+    out = serial[0]
+    found = json.loads((out / "analysis.json").read_text())
+    cfg = config.load("tiny", [*(s for s in ANALYZE if "=" in s), f"run.root={out.parent.parent}"])
+    models = {v: load_model(cfg, v, torch.device("cpu")) for v in ("regular", "mmd")}
+    _check_comparison(found, attacked, datasets(out / "latents.h5"), models, ["regular", "mmd"])
+    for name in ("calibration", "comparison"):
+        assert found["figures"][name] == f"{name}.png"
+        assert matplotlib.image.imread(out / f"{name}.png")[..., :3].std() > 0.02, name
+
+
+@pytest.mark.slow
+def test_a_trained_variant_not_attacked_has_a_row_with_its_calibration(attacked, tmp_path):
+    """attack.variants = [mmd] of the two trained: regular is embedded for calibration alone, its
+    attack columns not run."""
+    cwd = _workdir(tmp_path, attacked)
+    only = ["--set", "attack.variants=[mmd]", "--set", "attack.n_images=2", "--set", "attack.figures=false"]
+    cli(["attack", *TINY_ATTACK, *only, "--force"], cwd)
+    args = [*ANALYZE, *only, "--set", "analyze.figures=false", "--set", "analyze.exposure_fractions=[1.0]",
+            "--set", "analyze.isomap_images=10"]
+    cli(args, cwd)
+    run = cwd / "runs" / "tiny"
+    found = json.loads((run / "analysis" / "analysis.json").read_text())
+    cfg = config.load("tiny", [*(s for s in args if "=" in s), f"run.root={run.parent}"])
+    models = {v: load_model(cfg, v, torch.device("cpu")) for v in ("regular", "mmd")}
+    _check_comparison(found, run, datasets(run / "analysis" / "latents.h5"), models, ["mmd"])
 
 
 @pytest.mark.slow
