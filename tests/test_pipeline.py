@@ -61,6 +61,16 @@ def test_run_chains_every_stage_and_a_rerun_redoes_nothing(tmp_path):
     over = analysis["over_seeds"]["models"]["regular"]
     assert over["accuracy_y10"]["n"] == 2 and set(over["flipped"]) == {"data", "[0, 1]"}
     assert over["accuracy_y10"]["values"][0] == analysis["test_accuracy"]["regular"]["y10"]
+    # The comparison over both seeds: k = 2 was swept, k = 3 not; both value ranges at k = 1.
+    comp = analysis["comparison"]
+    assert comp["variants"] == ["regular", "mmd"] and comp["seeds"] == [0, 1] and comp["ranges"] == ["data", "[0, 1]"]
+    for v, row in comp["rows"].items():
+        by_k = analysis["over_seeds"]["models"][v]["success_vs_k"]
+        assert row["success_k"]["2"]["values"] == by_k["flipped_fraction"][by_k["k"].index(2)]["values"]
+        assert row["success_k"]["3"] is None and row["ece_y1"]["n"] == 2 and row["ece_y1"]["std"] is not None
+        assert row["one_pixel"]["[0, 1]"]["search"]["values"] == \
+            analysis["over_seeds"]["models"][v]["flipped"]["[0, 1]"]["fraction"]["values"]
+    assert (run / "report" / "comparison.md").exists() and (run / "analysis" / "comparison.png").exists()
     verdicts = {r["verdict"] for r in analysis["claims"]}
     assert len(analysis["claims"]) >= 8 and verdicts <= {"reproduced", "not reproduced", "inconclusive",
                                                          "not measured"}

@@ -381,3 +381,45 @@ def test_no_claims_in_the_analysis_no_claims_in_the_report(tmp_path, figure_temp
     page = (out / "index.html").read_text()
     assert 'id="claims' not in page and "scale-free" not in page
     assert json.loads((out / "numbers.json").read_text())["claims"] is None
+
+
+def test_the_comparison_shows_every_variant_and_not_run_for_what_was_not(tmp_path, figure_template):
+    """A third variant (coral) trained but not attacked: its row shows its accuracy and calibration,
+    and "not run" in every attack column, never 0; the figures sit in the comparison's section."""
+    cfg = make_run(tmp_path, figure_template)
+    path = tmp_path / "fake" / "analysis" / "analysis.json"
+    analysis = json.loads(path.read_text())
+
+    def s(*values):
+        return {"mean": sum(values) / len(values), "std": 0.01 if len(values) > 1 else None, "n": len(values),
+                "values": list(values), "seeds": list(range(len(values)))}
+
+    attacked = {"one_pixel": {"data": {"search": s(0.5, 0.6), "exact": s(0.6, 0.7), "exact_source": "certified"}},
+                "success_k": {"2": s(0.8, 0.9), "3": None}, "within_budget": {"10": s(0.2, 0.3)},
+                "distance_y10_y1": {"value": 0.31, "lo": 0.2, "hi": 0.4, "n": 9}, "distance_y10_attacked": None}
+    common = {"accuracy_y10": s(0.9, 0.88), "accuracy_y1": s(0.5, 0.6), "ece_y10": s(0.05, 0.07),
+              "ece_y1": s(0.2, 0.22), "brier_y10": s(0.2, 0.2), "brier_y1": s(0.7, 0.75)}
+    analysis["comparison"] = {
+        "variants": ["regular", "coral"], "seeds": [0, 1], "ranges": ["data"], "k": [2, 3], "budgets": [10],
+        "calibration_bins": 15, "configured": {"method": "saliency", "range": "data", "pixels": 1},
+        "rows": {"regular": {"name": "regular", "attacked": True, **common, **attacked},
+                 "coral": {"name": "coral", "attacked": False, **common, "one_pixel": {"data": None},
+                           "success_k": {"2": None, "3": None}, "within_budget": {"10": None},
+                           "distance_y10_y1": None, "distance_y10_attacked": None}}}
+    shutil.copyfile(figure_template, path.parent / "comparison.png")
+    analysis["figures"]["comparison"] = "comparison.png"
+    path.write_text(json.dumps(analysis))
+    out = stage.run(cfg, serial())
+    md = (out / "comparison.md").read_text()
+    assert ("| Regular training | 2 | 0.890 ± 0.010 | 0.550 ± 0.010 | 0.060 ± 0.010 | 0.210 ± 0.010 | 0.200 ± 0.010 "
+            "| 0.725 ± 0.010 | 0.550 ± 0.010 | 0.650 ± 0.010 (certified) | 0.850 ± 0.010 | not run | 0.250 ± 0.010 "
+            "| 0.310 [0.200, 0.400] | no flipped image |") in md
+    assert ("| coral | 2 | 0.890 ± 0.010 | 0.550 ± 0.010 | 0.060 ± 0.010 | 0.210 ± 0.010 | 0.200 ± 0.010 "
+            "| 0.725 ± 0.010 | not run | not run | not run | not run | not run | not run | not run |") in md
+    assert "coral,success_k" not in (out / "comparison.csv").read_text()
+    assert "coral,k2,,,,,," in (out / "comparison.csv").read_text()
+    page = (out / "index.html").read_text()
+    section = page[page.index('id="comparison-section"'):page.index('id="table1-section"')]
+    assert 'id="comparison"' in section
+    assert "data:image/png;base64," in section
+    assert json.loads((out / "numbers.json").read_text())["comparison"]["variants"] == ["regular", "coral"]
