@@ -9,10 +9,12 @@
    through each model once, in fixed chunks of ``analyze.batch_size`` images dealt round-robin to
    the ranks (one GPU per rank where there are GPUs). The test galaxies' noiseless images are also
    observed again at each of ``analyze.exposure_fractions`` and classified (``exposure.py``).
-   All ranks write ``latents.h5`` and ``attack_latents.h5`` together (``store.write_table``).
+   All ranks write ``latents.h5`` and ``attack_latents.h5`` together (``store.write_table``). A
+   trained variant that was not attacked has its test images embedded too, for calibration alone.
 3. Rank 0 computes (``numbers.py``) Table 2 (``distances.py``), the church windows (``church.py``) and isomaps
    (``isomap.py``) of one (Y10, Y1, attacked) triplet, accuracy against exposure, attack success
-   against k, reads Table 1 over seeds, draws the figures (``figures.py``) and writes
+   against k, calibration (``calibration.py``), reads Table 1 over seeds, puts every trained variant
+   in one table (``comparison.py``), draws the figures (``figures.py``) and writes
    ``analysis.json`` last: the file the report reads, and the mark of a complete analysis.
 
 Nothing depends on the rank: chunks are fixed, and every random draw comes from ``run.seed`` and
@@ -171,7 +173,7 @@ def analyse_seed(cfg: Config, ctx: Context, device, out: Path, attack_file: Path
            for i, v in enumerate(variants)}
     for i, (v, (model, _)) in enumerate(unattacked.items()):
         cal[v] = calibration.of_model(model, z_unattacked[0][:, i], z_unattacked[1][:, i], lat.label, bins)
-    order = comparison.variants_of(list(cfg.train.variants), [{"variants": variants}])
+    order = dict.fromkeys([*cfg.train.variants, *variants])
     return {**result, "seed": seed, "variants": variants, "provenance": attrs_json(attrs), "attack": attack_summary,
             "methods": queries.compare(cfg, variants), "calibration": {v: cal[v] for v in order if v in cal}}
 

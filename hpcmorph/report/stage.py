@@ -5,9 +5,9 @@ The report is built in ``report.tmp-<pid>/`` and then swapped in for ``report/``
 failed half-way never sits under the final name and the previous one survives it. What it writes:
 
 - ``index.html``: self-contained (inline CSS, figures as data URIs): the claims table (when the
-  analysis has one), every variant compared (accuracy, calibration, robustness), Tables 1 and 2 beside the paper's, the attack summary, Figure 2, exposure and
-  k curves, distances, generate's figures, training curves, attack figures, stage timings, the
-  config and provenance;
+  analysis has one), every variant compared (accuracy, calibration, robustness), Tables 1 and 2
+  beside the paper's, the attack summary, Figure 2, exposure and k curves, distances, generate's
+  figures, training curves, attack figures, stage timings, the config and provenance;
 - ``table1.md|tex|csv``, ``table2.md|tex|csv``, ``claims.md|csv`` (with a claims table),
   ``comparison.md|csv`` (every variant in one table, with an analysis that has it),
   ``attack.csv``, ``exposure.csv``, ``success_vs_k.csv``, ``timings.csv``, ``methods.csv`` (the
