@@ -83,6 +83,11 @@ def test_shared_packages_import_no_stage_and_only_torch_and_numpy():
         assert not extra, f"{m} imports {sorted(extra)}: a shared package imports torch and numpy only"
 
 
+def test_training_makes_its_attacks_with_the_shared_search():
+    # Adversarial training runs the attack stage's search, from the package below both stages.
+    assert "hpcmorph.onepixel.saliency" in imports()["hpcmorph.train.adversarial"]
+
+
 def test_stages_hold_no_benchmark_code_and_import_no_benchmark():
     graph = imports()
     for module, deps in graph.items():
