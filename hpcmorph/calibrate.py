@@ -201,7 +201,9 @@ def attack_rate(cfg: Config, device, seconds: float) -> dict:
     that of full forward passes either way)."""
     import torch
 
-    from .attack import evolution, pixels
+    from .attack import evolution
+    from .onepixel import pixels
+    from .onepixel.goal import UNTARGETED
     from .train.model import build_model
 
     a = cfg.attack
@@ -214,7 +216,7 @@ def attack_rate(cfg: Config, device, seconds: float) -> dict:
     base = _images(tasks, bands, size, device, 4)
     lower, upper, is_position = pixels.bounds(a.pixels, bands, size, size, [0.5, 0.886])
     seeds = [np.random.SeedSequence([0, i]) for i in range(tasks)]
-    true, target = [0] * tasks, [1] * tasks if targets == 2 else [evolution.UNTARGETED] * tasks
+    true, target = [0] * tasks, [1] * tasks if targets == 2 else [UNTARGETED] * tasks
     # A threshold above 1 never succeeds: every round evaluates the whole population.
     rounds = 2
     settings = evolution.Settings(a.population, rounds - 1, a.mutation, a.crossover, threshold=2.0)

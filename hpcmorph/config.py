@@ -151,6 +151,13 @@ SCHEMA: dict[str, Any] = {
         "compression": Field("none", str, "Precision of the gradients the ranks exchange: 'none' (float32), 'fp16' "
                              "(Horovod's compression or DDP's fp16 hook) or 'bf16' (DDP's hook only).",
                              choices=("none", "fp16", "bf16")),
+        "adversarial_fraction": Field(0.5, float, "Adversarial training: the chance that each image of a training "
+                                      "batch is drawn for a one-pixel attack against the current weights (drawn "
+                                      "from the seed, epoch, step and the image alone; a drawn image the model "
+                                      "misclassifies stays as it is). docs/train.md 'Adversarial training'.",
+                                      low=0.0, high=1.0),
+        "adversarial_queries": Field(64, int, "Adversarial training: the saliency search's query budget per attacked "
+                                     "image, its gradient counted as 3 queries (so at least 4).", low=4),
     },
     "attack": {
         "variants": Field(["regular", "mmd"], list, "Trained models to attack (the same images for each).",

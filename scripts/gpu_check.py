@@ -238,7 +238,7 @@ def step_compare(cfg, device, sizes: dict) -> dict:
     import numpy as np
     import torch
 
-    from hpcmorph.attack import pixels
+    from hpcmorph.onepixel import pixels
     from hpcmorph.generate import output_path
 
     cpu = torch.device("cpu")
@@ -337,7 +337,8 @@ def step_throughput(device, sizes: dict) -> dict:
     import numpy as np
     import torch
 
-    from hpcmorph.attack import evolution, pixels
+    from hpcmorph.attack import evolution
+    from hpcmorph.onepixel import pixels
     from hpcmorph.train.model import build_model
 
     model = build_model(0).to(device).eval()

@@ -16,7 +16,9 @@ import torch
 from helpers import H, TINY_ATTACK, W, Bumps, assert_same_data, blocks_on_disk, cli, killed_at, workdir
 from helpers import flat as _flat
 from hpcmorph import config, store
-from hpcmorph.attack import evolution, pixels, stage
+from hpcmorph.attack import evolution, stage
+from hpcmorph.onepixel import pixels
+from hpcmorph.onepixel.outcome import Result
 from hpcmorph.train.model import build_model
 
 
@@ -36,7 +38,7 @@ def _attack(model, base, true, target, settings, k=1, value_range=(0.0, 1.0), fo
     return evolution.evolve(obj, lo, hi, true, target, seeds, settings, resample=pos), obj
 
 
-def _same(a: evolution.Result, b: evolution.Result) -> bool:
+def _same(a: Result, b: Result) -> bool:
     return (a.success == b.success and a.generations == b.generations and a.queries == b.queries
             and np.array_equal(a.genome, b.genome) and np.array_equal(a.probs, b.probs))
 

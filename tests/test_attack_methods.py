@@ -16,7 +16,9 @@ import torch
 from helpers import THREADS, H, W, Bumps, Counted, assert_same_data, blocks_on_disk, cli, killed_at, workdir
 from helpers import flat as _flat
 from hpcmorph import config
-from hpcmorph.attack import corners, evolution, exhaustive, goal, methods, pixels, saliency, sparse_rs, stage
+from hpcmorph.attack import evolution, exhaustive, methods, stage
+from hpcmorph.onepixel import corners, goal, pixels, saliency, sparse_rs
+from hpcmorph.onepixel.outcome import Result
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -30,7 +32,7 @@ def objective(model, base, k=1, forward_batch=256, logits=True):
     return pixels.PixelObjective(model, base, k, forward_batch, logits=logits)
 
 
-def same(a: evolution.Result, b: evolution.Result) -> bool:
+def same(a: Result, b: Result) -> bool:
     return (a.success == b.success and a.generations == b.generations and a.queries == b.queries
             and a.flips == b.flips and np.array_equal(a.genome, b.genome) and np.array_equal(a.probs, b.probs))
 

@@ -13,7 +13,8 @@ import torch
 
 from helpers import H, W
 from hpcmorph import config, precision
-from hpcmorph.attack import corners, methods, mixed, stage
+from hpcmorph.attack import methods, mixed, stage
+from hpcmorph.onepixel import corners
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -15,8 +15,9 @@ import torch
 from helpers import H, W, Bumps, Counted
 from helpers import flat as _flat
 from hpcmorph import config
-from hpcmorph.attack import certificates, certify, corners, exhaustive, goal, local, methods, pixels, stage
-from hpcmorph.attack.evolution import Result
+from hpcmorph.attack import certificates, certify, exhaustive, local, methods, stage
+from hpcmorph.onepixel import corners, goal, pixels
+from hpcmorph.onepixel.outcome import Result
 
 SPOT = (7, 3)
 # Bumps([SPOT], need=0.3) reaches class 1 only with band 1 at its upper bound at SPOT: the 4 corners
@@ -280,7 +281,7 @@ class Hidden(torch.nn.Module):
 
 
 def test_best_first_refinement_finds_what_the_gradient_cannot_see():
-    from hpcmorph.attack import saliency
+    from hpcmorph.onepixel import saliency
 
     base = _flat(3, noise=0.002, seed=7)
     settings = dict(max_queries=60, top=8, proposals=4)
@@ -328,7 +329,7 @@ def test_the_targets_of_an_image_share_what_they_classify():
     """Target 1's own ranking and margins lead to DECOY; target 2's lead next to SPOT, where its
     refinement classifies the candidate that reaches class 1. Shared (one image, groups equal),
     target 1 takes it from there; alone, it spends its budget around DECOY."""
-    from hpcmorph.attack import saliency
+    from hpcmorph.onepixel import saliency
 
     base = _flat(1, noise=0.002, seed=7)
     settings = saliency.Settings(max_queries=60, top=8, proposals=4, radius=2)
@@ -356,7 +357,7 @@ def test_the_targets_of_an_image_share_what_they_classify():
 
 
 def test_refinement_rings_widen_around_the_best_candidate():
-    from hpcmorph.attack import saliency
+    from hpcmorph.onepixel import saliency
 
     b = box()
     q = (3 * W + 7) * 8 + 2

@@ -49,6 +49,45 @@ def test_no_stage_imports_a_later_stage():
     assert not late, f"stages importing later stages: {late}"
 
 
+# Packages below the stages, shared by several of them: they may import torch, numpy and the standard
+# library, and of hpcmorph only its shared plumbing, never a stage or what drives the stages.
+SHARED = ("hpcmorph.onepixel",)
+DRIVERS = ("hpcmorph.bench", "hpcmorph.plan", "hpcmorph.cli", "hpcmorph.pipeline", "hpcmorph.submit",
+           "hpcmorph.calibrate", "hpcmorph.stages")
+THIRD_PARTY = {"numpy", "torch"}
+
+
+def _third_party(path: Path) -> set[str]:
+    """Top-level names of the non-hpcmorph packages a module imports (relative imports excluded)."""
+    import sys
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            found.add(node.module.split(".")[0])
+        elif isinstance(node, ast.Import):
+            found.update(a.name.split(".")[0] for a in node.names)
+    return {m for m in found if m != "hpcmorph" and m not in sys.stdlib_module_names}
+
+
+def test_shared_packages_import_no_stage_and_only_torch_and_numpy():
+    graph = imports()
+    shared = [m for m in graph if m.startswith(SHARED)]
+    assert shared, "no shared package found: SHARED names what is not there"
+    bad = [(m, d) for m in shared for d in graph[m] if _stage_of(d) or d.startswith(DRIVERS)]
+    assert not bad, f"shared modules importing a stage or a driver: {bad}"
+    for m in shared:
+        path = PACKAGE.joinpath(*m.split(".")[1:])
+        path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+        extra = _third_party(path) - THIRD_PARTY
+        assert not extra, f"{m} imports {sorted(extra)}: a shared package imports torch and numpy only"
+
+
+def test_training_makes_its_attacks_with_the_shared_search():
+    # Adversarial training runs the attack stage's search, from the package below both stages.
+    assert "hpcmorph.onepixel.saliency" in imports()["hpcmorph.train.adversarial"]
+
+
 def test_stages_hold_no_benchmark_code_and_import_no_benchmark():
     graph = imports()
     for module, deps in graph.items():
@@ -80,7 +119,8 @@ def test_no_import_cycles():
 
 
 def test_the_checker_sees_a_planted_cycle_and_a_backward_import(tmp_path, monkeypatch):
-    """The walk above must be able to fail: a copy of the package with one bad import each way."""
+    """The walks above must be able to fail: a copy of the package with one bad import each way, and a
+    shared package importing a stage and h5py."""
     import shutil
 
     import test_structure as me
@@ -90,6 +130,8 @@ def test_the_checker_sees_a_planted_cycle_and_a_backward_import(tmp_path, monkey
     (copy / "generate" / "figures.py").write_text((copy / "generate" / "figures.py").read_text()
                                                  + "\nfrom ..report import stage  # planted\n")
     (copy / "store.py").write_text((copy / "store.py").read_text() + "\nfrom . import pipeline  # planted\n")
+    (copy / "onepixel" / "goal.py").write_text((copy / "onepixel" / "goal.py").read_text()
+                                              + "\nfrom ..train import model  # planted\nimport h5py  # planted\n")
     monkeypatch.setattr(me, "ROOT", tmp_path)
     monkeypatch.setattr(me, "PACKAGE", copy)
     try:
@@ -98,6 +140,20 @@ def test_the_checker_sees_a_planted_cycle_and_a_backward_import(tmp_path, monkey
         assert "hpcmorph.generate.figures" in str(err)
     else:
         raise AssertionError("a backward import went unnoticed")
+    try:
+        me.test_shared_packages_import_no_stage_and_only_torch_and_numpy()
+    except AssertionError as err:
+        assert "hpcmorph.onepixel.goal" in str(err) and "hpcmorph.train.model" in str(err)
+    else:
+        raise AssertionError("a shared package importing a stage went unnoticed")
+    (copy / "onepixel" / "goal.py").write_text((copy / "onepixel" / "goal.py").read_text()
+                                              .replace("from ..train import model  # planted\n", ""))
+    try:
+        me.test_shared_packages_import_no_stage_and_only_torch_and_numpy()
+    except AssertionError as err:
+        assert "hpcmorph.onepixel.goal imports ['h5py']" in str(err)
+    else:
+        raise AssertionError("a shared package importing h5py went unnoticed")
     try:
         me.test_no_import_cycles()
     except AssertionError as err:

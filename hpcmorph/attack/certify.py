@@ -36,7 +36,7 @@ candidate, which the sample and the checks measure but cannot prove.
   a CUDA device from Ampere on; a CPU with AMX or AVX512-BF16), else ``float32`` (emulated bfloat16
   is slower than float32).
 
-The goal margin, in nats, positive exactly when the candidate succeeds (:mod:`.goal`): for a
+The goal margin, in nats, positive exactly when the candidate succeeds (:mod:`hpcmorph.onepixel.goal`): for a
 targeted attack at t, ``z_t - log sum_{j != t} exp z_j - logit(threshold)`` (p_t > threshold); for
 an untargeted one (true class y), ``max_{j != y} z_j - z_y``. No random numbers: the result depends on
 the model, the images and the settings alone.
@@ -55,9 +55,10 @@ import torch
 
 from .. import precision
 from ..train import resnet
-from . import goal, local
-from .corners import Box, scan as scan_order
-from .pixels import PixelObjective, apply
+from ..onepixel import goal
+from ..onepixel.corners import Box, scan as scan_order
+from ..onepixel.pixels import PixelObjective, apply
+from . import local
 
 PRECISIONS = ("auto", "float32", "bfloat16")
 #: Every SAMPLE_STRIDE-th candidate of an image is classified in both precisions to measure the screen's error.
@@ -70,7 +71,7 @@ FLOAT32_TOLERANCE = 1e-3
 
 @dataclass(frozen=True)
 class Settings:
-    """threshold: see :mod:`.goal`. precision: ``float32`` or ``bfloat16`` (resolved, see
+    """threshold: see :mod:`hpcmorph.onepixel.goal`. precision: ``float32`` or ``bfloat16`` (resolved, see
     :func:`resolve_precision`). tolerance: nats, the least screening tolerance of the goal margin
     (:func:`tolerance_for`).
     chunk: candidates per forward pass (changes no result)."""

@@ -21,19 +21,13 @@ small draws each) and one objective call for all of them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-from . import goal
-
-#: ``evaluate(tasks, genomes) -> probs``: class probabilities (m, P, K) of the candidates
-#: ``genomes`` (m, P, D) of the tasks numbered ``tasks`` (m,) in the batch (their logits instead
-#: when ``Settings.fitness`` is "margin").
-Objective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-UNTARGETED = -1
+from ..onepixel import goal
+from ..onepixel.outcome import Objective, Result
 
 
 @dataclass(frozen=True)
@@ -49,7 +43,7 @@ class Settings:
     threshold: a targeted attack succeeds when the target's probability exceeds it (the authors: 0.5).
         An untargeted attack succeeds when the predicted class is not the true one.
     fitness: "probability" (the authors: the target's probability, or the true class's when
-        untargeted; it saturates near 0 far from success) or "margin" (:func:`.goal.margin_loss`;
+        untargeted; it saturates near 0 far from success) or "margin" (:func:`hpcmorph.onepixel.goal.margin_loss`;
         the objective then answers logits).
     """
 
@@ -67,31 +61,6 @@ class Settings:
             raise ValueError(f"generations must be >= 0, got {self.generations}")
         if self.fitness not in ("probability", "margin"):
             raise ValueError(f"fitness must be 'probability' or 'margin', got {self.fitness!r}")
-
-
-@dataclass
-class Result:
-    """One attack's outcome (every method's: see :mod:`.methods`).
-
-    success: the attack reached its goal.
-    generations: generations evolved before it stopped (0: a member of the initial population
-        succeeded; G: it ran out). Other methods: their steps after the first candidate.
-    queries: candidates evaluated by the model for this attack (P for the initial population, P per
-        generation): ``population * (generations + 1)``. Other methods: queries used until success, or
-        until the budget ran out.
-    genome: (D,) the successful candidate (the one scoring best among those that succeeded in the
-        stopping generation) or, on failure, the best member of the final population.
-    probs: (K,) the model's class probabilities for that candidate.
-    flips: candidates found that reach the goal, where a method counted them all (the exhaustive
-        search without early exit); else -1.
-    """
-
-    success: bool
-    generations: int
-    queries: int
-    genome: np.ndarray
-    probs: np.ndarray
-    flips: int = -1
 
 
 def three_distinct(rng: np.random.Generator, population: int) -> np.ndarray:

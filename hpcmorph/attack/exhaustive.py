@@ -1,7 +1,7 @@
 """The exhaustive corner search: ground truth for what one pixel can do.
 
 For k = 1 it classifies every single-pixel corner candidate of an image, H x W x 2^C of them (see
-:mod:`.corners` for the corners and the scan order), and so tells for each attack whether one pixel
+:mod:`hpcmorph.onepixel.corners` for the corners and the scan order), and so tells for each attack whether one pixel
 set to a corner value reaches the goal, and where. It is the reference the query-efficient methods
 are scored against, and at 64 x 64 x 8 = 32,768 candidates per image it is cheaper than the
 paper's 32,400-query DE budget per attack.
@@ -28,14 +28,14 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from . import goal
-from .corners import Box, scan
-from .evolution import Objective, Result
+from ..onepixel import goal
+from ..onepixel.corners import Box, scan
+from ..onepixel.outcome import Objective, Result
 
 
 @dataclass(frozen=True)
 class Settings:
-    """threshold: see :mod:`.goal`. early_exit: stop an attack at its first success (else count every
+    """threshold: see :mod:`hpcmorph.onepixel.goal`. early_exit: stop an attack at its first success (else count every
     successful candidate). chunk: candidates of each image per objective call (changes no result)."""
 
     threshold: float = 0.5

@@ -1,11 +1,12 @@
-"""The attack methods behind ``attack.method``, one call for the stage, one :class:`.evolution.Result` each.
+"""The attack methods behind ``attack.method``: one call for the stage, one result each
+(:class:`hpcmorph.onepixel.outcome.Result`).
 
 - ``de``: Su et al.'s differential evolution (:mod:`.evolution`), the paper's method of record;
   fitness the target's probability (the authors) or the margin loss (``attack.fitness``).
 - ``exhaustive``: every single-pixel corner candidate (:mod:`.exhaustive`): ground truth for k = 1.
-- ``sparse-rs``: random search over k corner pixels (:mod:`.sparse_rs`).
+- ``sparse-rs``: random search over k corner pixels (:mod:`hpcmorph.onepixel.sparse_rs`).
 - ``saliency``: the attacked model's gradient ranks the corner candidates, then a best-first search
-  around the best of them or random search (:mod:`.saliency`); its gradient counts as 3 queries.
+  around the best of them or random search (:mod:`hpcmorph.onepixel.saliency`); its gradient counts as 3 queries.
 
 Every method reads its own ``attack.*`` settings (:data:`SETTINGS`); the others do not change its
 results and stay out of the stage's digest.
@@ -17,8 +18,9 @@ import numpy as np
 import torch
 
 from . import certify as certification
-from . import evolution, exhaustive, mixed, pixels, saliency, sparse_rs
-from .corners import Box
+from ..onepixel import pixels, saliency, sparse_rs
+from ..onepixel.corners import Box
+from . import evolution, exhaustive, mixed
 
 METHODS = ("de", "exhaustive", "sparse-rs", "saliency")
 #: The ``attack.*`` settings each method reads, beyond those every method reads (mode, pixels,
@@ -79,7 +81,7 @@ def attack(a, logits_fn, images: torch.Tensor, groups, true, target, seeds, box:
 
     logits_fn: the attacked model, images -> logits (float32); images: (n, C, H, W) each task's
     normalised image, on the model's device; groups: (n,) tasks with equal values share the image;
-    true, target, seeds: (n,) per task; box: the candidates' :class:`.corners.Box`. reduced_fn: the
+    true, target, seeds: (n,) per task; box: the candidates' :class:`hpcmorph.onepixel.corners.Box`. reduced_fn: the
     model in reduced precision (:func:`.mixed.reduced`), or None: the candidates are classified with
     it and those near a goal again with ``logits_fn``, which alone decides (:mod:`.mixed`); each
     attack's queries include its float32 re-classifications.

@@ -1,6 +1,6 @@
 """Attacks in reduced precision, decisions in float32 (``attack.precision``).
 
-The search (every method's candidates, :class:`.pixels.PixelObjective`) may classify its
+The search (every method's candidates, :class:`hpcmorph.onepixel.pixels.PixelObjective`) may classify its
 candidates with a bfloat16 or float16 copy of the attacked model: channels-last, batch norms folded
 into the convolutions (:func:`.certify.reduced_copy`, the certifier's screen), 2.7x the float32
 throughput of a 64 x 64 laptop model at 512 images a pass on an AVX512-BF16 CPU. Its logits differ
@@ -32,8 +32,9 @@ import numpy as np
 import torch
 
 from .. import precision
-from . import certify, goal
-from .pixels import PixelObjective, forward_logits
+from ..onepixel import goal
+from ..onepixel.pixels import PixelObjective, forward_logits
+from . import certify
 
 #: Candidates whose reduced-precision goal margin exceeds -CHECK_MARGIN (nats) are classified again
 #: in float32. The bfloat16 copy of a laptop model errs by up to ~0.3 nats on the margin; most
@@ -74,11 +75,11 @@ def goals_of(method: str, groups, true, target) -> tuple[np.ndarray, np.ndarray,
 
 
 class CheckedObjective(PixelObjective):
-    """A :class:`.pixels.PixelObjective` that classifies candidates with ``reduced_fn`` and those near
+    """A :class:`hpcmorph.onepixel.pixels.PixelObjective` that classifies candidates with ``reduced_fn`` and those near
     a goal again with ``logits_fn`` (float32; module docstring).
 
     goals: (task, true, target) (n, G) per objective row (:func:`goals_of`); threshold: the goal's
-    (:mod:`.goal`). ``checked`` and ``rejected`` (n,): per task, its float32 re-classifications and the
+    (:mod:`hpcmorph.onepixel.goal`). ``checked`` and ``rejected`` (n,): per task, its float32 re-classifications and the
     reduced-precision successes float32 rejected among them, up to its first success (:meth:`_count`);
     ``queries`` counts the images the model classified in either precision.
     """

@@ -40,8 +40,10 @@ from ..lock import locked
 from ..mpi import Context, device_for, log
 from ..train import saved
 from . import certificates as kept
-from . import certify, evolution, methods, mixed, pixels
-from .corners import Box
+from ..onepixel import pixels
+from ..onepixel.corners import Box, data_range, default_range
+from ..onepixel.goal import UNTARGETED
+from . import certify, methods, mixed
 
 STAGE = "attack"
 VARIANTS = ("regular", "mmd")
@@ -191,17 +193,7 @@ def load_model(cfg: Config, variant: str, device: torch.device):
 
 def pixel_range(a, stretch) -> list[float]:
     """The values a candidate may set: ``attack.pixel_range``, or by default the data's own range."""
-    if a.pixel_range is not None:
-        return a.pixel_range
-    lo, hi = data_range(stretch)
-    return [min(lo), max(hi)]
-
-
-def data_range(stretch) -> tuple[list[float], list[float]]:
-    """The range of normalised pixels: the stretch of its clip limits, per fitted band."""
-    lo = stretch(np.asarray(stretch.low, np.float64).reshape(1, -1, 1, 1)).ravel()
-    hi = stretch(np.asarray(stretch.high, np.float64).reshape(1, -1, 1, 1)).ravel()
-    return [float(v) for v in lo], [float(v) for v in hi]
+    return a.pixel_range if a.pixel_range is not None else default_range(stretch)
 
 
 # ------------------------------------------------------------------------------------------ choice
@@ -281,7 +273,7 @@ def _load_choice(path: Path) -> dict:
 
 def targets_of(label: int, mode: str, n_classes: int = 3) -> list[int]:
     """Targeted: every other class in turn; untargeted: one attack with target -1."""
-    return [t for t in range(n_classes) if t != label] if mode == "targeted" else [evolution.UNTARGETED]
+    return [t for t in range(n_classes) if t != label] if mode == "targeted" else [UNTARGETED]
 
 
 def attack_seed(run_seed: int, row: int, target: int) -> np.random.SeedSequence:
@@ -354,7 +346,7 @@ def summarize(cols: dict[str, np.ndarray], variants: list[str], mode: str) -> di
         by = {}
         for cls in range(len(CLASS_NAMES)):
             row = {}
-            for t in (range(len(CLASS_NAMES)) if mode == "targeted" else [evolution.UNTARGETED]):
+            for t in (range(len(CLASS_NAMES)) if mode == "targeted" else [UNTARGETED]):
                 m = (label == cls) & (target == t)
                 if t != cls and m.any():
                     row[CLASS_NAMES[t] if t >= 0 else "any"] = [int(success[m].sum()), int(m.sum())]

@@ -58,7 +58,8 @@ def throughput(model, stretch, images, labels) -> dict:
     """Candidates per second inside the DE loop vs bare inference of batches of the same size."""
     import torch
 
-    from ..attack import evolution, pixels
+    from ..attack import evolution
+    from ..onepixel import pixels
 
     n = THROUGHPUT["images"]
     images = np.concatenate([images] * (1 + n // max(len(images), 1)))[:n]
@@ -123,7 +124,8 @@ def _compare(logits_fn, base, true, target, seeds, settings) -> dict:
     import torch
     from scipy.optimize import differential_evolution
 
-    from ..attack import evolution, pixels
+    from ..attack import evolution
+    from ..onepixel import pixels
 
     c, h, w = base.shape[1:]
     lo, hi, pos = pixels.bounds(1, c, h, w, (0.0, 1.0))
@@ -210,9 +212,10 @@ def precision_roofline(cfg, model, stretch, images, labels) -> dict:
     docstring, 5.)."""
     import torch
 
-    from ..attack import mixed, pixels
-    from ..attack.corners import Box
+    from ..attack import mixed
     from ..attack.stage import attack_seed, pixel_range
+    from ..onepixel import pixels
+    from ..onepixel.corners import Box
     from . import roofline as rl
     from .train import precisions
 

@@ -29,7 +29,7 @@ def bare_rate(model, base, batch: int) -> float:
     """Images per second of bare batched inference (batches of ``batch`` copies of the images), best of 2."""
     import torch
 
-    from ..attack import pixels
+    from ..onepixel import pixels
 
     x = base.repeat((batch + len(base) - 1) // len(base), 1, 1, 1)[:batch].contiguous()
     best = float("inf")
@@ -47,8 +47,8 @@ def run_method(cfg, model, stretch, images, labels, method: str, pixel_range) ->
     import torch
 
     from ..attack import methods
-    from ..attack.corners import Box
     from ..attack.stage import attack_seed, pixel_range as value_range, targets_of
+    from ..onepixel.corners import Box
 
     a = cfg.updated({"attack.method": method, "attack.pixel_range": pixel_range, "attack.pixels": 1,
                      **{f"attack.{k}": v for k, v in METHODS.items() if k != "images"}}).attack

@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import torch
 
+#: The target of an untargeted attack: a task's ``target`` is a class, or this.
+UNTARGETED = -1
+
 
 def margin_loss(logits: torch.Tensor, true: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """(m, P) margin loss of logits (m, P, K) for tasks with ``true`` and ``target`` (m,) classes

@@ -56,7 +56,7 @@ import torch
 
 from . import goal, sparse_rs
 from .corners import Box, scan
-from .evolution import Result
+from .outcome import Result
 from .pixels import PixelObjective
 
 #: Queries the gradient of one attack counts as: one forward pass and one backward pass (about two).

@@ -12,6 +12,10 @@ row and column) at corner ``q % 2^C``.
 
 Candidates are written as genomes of :mod:`.pixels` (``[x, y, v_1 .. v_C]`` per pixel, positions as
 whole numbers), so every method is classified by the same objective.
+
+The value box. By default (``attack.pixel_range`` null, and adversarial training) a corner value is
+one of the data's own bounds: the model's asinh stretch of its clip limits (:func:`data_range`), so
+a corner pixel is a pixel at the clip limits in e-/s, a value the model meets in data.
 """
 
 from __future__ import annotations
@@ -76,3 +80,20 @@ def scan(q, n_corners: int) -> tuple[np.ndarray, np.ndarray]:
     """(position, corner) of scan indices ``q`` (see the module docstring)."""
     q = np.asarray(q, np.int64)
     return q // n_corners, q % n_corners
+
+
+def data_range(stretch) -> tuple[list[float], list[float]]:
+    """(lows, highs), one per fitted band: the range of normalised pixels, the stretch of its clip limits.
+
+    stretch: the model's fitted :class:`~hpcmorph.train.normalize.AsinhStretch` (anything with ``low``,
+    ``high`` in e-/s and called on (N, C, H, W) arrays).
+    """
+    lo = stretch(np.asarray(stretch.low, np.float64).reshape(1, -1, 1, 1)).ravel()
+    hi = stretch(np.asarray(stretch.high, np.float64).reshape(1, -1, 1, 1)).ravel()
+    return [float(v) for v in lo], [float(v) for v in hi]
+
+
+def default_range(stretch) -> list[float]:
+    """[low, high] for every band, normalised units: the widest of :func:`data_range`'s bands."""
+    lo, hi = data_range(stretch)
+    return [min(lo), max(hi)]

@@ -21,7 +21,7 @@ Pixels moved per step, the paper's schedule for its L0 attacks: ``max(1, int(alp
 10,000-query budget (``int(i / max_queries * 10000)``), passes 0, 50, 200, 500, 1000, 2000, 4000,
 6000 and 8000. Large moves early, single-pixel moves late; with k = 1 every step moves the pixel.
 
-Batching as in :mod:`.evolution`: each attack draws from its own generator (its seed), in the same
+Batching as in :mod:`hpcmorph.attack.evolution`: each attack draws from its own generator (its seed), in the same
 order whatever shares its batch, so batched runs equal one-at-a-time runs.
 """
 
@@ -35,7 +35,7 @@ import torch
 
 from . import goal
 from .corners import Box
-from .evolution import Objective, Result
+from .outcome import Objective, Result
 
 SCHEDULE_STEPS = (0, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 SCHEDULE_DIVISORS = (1, 2, 4, 5, 6, 8, 10, 12, 15, 20)

@@ -82,7 +82,7 @@ def forward_logits(logits_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.T
 
 
 class PixelObjective:
-    """The objective for a batch of attacks on one model (every method's, see :mod:`.methods`).
+    """The objective for a batch of attacks on one model (every method's, see :mod:`hpcmorph.attack.methods`).
 
     logits_fn: images (N, C, H, W) on ``base.device`` -> logits (N, K), e.g. ``lambda x: model(x)[1]``.
     base: (n, C, H, W) the attacks' normalised images, on the model's device.
