@@ -201,7 +201,7 @@ def test_reobservation_is_reproducible_and_longer_exposures_are_less_noisy():
 ANALYZE = ["analyze", *TINY_ANALYZE]
 TOP_KEYS = ["run", "digest", "seed", "provenance", "table1", "table2", "table2_by_range", "exposure", "success_vs_k",
             "triplet", "test_accuracy", "y1_class_change", "attack", "methods", "certification", "over_seeds", "claims",
-            "calibration", "comparison", "figures"]
+            "calibration", "comparison", "effects", "figures"]
 
 
 @pytest.fixture(scope="module")
@@ -409,6 +409,34 @@ def test_the_comparison_has_every_trained_variant_and_the_stages_numbers(serial,
     for name in ("calibration", "comparison"):
         assert found["figures"][name] == f"{name}.png"
         assert matplotlib.image.imread(out / f"{name}.png")[..., :3].std() > 0.02, name
+
+
+@pytest.mark.slow
+def test_each_variant_is_set_against_regular_image_by_image(serial, attacked):
+    """effects: the paired differences equal what attack.h5 and latents.h5 say image by image, and
+    the verdict is what the interval says."""
+    effects = json.loads((serial[0] / "analysis.json").read_text())["effects"]
+    assert effects["baseline"] == "regular" and list(effects["variants"]) == ["mmd"]
+    row = effects["variants"]["mmd"]
+    with h5py.File(attacked / "attack.h5", "r") as a:
+        names = str(a.attrs["variant_names"]).split(",")
+        variant, index, success = a["variant"][...], a["index"][...], a["success"][...]
+    flipped = [{int(i): bool(success[(variant == names.index(v)) & (index == i)].any())
+                for i in np.unique(index[variant == names.index(v)])} for v in ("regular", "mmd")]
+    both = sorted(set(flipped[0]) & set(flipped[1]))
+    assert both and row["flip_rate"]["n"] == len(both)
+    assert row["flip_rate"]["value"] == pytest.approx(np.mean([flipped[1][i] - flipped[0][i] for i in both]))
+    lat = datasets(serial[0] / "latents.h5")
+    right = lat["pred_y1"] == lat["label"][:, None]
+    assert row["y1_accuracy"]["n"] == len(lat["label"])
+    assert row["y1_accuracy"]["value"] == pytest.approx(right[:, 1].mean() - right[:, 0].mean())
+    for key, verdict in (("flip_rate", "robustness"), ("y1_accuracy", "y1_cost")):
+        e = row[key]
+        if e["lo"] is None:
+            assert row[verdict] == "no interval"
+        else:
+            assert e["lo"] <= e["value"] <= e["hi"]
+            assert (row[verdict] == "no clear difference") == (e["lo"] <= 0 <= e["hi"]), (key, e, row[verdict])
 
 
 @pytest.mark.slow

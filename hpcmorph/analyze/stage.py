@@ -14,7 +14,8 @@
 3. Rank 0 computes (``numbers.py``) Table 2 (``distances.py``), the church windows (``church.py``) and isomaps
    (``isomap.py``) of one (Y10, Y1, attacked) triplet, accuracy against exposure, attack success
    against k, calibration (``calibration.py``), reads Table 1 over seeds, puts every trained variant
-   in one table (``comparison.py``), draws the figures (``figures.py``) and writes
+   in one table (``comparison.py``), sets each variant against regular training image by image
+   (``effects.py``: what it buys in robustness, what it costs on Y1), draws the figures (``figures.py``) and writes
    ``analysis.json`` last: the file the report reads, and the mark of a complete analysis.
 
 Nothing depends on the rank: chunks are fixed, and every random draw comes from ``run.seed`` and
@@ -41,7 +42,7 @@ from ..layout import RunLayout
 from ..lock import locked
 from ..mpi import Context, device_for, log
 from ..train import saved
-from . import calibration, church, claims, comparison, distances, latents, numbers, queries, seeds
+from . import calibration, church, claims, comparison, distances, effects, latents, numbers, queries, seeds
 from .inputs import (AttackRows, TestSet, attack_ks, attack_state, other_range_attack, read_attack,
                      read_test_set, read_train_summary, require_attack)
 
@@ -171,11 +172,14 @@ def analyse_seed(cfg: Config, ctx: Context, device, out: Path, attack_file: Path
     bins = cfg.analyze.calibration_bins
     cal = {v: calibration.of_model(models[v][0], lat.z_y10[:, i], lat.z_y1[:, i], lat.label, bins)
            for i, v in enumerate(variants)}
+    y1_correct = {v: lat.pred_y1[:, i] == lat.label for i, v in enumerate(variants)}
     for i, (v, (model, _)) in enumerate(unattacked.items()):
         cal[v] = calibration.of_model(model, z_unattacked[0][:, i], z_unattacked[1][:, i], lat.label, bins)
+        y1_correct[v] = calibration.logits(model, z_unattacked[1][:, i]).argmax(1) == lat.label
     order = dict.fromkeys([*cfg.train.variants, *variants])
     return {**result, "seed": seed, "variants": variants, "provenance": attrs_json(attrs), "attack": attack_summary,
-            "methods": queries.compare(cfg, variants), "calibration": {v: cal[v] for v in order if v in cal}}
+            "methods": queries.compare(cfg, variants), "calibration": {v: cal[v] for v in order if v in cal},
+            "effects": effects.evidence(attacks, variants, y1_correct)}
 
 
 def _check_church_grid(cfg: Config) -> None:
@@ -241,6 +245,7 @@ def conclude(cfg: Config, out: Path, key: str, results: list[dict], train_summar
     result = dict(results[0])
     variants = result.pop("variants")
     result.pop("calibration")
+    result.pop("effects")
     evidence = seeds.evidence(results)
     ranges = [name for name in results[0]["table2_by_range"] if all(name in r["table2_by_range"] for r in results)]
     result = {"run": cfg.run.name, "digest": key, "table1": train_summary["table1"], **result,
@@ -252,12 +257,13 @@ def conclude(cfg: Config, out: Path, key: str, results: list[dict], train_summar
     ks = sorted({2, 3} | {k for k in cfg.analyze.k_sweep if k > 1})
     result["comparison"] = comparison.table(list(cfg.train.variants), results, train_summary["runs"], result["table2"],
                                             ks, cfg.analyze.calibration_bins)
+    result["effects"] = effects.against_baseline([r["effects"] for r in results], seed=cfg.run.seed)
     panels = result.pop("_panels")
     figures = _draw(cfg, out, variants, panels, result, seeds.robustness(results)) if cfg.analyze.figures else {}
     result["figures"] = {name: figures.get(name) for name in FIGURES}
     order = ("run", "digest", "seed", "provenance", "table1", "table2", "table2_by_range", "exposure", "success_vs_k",
              "triplet", "test_accuracy", "y1_class_change", "attack", "methods", "certification", "over_seeds",
-             "claims", "calibration", "comparison", "figures")
+             "claims", "calibration", "comparison", "effects", "figures")
     store.write_json(out / JSON_NAME, {k: result[k] for k in order})
     log.info("analyze: Table 2 (latent distances over the flipped images):\n%s",
              distances.format_table(result["table2"]))

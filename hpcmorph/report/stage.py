@@ -9,7 +9,8 @@ failed half-way never sits under the final name and the previous one survives it
   beside the paper's, the attack summary, Figure 2, exposure and k curves, distances, generate's
   figures, training curves, attack figures, stage timings, the config and provenance;
 - ``table1.md|tex|csv``, ``table2.md|tex|csv``, ``claims.md|csv`` (with a claims table),
-  ``comparison.md|csv`` (every variant in one table, with an analysis that has it),
+  ``comparison.md|csv`` (every variant in one table, with an analysis that has it), ``effects.md|csv``
+  (each variant against regular training: robustness bought, Y1 accuracy paid),
   ``attack.csv``, ``exposure.csv``, ``success_vs_k.csv``, ``timings.csv``, ``methods.csv`` (the
   last four when the run has them);
 - ``numbers.json``: every number shown, strict JSON, with the report's ``digest``;
@@ -99,6 +100,9 @@ def build_tables(inp: Inputs) -> dict[str, tables.Table]:
     comparison = tables.comparison_table(a.get("comparison"))
     if comparison.rows:
         out["comparison"] = comparison
+    effects = tables.effects_table(a.get("effects"))
+    if effects.rows:
+        out["effects"] = effects
     exp = a.get("exposure")
     if isinstance(exp, dict):
         out["exposure"] = tables.curve_table(
@@ -213,7 +217,9 @@ def render(cfg: Config, inp: Inputs, tabs: dict[str, tables.Table], copied: dict
                 ] if "claims" in tabs else []
     sections += [
         S("comparison", "Every variant compared: accuracy, calibration, robustness", figures("comparison") + (
-            tables.to_html(tabs["comparison"]) + downloads("comparison.md", "comparison.csv") if "comparison" in tabs
+            tables.to_html(tabs["comparison"]) + downloads("comparison.md", "comparison.csv")
+            + (tables.to_html(tabs["effects"]) + downloads("effects.md", "effects.csv") if "effects" in tabs else "")
+            if "comparison" in tabs
             else page.paragraph("The analysis has no comparison of variants (made before it existed).",
                                 "missing"))),
         S("table1", "Table 1: classification", tables.to_html(tabs["table1"])
@@ -273,6 +279,7 @@ def numbers(cfg: Config, inp: Inputs, tabs: dict[str, tables.Table], copied: dic
         "table2": {**(a.get("table2") or {}), "paper": (a.get("table2") or {}).get("paper", tables.PAPER_TABLE2)},
         "table2_by_range": a.get("table2_by_range"), "certification": a.get("certification"),
         "claims": a.get("claims"), "calibration": a.get("calibration"), "comparison": a.get("comparison"),
+        "effects": a.get("effects"),
         "paper_flipped": list(tables.PAPER_FLIPPED),
         "attack": inp.attacks, "methods": a.get("methods"), "exposure": a.get("exposure"),
         "success_vs_k": a.get("success_vs_k"),
@@ -291,7 +298,7 @@ def build(cfg: Config, inp: Inputs, folder: Path, key: str) -> None:
     for stem in ("table1", "table2", *_other_tables2(tabs)):
         _write(folder / f"{stem}.md", tables.markdown(tabs[stem]))
         _write(folder / f"{stem}.tex", tables.latex(tabs[stem]))
-    for stem in ("claims", "comparison"):
+    for stem in ("claims", "comparison", "effects"):
         if stem in tabs:
             _write(folder / f"{stem}.md", tables.markdown(tabs[stem]))
     for stem, t in tabs.items():
