@@ -236,3 +236,28 @@ def test_the_config_builds_its_architecture():
     net = for_config(cfg, 0)
     assert isinstance(net, ConvNet) and net.in_channels == 2 and net.image_size == cfg.generate.image_size
     assert type(for_config(config.load("tiny"), 0)).__name__ == "GalaxyNet"
+
+
+# --------------------------------------------------------------------------------------- resume
+
+def test_a_checkpoint_whose_history_names_the_mmd_column_resumes(tmp_path):
+    """history.csv's domain column was train_mmd: a checkpoint holding such epochs resumes under the
+    column's general name (else the next epoch's row would not fit the first's header)."""
+    from dataclasses import asdict
+
+    from hpcmorph import precision
+    from hpcmorph.train.stage import Progress, build, digest, resume
+
+    cfg = config.load("tiny", ["train.arch=convnet", "generate.image_size=16"])
+    cpu = torch.device("cpu")
+    model, optimizer = build(cfg, "dann", 0, cpu)
+    old = {"epoch": 1, "train_loss": 1.0, "train_mmd": 0.5, "val_loss": 1.1, "val_accuracy": 0.4,
+           "train_seconds": 2.0, "images": 40}
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "state": asdict(Progress(epoch=1, history=[old])), "precision": "fp32", "digest": digest(cfg)},
+               tmp_path / "checkpoint.pt")
+    fresh, fresh_optimizer = build(cfg, "dann", 1, cpu)
+    progress = resume(cfg, tmp_path, fresh, fresh_optimizer, precision.grad_scaler("fp32", cpu), "fp32", False, "t")
+    assert progress.epoch == 1 and progress.history[0]["train_discrepancy"] == 0.5
+    assert "train_mmd" not in progress.history[0]
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), model.state_dict().values()))
