@@ -25,11 +25,13 @@ def latents(n, d, seed, shift=0.0, dtype=torch.float64) -> torch.Tensor:
 def test_the_registry_is_the_configurations_list_and_every_weight_is_a_setting():
     assert tuple(variants.REGISTRY) == config.TRAIN_VARIANTS
     for v in variants.REGISTRY.values():
-        assert v.uses_y1 == (v.name != "regular")
         assert (v.weight is None) == (v.term is None)
         for key in filter(None, (v.weight, v.weight_decay)):
             assert f"train.{key}" in config.FIELDS, f"{v.name}: no setting train.{key}"
-    assert not any(v.adversarial for v in variants.REGISTRY.values())
+    assert {n: (variants.of(n).uses_y1, variants.of(n).critic, variants.of(n).adversarial)
+            for n in ("regular", "mmd", "coral", "dann", "sinkhorn")} == {
+        "regular": (False, False, False), "mmd": (True, False, False), "coral": (True, False, False),
+        "dann": (True, True, False), "sinkhorn": (True, False, False)}
     with pytest.raises(ValueError, match="unknown training variant 'dan'"):
         variants.of("dan")
 
