@@ -125,7 +125,7 @@ def train_rates(cfg: Config, device, ranks: int, seconds: float) -> dict:
 
     from . import precision
     from .train.mmd import mmd2
-    from .train.model import build_model
+    from .train.model import for_config
 
     t = cfg.train
     threads = _threads(t.threads)
@@ -136,7 +136,7 @@ def train_rates(cfg: Config, device, ranks: int, seconds: float) -> dict:
     out = {}
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     for variant in ("regular", "mmd"):
-        model = build_model(0, dropout=t.dropout).to(device).train()
+        model = for_config(cfg, 0).to(device).train()
         opt = torch.optim.Adam(model.parameters(), lr=t.lr, betas=tuple(t.betas))
         scaler = precision.grad_scaler(arithmetic, device)
         x, x1 = _images(batch, bands, size, device, 1), _images(batch, bands, size, device, 2)
@@ -158,7 +158,7 @@ def train_rates(cfg: Config, device, ranks: int, seconds: float) -> dict:
         out[f"train_{variant}"] = {"per_s": reps * batch / spent, "unit": "images/s" if variant == "regular"
                                    else "labelled images/s", "image_size": size, "batch": batch,
                                    "threads": threads, "samples": reps, "precision": arithmetic}
-    model = build_model(0, dropout=t.dropout).to(device).eval()
+    model = for_config(cfg, 0).to(device).eval()
     x = _images(t.eval_batch_size, bands, size, device, 3)
 
     def infer():
@@ -176,13 +176,13 @@ def embed_rate(cfg: Config, device, seconds: float, infer: dict) -> dict:
     train figure ``infer`` again when both settings are the same)."""
     import torch
 
-    from .train.model import build_model
+    from .train.model import for_config
 
     a = cfg.analyze
     threads = _threads(a.threads)
     if (a.batch_size, threads) == (infer["batch"], infer["threads"]):
         return {"embed": dict(infer)}
-    model = build_model(0, dropout=cfg.train.dropout).to(device).eval()
+    model = for_config(cfg, 0).to(device).eval()
     x = _images(a.batch_size, len(cfg.generate.bands), cfg.generate.image_size, device, 5)
 
     def embed():
@@ -204,7 +204,7 @@ def attack_rate(cfg: Config, device, seconds: float) -> dict:
     from .attack import evolution
     from .onepixel import pixels
     from .onepixel.goal import UNTARGETED
-    from .train.model import build_model
+    from .train.model import for_config
 
     a = cfg.attack
     threads = _threads(a.threads)
@@ -212,7 +212,7 @@ def attack_rate(cfg: Config, device, seconds: float) -> dict:
     targets = 2 if a.mode == "targeted" else 1
     tasks = min(a.images_per_batch, a.n_images) * targets
     tasks = max(1, min(tasks, -(-a.forward_batch // a.population)))
-    model = build_model(0, dropout=cfg.train.dropout).to(device).eval()
+    model = for_config(cfg, 0).to(device).eval()
     base = _images(tasks, bands, size, device, 4)
     lower, upper, is_position = pixels.bounds(a.pixels, bands, size, size, [0.5, 0.886])
     seeds = [np.random.SeedSequence([0, i]) for i in range(tasks)]

@@ -44,6 +44,10 @@ class Field:
     nullable: bool = False
 
 
+# The training variants (hpcmorph/train/variants.py describes each; a test keeps the two lists alike).
+TRAIN_VARIANTS = ("regular", "mmd", "coral", "dann", "sinkhorn")
+
+
 def _range(low, high, doc, default):
     """A [min, max] pair of floats, e.g. a uniform distribution's bounds."""
     return Field(default, list, doc, low=low, high=high, item=float, length=2)
@@ -116,9 +120,13 @@ SCHEMA: dict[str, Any] = {
         },
     },
     "train": {
-        "variants": Field(["regular", "mmd"], list, "Models to train: 'regular' (cross-entropy on Y10) and/or 'mmd' "
-                          "(plus lambda * MMD between the Y10 and Y1 latents; Y1 labels are never read).",
-                          item=str, choices=("regular", "mmd")),
+        "variants": Field(["regular", "mmd"], list, "Models to train: 'regular' (cross-entropy on Y10); 'mmd', 'coral', "
+                          "'dann', 'sinkhorn' (plus a domain term between the Y10 and Y1 latents, each weighed by its "
+                          "train.*_lambda; Y1 labels are never read). docs/train.md 'Variants'.",
+                          item=str, choices=TRAIN_VARIANTS),
+        "arch": Field("resnet18", str, "Classifier: 'resnet18' (the paper's) or 'convnet' (the extended paper's "
+                      "three-convolution CNN); both end in the same 256-d latent and linear head.",
+                      choices=("resnet18", "convnet")),
         "seeds": Field([0], list, "Training seeds; each variant is trained once per seed (for error bars).", item=int, low=0),
         "backend": Field("auto", str, "Data-parallel backend: 'none' (one process), 'horovod', 'ddp' (torch "
                          "DistributedDataParallel), or 'auto' (none on one rank, else horovod if importable, else ddp).",
@@ -133,10 +141,20 @@ SCHEMA: dict[str, Any] = {
                           choices=("constant", "cosine")),
         "betas": Field([0.7, 0.8], list, "Adam betas.", item=float, length=2, low=0.0, high=0.9999),
         "weight_decay": Field(1e-3, float, "Adam weight decay of the regular model.", low=0.0),
-        "weight_decay_mmd": Field(1e-4, float, "Adam weight decay of the MMD model.", low=0.0),
+        "weight_decay_mmd": Field(1e-4, float, "Adam weight decay of the domain-adapted models (mmd, coral, dann, "
+                                  "sinkhorn: the authors' MMD value).", low=0.0),
         "mmd_lambda": Field(0.05, float, "Weight of the MMD term (the paper: 0.05; the authors' code: 0.01).", low=0.0),
         "mmd_bandwidth": Field("batch", str, "MMD kernel widths: 'batch' (5 Gaussians scaled from the batch) or "
                                "'fixed' (the authors' 19 fixed widths).", choices=("batch", "fixed")),
+        "coral_lambda": Field(1.0, float, "Weight of the CORAL term (Sun & Saenko 2016: |C_Y10 - C_Y1|_F^2 / (4 d^2) "
+                              "of the latent covariances).", low=0.0),
+        "dann_lambda": Field(1.0, float, "Weight of DANN's domain-classifier loss (Ganin et al. 2016); the gradient "
+                             "reversal ramps from 0 to 1 over training as 2 / (1 + exp(-10 p)) - 1.", low=0.0),
+        "sinkhorn_lambda": Field(1.0, float, "Weight of the Sinkhorn divergence between the Y10 and Y1 latents.",
+                                 low=0.0),
+        "sinkhorn_blur": Field(0.05, float, "Sinkhorn's blur, latent units: the entropic regularisation is "
+                               "epsilon = blur^2 with the cost |x - y|^2 / 2 (geomloss's convention).",
+                               low=1e-4, high=100.0),
         "dropout": Field(0.5, float, "Dropout on the last feature map.", low=0.0, high=0.99),
         "eval_batch_size": Field(256, int, "Batch size for validation and test inference, per rank.", low=1),
         "normalize_per_band": Field(False, bool, "Fit the asinh stretch's percentiles per band (default: over all "
@@ -161,7 +179,7 @@ SCHEMA: dict[str, Any] = {
     },
     "attack": {
         "variants": Field(["regular", "mmd"], list, "Trained models to attack (the same images for each).",
-                          item=str, choices=("regular", "mmd")),
+                          item=str, choices=TRAIN_VARIANTS),
         "model_seed": Field(None, int, "Training seed of the models to attack (default: the first of train.seeds; "
                             "analyze.all_seeds makes `hpcmorph run` attack every seed's).", low=0, nullable=True),
         "n_images": Field(150, int, "Test images to attack, drawn reproducibly (from run.seed) from the Y10 test split.", low=1),

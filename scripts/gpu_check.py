@@ -190,7 +190,7 @@ def step_train(cfg, ctx, device) -> dict:
     from hpcmorph import train
     from hpcmorph.generate import output_path
     from hpcmorph.layout import RunLayout
-    from hpcmorph.train.model import build_model
+    from hpcmorph.train.model import for_config
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -209,7 +209,7 @@ def step_train(cfg, ctx, device) -> dict:
         metrics = json.loads((lay.model_folder(variant, 0) / "metrics.json").read_text())
         model, stretch = load_model(cfg, variant, device)
         after = _train_loss(model, stretch, images, labels, device)
-        fresh = build_model(0, dropout=cfg.train.dropout).to(device)
+        fresh = for_config(cfg, 0).to(device)
         before = _train_loss(fresh, stretch, images, labels, device)
         out["variants"][variant] = {"train_loss_untrained": before, "train_loss_trained": after,
                                     "loss_ratio": after / before, "best_epoch": metrics["best_epoch"],

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import TINY_TRAIN, cli, command, env, mpirun, sets, workdir
+from helpers import TINY_ANALYZE, TINY_TRAIN, cli, command, env, killed_at, mpirun, sets, workdir
 from hpcmorph.train import data
 
 TRAIN = TINY_TRAIN
@@ -43,7 +43,7 @@ def test_both_variants_end_to_end(tmp_path, tiny_trained):
         assert set(saved["normalization"]) == {"low", "high", "softening"}
         assert "train:" in saved["config"] and saved["class_names"] == ("spiral", "elliptical", "merger")
         history = (out / "history.csv").read_text().splitlines()
-        assert history[0].startswith("epoch,train_loss,train_mmd,val_loss") and len(history) == 3
+        assert history[0].startswith("epoch,train_loss,train_discrepancy,val_loss") and len(history) == 3
         assert matplotlib.image.imread(out / "curves.png")[..., :3].std() > 0.05
         m = json.loads((out / "metrics.json").read_text())
         for domain in ("y10", "y1"):
@@ -250,3 +250,61 @@ def test_a_checkpoint_of_another_config_is_one_line_and_exit_2(tmp_path, galaxie
     cli([*args, "--force"], cwd)
     assert (folder / "metrics.json").exists() and not (folder / "checkpoint.pt").exists()
 
+
+
+NEW_VARIANTS = ("coral", "dann", "sinkhorn")
+
+
+@pytest.mark.slow
+@pytest.mark.mpi
+def test_the_new_variants_train_on_two_ranks_and_resume_exactly(tmp_path, galaxies):
+    """CORAL, DANN and Sinkhorn in one call on 2 DDP ranks: every output, each domain term reported,
+    DANN's critic kept out of model.pt. DANN again on 2 Horovod ranks, killed in its second epoch (its
+    critic and Adam state then only in checkpoint.pt): the same command resumes to DDP's weights."""
+    args = ["train", *TRAIN, *sets([f"train.variants=[{','.join(NEW_VARIANTS)}]", "train.backend=ddp"])]
+    reference = _workdir(tmp_path, galaxies, "reference")
+    cli(args, reference, ranks=2)
+    for variant in NEW_VARIANTS:
+        out = reference / "runs" / "tiny" / variant / "seed0"
+        m = _metrics(reference, variant)
+        assert m["backend"] == "ddp" and m["ranks"] == 2 and m["weights_identical_across_ranks"] is True
+        saved = torch.load(out / "model.pt", weights_only=True)
+        assert saved["arch"] == "resnet18" and not any(k.startswith(("critic.", "net.")) for k in saved["model"])
+        rows = (out / "history.csv").read_text().splitlines()
+        assert len(rows) == 3 and all(float(r.split(",")[2]) > 0 for r in rows[1:]), f"{variant}: no domain term"
+        assert not (out / "checkpoint.pt").exists()
+    summary = json.loads((reference / "runs" / "tiny" / "train_summary.json").read_text())
+    assert set(summary["table1"]) == set(NEW_VARIANTS)
+
+    try:
+        import horovod.torch  # noqa: F401
+        backend = "horovod"
+    except ImportError:
+        backend = "ddp"
+    args = ["train", *TRAIN, *sets(["train.variants=[dann]", f"train.backend={backend}"])]
+    cwd = _workdir(tmp_path, galaxies, backend)
+    killed_at("hpcmorph.train.stage", "end_epoch", 1, args, cwd, ranks=2)  # in epoch 2's validation
+    checkpoint = torch.load(cwd / "runs" / "tiny" / "dann" / "seed0" / "checkpoint.pt", weights_only=False)
+    assert checkpoint["state"]["epoch"] == 1 and any(k.startswith("critic.") for k in checkpoint["model"])
+    res = cli(args, cwd, ranks=2)
+    assert "dann seed 0: resuming at epoch 1 step 0" in res.stderr
+    assert _metrics(cwd, "dann")["weights_sha256"] == _metrics(reference, "dann")["weights_sha256"]
+
+
+@pytest.mark.slow
+def test_a_convnet_trains_every_variant_and_attack_and_analyze_load_it(tmp_path, galaxies):
+    """One rank, the small CNN: every variant trains; attack and analyze load its models by their arch."""
+    cwd = _workdir(tmp_path, galaxies)
+    args = [*TINY_ANALYZE, *sets(["train.arch=convnet", "train.epochs=1", "attack.only_correct=false",
+                                  "attack.figures=false", "analyze.figures=false", "analyze.isomap_images=20"])]
+    cli(["train", *args, *sets([f"train.variants=[regular,mmd,{','.join(NEW_VARIANTS)}]"])], cwd)
+    for stage in ("attack", "analyze"):
+        cli([stage, *args], cwd)
+    run = cwd / "runs" / "tiny"
+    for variant in ("regular", "mmd", *NEW_VARIANTS):
+        saved = torch.load(run / variant / "seed0" / "model.pt", weights_only=True)
+        assert saved["arch"] == "convnet" and saved["image_size"] == 48, variant
+        assert saved["model"]["bottleneck.weight"].shape == (256, 32 * 6 * 6)
+    with h5py.File(run / "attack.h5", "r") as f:
+        assert len(f["index"]) > 0 and f.attrs["variant_names"] == "regular,mmd"
+    assert (run / "analysis").is_dir() and any((run / "analysis").iterdir())

@@ -33,7 +33,7 @@ def bare_train(cfg, steps: int, arithmetic: str = "fp32") -> float:
 
     from .. import precision
     from ..generate import output_path
-    from ..train.model import build_model
+    from ..train.model import for_config
     from ..train.normalize import AsinhStretch
 
     with h5py.File(output_path(cfg), "r") as f:
@@ -42,7 +42,7 @@ def bare_train(cfg, steps: int, arithmetic: str = "fp32") -> float:
         x = stretch(torch.from_numpy(f["y10"][rows]))
         y = torch.from_numpy(f["label"][rows].astype(np.int64))
     cpu = torch.device("cpu")
-    model = build_model(0, dropout=cfg.train.dropout)
+    model = for_config(cfg, 0)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
     scaler = precision.grad_scaler(arithmetic, cpu)
     model.train()
@@ -73,11 +73,12 @@ def roofline(cfg, steps: int, stage_rates: dict) -> list[dict]:
     """Per precision: the bare loop and the stage (``stage_rates``) against the peak of that precision."""
     import torch
 
-    from ..train.model import build_model
+    from ..train.model import for_config
     from . import roofline as rl
 
     cpu = torch.device("cpu")
-    flops = rl.flops_per_image(build_model(0), cfg.generate.image_size, training=True)
+    flops = rl.flops_per_image(for_config(cfg, 0), cfg.generate.image_size, training=True,
+                               channels=len(cfg.generate.bands))
     rows = []
     for arithmetic in precisions():
         bare_train(cfg, 1, arithmetic)  # warm-up: oneDNN picks its kernels for this precision

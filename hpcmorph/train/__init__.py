@@ -1,4 +1,5 @@
-"""Stage 2, ``train``: ResNet18 with a 256-d latent bottleneck, plainly and with MMD domain adaptation.
+"""Stage 2, ``train``: ResNet18 (or a small CNN) with a 256-d latent bottleneck, plainly and with domain
+adaptation (MMD, CORAL, DANN, Sinkhorn: :mod:`.variants`).
 
 Entry point: :func:`run(config, ctx, force) <hpcmorph.train.stage.run>`; trained models are read back
 with :func:`hpcmorph.train.saved.load_model`.

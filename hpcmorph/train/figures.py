@@ -7,15 +7,21 @@ from pathlib import Path
 from .. import plots
 
 
-def training_curves(history: list[dict], path: Path, title: str) -> Path:
+# The domain term's name in the legend, by variants.Variant.term.
+TERM_LABELS = {"mmd": "train MMD²", "coral": "train CORAL", "dann": "train domain BCE", "sinkhorn": "train Sinkhorn"}
+
+
+def training_curves(history: list[dict], path: Path, title: str, term: str | None = None) -> Path:
+    """Loss and validation accuracy per epoch of ``history`` (history.csv's rows); ``term``: the variant's
+    domain term (:mod:`.variants`), drawn beside the losses when there is one."""
     import matplotlib.pyplot as plt
 
     epochs = [h["epoch"] for h in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(8, 3))
     ax1.plot(epochs, [h["train_loss"] for h in history], "o-", label="train (total)")
     ax1.plot(epochs, [h["val_loss"] for h in history], "s-", label="validation (Y10 CE)")
-    if any(h["train_mmd"] for h in history):
-        ax1.plot(epochs, [h["train_mmd"] for h in history], "^--", label="train MMD²")
+    if term is not None:
+        ax1.plot(epochs, [h["train_discrepancy"] for h in history], "^--", label=TERM_LABELS.get(term, term))
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("loss")
     ax1.legend(fontsize=7)

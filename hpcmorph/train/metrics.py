@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import variants
+
 METRICS = ("accuracy", "precision", "recall", "f1")
 
 
@@ -44,7 +46,7 @@ def format_table(table: dict) -> str:
     """Table 1 as Markdown."""
     lines = ["| model | metric | Y10 | Y1 |", "|---|---|---|---|"]
     for variant, rows in table.items():
-        name = {"regular": "Regular training", "mmd": "Domain adaptation (MMD)"}.get(variant, variant)
+        name = variants.title(variant)
         for m in METRICS:
             cells = [f"{rows[d][m][0]:.2f} ± {rows[d][m][1]:.2f}" for d in ("y10", "y1")]
             lines.append(f"| {name} | {m} | {cells[0]} | {cells[1]} |")

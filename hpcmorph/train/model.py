@@ -1,4 +1,5 @@
-"""The classifier: a ResNet18 trunk, a 256-d linear bottleneck (the latent space) and a linear head.
+"""The classifier: a ResNet18 trunk, a 256-d linear bottleneck (the latent space) and a linear head;
+:func:`build_model` also builds the other architecture, :mod:`.convnet`'s, by ``train.arch``.
 
 As the paper and the authors' released code: torchvision's resnet18 without pretrained weights
 (here :mod:`.resnet`, the same trunk and initialisation written out),
@@ -17,6 +18,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
+from .convnet import ConvNet
 from .resnet import ResNet18Trunk
 
 TRUNK_FEATURES = 512  # channels of resnet18's layer4
@@ -79,12 +81,30 @@ class GalaxyNet(nn.Module):
         return self.head(latent)
 
 
-def build_model(seed: int, **kwargs) -> GalaxyNet:
-    """A ``GalaxyNet(**kwargs)`` whose initial weights depend on ``seed`` alone.
+ARCHS = ("resnet18", "convnet")
+
+
+def build_model(seed: int, arch: str = "resnet18", *, image_size: int | None = None, **kwargs) -> nn.Module:
+    """A classifier of architecture ``arch`` whose initial weights depend on ``seed`` alone:
+    ``GalaxyNet(**kwargs)`` (resnet18, any image size) or ``ConvNet(image_size=..., **kwargs)``
+    (convnet, whose bottleneck is sized for ``image_size`` px).
 
     The CPU generator is seeded inside a forked RNG state, so the global torch RNG (which drives
     dropout and data shuffling) is left as it was: seed that separately.
     """
+    if arch not in ARCHS:
+        raise ValueError(f"build_model: arch must be one of {ARCHS}, got {arch!r}")
+    if arch == "convnet" and image_size is None:
+        raise ValueError("build_model: the convnet needs image_size (its bottleneck reads the whole last map)")
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(seed)
+        if arch == "convnet":
+            return ConvNet(image_size=image_size, **kwargs)
         return GalaxyNet(**kwargs)
+
+
+def for_config(cfg, seed: int) -> nn.Module:
+    """The untrained classifier ``cfg`` trains from ``seed``: ``train.arch``, ``train.dropout``, one input
+    channel per band of ``generate.bands``, sized for ``generate.image_size``."""
+    return build_model(seed, cfg.train.arch, dropout=cfg.train.dropout, in_channels=len(cfg.generate.bands),
+                       image_size=cfg.generate.image_size)

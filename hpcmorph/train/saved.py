@@ -1,7 +1,8 @@
 """A trained model as later stages load it: ``<run.root>/<run.name>/<variant>/seed<s>/model.pt``.
 
 The file holds the best weights, the fitted normalisation (:class:`AsinhStretch`), the model's
-shape (dropout, latent size, classes) and the train digest of the config that made it, so a
+architecture (``arch``: resnet18 when absent) and shape (dropout, latent size, classes, the
+convnet's image size) and the train digest of the config that made it, so a
 model is never used with settings it was not trained with.
 """
 
@@ -34,8 +35,11 @@ def load_model(cfg: Config, variant: str, seed: int, device: torch.device) -> tu
         saved = torch.load(path, map_location="cpu", weights_only=True)
         state = saved["model"]
         in_channels = state["features.conv1.weight"].shape[1]
-        model = build_model(0, dropout=float(saved["dropout"]), latent_dim=int(saved["latent_dim"]),
-                            n_classes=len(saved["class_names"]), in_channels=in_channels)
+        # A model.pt without an arch holds a ResNet18 (of any image size).
+        arch = saved.get("arch", "resnet18")
+        size = int(saved["image_size"]) if arch == "convnet" else None
+        model = build_model(0, arch, dropout=float(saved["dropout"]), latent_dim=int(saved["latent_dim"]),
+                            n_classes=len(saved["class_names"]), in_channels=in_channels, image_size=size)
         model.load_state_dict(state)
         stretch = AsinhStretch.from_dict(saved["normalization"])
     except Exception as err:  # noqa: BLE001 - any unreadable checkpoint is the same user error

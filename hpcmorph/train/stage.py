@@ -35,25 +35,33 @@ import torch
 import torch.nn.functional as F
 
 from .. import layout, precision, store
-from ..config import Config
+from ..config import FIELDS, Config
 from ..errors import PREEMPTED_EXIT, BackendError, Preempted, StageError  # noqa: F401 - PREEMPTED_EXIT re-exported
 from ..generate.dataset import TEST, VALIDATION
 from ..generate.classes import CLASS_NAMES
 from ..layout import RunLayout
 from ..lock import output_lock
 from ..mpi import device_for, log
-from . import data, distributed, metrics
+from . import data, distributed, metrics, variants
+from .coral import coral
+from .dann import WithCritic, build_critic, domain_loss, reversal_schedule
 from .mmd import mmd2
-from .model import build_model
+from .model import for_config
 from .normalize import AsinhStretch
+from .sinkhorn import sinkhorn_divergence
+from .variants import Variant
 
 STAGE = "train"
 # Settings that change a trained model (backend and threads do not: the weights are the same).
 _MODEL_KEYS = ("epochs", "patience", "batch_size", "lr", "schedule", "betas", "weight_decay", "weight_decay_mmd",
                "mmd_lambda", "mmd_bandwidth", "dropout", "normalize_per_band", "max_train_images", "precision",
-               "compression")
-
-
+               "compression", "arch", "coral_lambda", "dann_lambda", "sinkhorn_lambda", "sinkhorn_blur")
+# Settings added after models were trained without them enter the digest only when they differ from the
+# value those models were trained with, so such models stay current: fp32, uncompressed gradients, a
+# ResNet18, and the new variants' weights at their defaults (which a regular or MMD model never read).
+_DIGESTED_UNLESS = {"precision": "fp32", "compression": "none",
+                    **{k: FIELDS[f"train.{k}"].default
+                       for k in ("arch", "coral_lambda", "dann_lambda", "sinkhorn_lambda", "sinkhorn_blur")}}
 
 
 def model_dir(cfg: Config, variant: str, seed: int) -> Path:
@@ -62,9 +70,7 @@ def model_dir(cfg: Config, variant: str, seed: int) -> Path:
 
 
 def digest(cfg: Config) -> str:
-    # Models trained before precision and compression were settings ran fp32 with uncompressed
-    # gradients: those values leave the digest as it was, so such runs stay current under them.
-    keys = [k for k in _MODEL_KEYS if (k, cfg.train[k]) not in (("precision", "fp32"), ("compression", "none"))]
+    keys = [k for k in _MODEL_KEYS if k not in _DIGESTED_UNLESS or cfg.train[k] != _DIGESTED_UNLESS[k]]
     return cfg.digest("run.seed", "generate", *(f"train.{k}" for k in keys))
 
 
@@ -101,6 +107,12 @@ def _atomic_torch_save(obj, path: Path) -> None:
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "module", model)
+
+
+def _classifier(model: torch.nn.Module) -> torch.nn.Module:
+    """The classifier later stages load (model.pt): the trained module without a DANN critic."""
+    m = _unwrap(model)
+    return m.net if isinstance(m, WithCritic) else m
 
 
 def _step_seed(seed: int, rank: int, epoch: int, step: int) -> int:
@@ -148,7 +160,7 @@ class Shard:
     stretch: AsinhStretch   # the normalisation, fitted on the training split
     y10: np.ndarray         # this rank's labelled Y10 training images and their labels
     labels: np.ndarray
-    y1: np.ndarray | None   # this rank's unlabelled Y1 pool (mmd only)
+    y1: np.ndarray | None   # this rank's unlabelled Y1 pool (domain-adapted variants only)
     val_y10: np.ndarray     # this rank's validation images and labels
     val_labels: np.ndarray
 
@@ -187,6 +199,11 @@ class TrainRun:
     def name(self) -> str:
         return f"{self.variant} seed {self.seed}"
 
+    @property
+    def spec(self) -> Variant:
+        """What the variant adds to the cross-entropy (:mod:`.variants`)."""
+        return variants.of(self.variant)
+
     def save(self) -> None:
         """Write ``checkpoint.pt`` (rank 0) with everything needed to resume at the next step."""
         if self.backend.rank == 0:
@@ -221,7 +238,7 @@ def train_one(cfg: Config, backend: distributed.Single, variant: str, seed: int,
                             f"{out / 'checkpoint.pt'} written; run the same command again to resume")
     results = test(run)
     if backend.rank == 0:
-        _write_outputs(cfg, out, _unwrap(model), shard.stretch, progress.history, results)
+        _write_outputs(cfg, out, _classifier(model), shard.stretch, progress.history, results)
     backend.barrier()
     return results
 
@@ -235,7 +252,7 @@ def read_shard(cfg: Config, backend: distributed.Single, variant: str, seed: int
         stretch = AsinhStretch.fit(f["y10"], rows=rows, per_band=t.normalize_per_band, seed=seed)
         mine = data.shard_rows(rows, seed, backend.rank, backend.size)
         y1 = None
-        if variant == "mmd":
+        if variants.of(variant).uses_y1:
             pool = data.shard_rows(data.training_rows(f, seed), seed, backend.rank, backend.size, data.Y1_SHARD_STREAM)
             y1 = f["y1"][pool]  # images only: the labels of these rows are never read
         val_rows = data.split_rows(f)[VALIDATION][backend.rank::backend.size]
@@ -244,14 +261,16 @@ def read_shard(cfg: Config, backend: distributed.Single, variant: str, seed: int
 
 
 def build(cfg: Config, variant: str, seed: int, device) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
-    """The model (initialised from ``seed``) and its Adam optimizer."""
-    t = cfg.train
+    """The model (initialised from ``seed``; with DANN's critic beside it) and its Adam optimizer."""
+    t, spec = cfg.train, variants.of(variant)
     torch.manual_seed(seed)
-    model = build_model(seed, dropout=t.dropout).to(device)
+    model = for_config(cfg, seed)
+    if spec.critic:
+        model = WithCritic(model, build_critic(seed, model.latent_dim))
     # Contiguous (not channels-last) even in bf16: Horovod allreduces contiguous tensors only, and
     # channels-last added 4 % to a bf16 step on the CPU (1.66x against 1.59x fp32, issue 23).
-    optimizer = torch.optim.Adam(model.parameters(), lr=t.lr, betas=tuple(t.betas),
-                                 weight_decay=t.weight_decay_mmd if variant == "mmd" else t.weight_decay)
+    model = model.to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=t.lr, betas=tuple(t.betas), weight_decay=t[spec.weight_decay])
     return model, optimizer
 
 
@@ -273,7 +292,16 @@ def resume(cfg: Config, out: Path, model, optimizer, scaler, arithmetic: str, fo
     if "scaler" in ckpt:
         scaler.load_state_dict(ckpt["scaler"])
     log.info("%s: resuming at epoch %d step %d", name, ckpt["state"]["epoch"], ckpt["state"]["step"])
-    return Progress(**ckpt["state"])
+    state = ckpt["state"]
+    # Epochs recorded before the domain term's column had its general name.
+    state["history"] = [{("train_discrepancy" if k == "train_mmd" else k): v for k, v in h.items()}
+                        for h in state["history"]]
+    return Progress(**state)
+
+
+def progress_of(t, epoch: int, step: int, steps: int) -> float:
+    """The fraction of ``train.epochs`` done at ``step`` (of ``steps`` per epoch) of ``epoch``, in [0, 1)."""
+    return (epoch * steps + step) / max(1, t.epochs * steps)
 
 
 def learning_rate(t, epoch: int, step: int, steps: int) -> float:
@@ -281,8 +309,7 @@ def learning_rate(t, epoch: int, step: int, steps: int) -> float:
     the position alone, so a resumed run needs no scheduler state."""
     if t.schedule == "constant":
         return t.lr
-    done = (epoch * steps + step) / max(1, t.epochs * steps)
-    return 0.5 * t.lr * (1.0 + math.cos(math.pi * done))
+    return 0.5 * t.lr * (1.0 + math.cos(math.pi * progress_of(t, epoch, step, steps)))
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
@@ -295,35 +322,49 @@ def _batch(run: TrainRun, images: np.ndarray) -> torch.Tensor:
     return run.shard.stretch(torch.from_numpy(images)).to(run.device)
 
 
-def losses(run: TrainRun, x: torch.Tensor, y: torch.Tensor, x1: torch.Tensor | None):
-    """(loss, MMD^2) of one step: the weighted cross-entropy of the Y10 batch ``x`` (labels ``y``), plus
-    lambda x MMD^2 between the Y10 and Y1 (``x1``) latents for the mmd variant.
+def losses(run: TrainRun, x: torch.Tensor, y: torch.Tensor, x1: torch.Tensor | None, reversal: float = 0.0):
+    """(loss, domain term) of one step: the weighted cross-entropy of the Y10 batch ``x`` (labels ``y``),
+    plus weight x the variant's domain term between the Y10 and Y1 (``x1``) latents (:mod:`.variants`).
+    ``reversal``: DANN's gradient-reversal coefficient at this step. With ``x1`` None, or a batch
+    smaller than the term is defined on (the last of an epoch), the term is zero.
 
-    The forward pass runs in the run's precision; both losses in float32. The MMD's squared distances
+    The forward pass runs in the run's precision; the losses in float32. The MMD's squared distances
     are differences of large sums (|a|^2 + |b|^2 - 2 a.b), which bfloat16's 8-bit mantissa would leave
-    mostly rounding: the latents are taken to float32 first, outside autocast.
+    mostly rounding, as it would the covariances and transport costs: the latents are taken to float32
+    first, outside autocast.
     """
-    t, n = run.cfg.train, len(y)
+    t, n, spec = run.cfg.train, len(y), run.spec
     with precision.autocast(run.precision, run.device):
         # One forward pass over both exposures, as the authors: BatchNorm sees both.
-        latent, logits = run.model(x if x1 is None else torch.cat([x, x1]))
+        out = run.model(x if x1 is None else torch.cat([x, x1]), **({"reversal": reversal} if spec.critic else {}))
+    latent, logits = out[0], out[1]
     ce = F.cross_entropy(logits[:n].float(), y, weight=run.shard.weight)
-    if x1 is None:
+    if x1 is None or min(n, len(x1)) < spec.min_batch:
         return ce, torch.zeros(())
-    discrepancy = mmd2(latent[:n].float(), latent[n:].float(), bandwidth=t.mmd_bandwidth)
-    return ce + t.mmd_lambda * discrepancy, discrepancy
+    z10, z1 = latent[:n].float(), latent[n:].float()
+    if spec.term == "mmd":
+        term = mmd2(z10, z1, bandwidth=t.mmd_bandwidth)
+    elif spec.term == "coral":
+        term = coral(z10, z1)
+    elif spec.term == "sinkhorn":
+        term = sinkhorn_divergence(z10, z1, blur=t.sinkhorn_blur)
+    elif spec.term == "dann":
+        term = domain_loss(out[2], n)
+    else:
+        raise ValueError(f"{run.name}: no domain term {spec.term!r}")
+    return ce + t[spec.weight] * term, term
 
 
 def train_epoch(run: TrainRun, stop: StopFlag) -> dict:
     """One epoch of steps from ``run.progress.step``; returns its training statistics. A signal checkpoints
     at the next step and raises Preempted."""
     t, backend, shard, seed, epoch = run.cfg.train, run.backend, run.shard, run.seed, run.progress.epoch
-    mmd = shard.y1 is not None
+    adapted = shard.y1 is not None
     local_batch = t.batch_size // backend.size
     y10_batches = data.batches(len(shard.labels), local_batch, seed, epoch, data.Y10_STREAM)
-    y1_batches = data.batches(len(shard.y1), local_batch, seed, epoch, data.Y1_STREAM) if mmd else None
+    y1_batches = data.batches(len(shard.y1), local_batch, seed, epoch, data.Y1_STREAM) if adapted else None
     run.model.train()
-    sums = np.zeros(3)  # loss, mmd, images
+    sums = np.zeros(3)  # loss, domain term, images
     t0 = time.perf_counter()
     bar = _progress(backend, len(y10_batches), run.progress.step, f"{run.name} epoch {epoch + 1}/{t.epochs}",
                     run.cfg.run.progress)
@@ -337,8 +378,9 @@ def train_epoch(run: TrainRun, stop: StopFlag) -> dict:
         idx = y10_batches[step]
         x, y = _batch(run, shard.y10[idx]), torch.from_numpy(shard.labels[idx]).to(run.device)
         # The Y1 pool is at least as large as the Y10 shard, so it has a batch for every step.
-        x1 = _batch(run, shard.y1[y1_batches[step % len(y1_batches)]]) if mmd else None
-        loss, discrepancy = losses(run, x, y, x1)
+        x1 = _batch(run, shard.y1[y1_batches[step % len(y1_batches)]]) if adapted else None
+        reversal = reversal_schedule(progress_of(t, epoch, step, len(y10_batches))) if run.spec.critic else 0.0
+        loss, discrepancy = losses(run, x, y, x1, reversal)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{run.name}: loss is {float(loss)} at epoch {epoch} step {step}")
         run.optimizer.zero_grad()
@@ -351,7 +393,7 @@ def train_epoch(run: TrainRun, stop: StopFlag) -> dict:
     seconds = time.perf_counter() - t0
     totals = backend.allreduce_sum(sums)
     run.progress.step = 0
-    return {"train_loss": totals[0] / totals[2], "train_mmd": totals[1] / totals[2], "train_seconds": seconds,
+    return {"train_loss": totals[0] / totals[2], "train_discrepancy": totals[1] / totals[2], "train_seconds": seconds,
             "images": int(totals[2])}
 
 
@@ -364,7 +406,8 @@ def end_epoch(run: TrainRun, stats: dict) -> None:
                                        run.device, t.eval_batch_size, shard.weight)
     v = backend.allreduce_sum([v_loss, v_norm, *v_conf.ravel()])
     val_loss, val_acc = v[0] / max(v[1], 1e-12), np.trace(v[2:].reshape(3, 3)) / max(v[2:].sum(), 1)
-    p.history.append({"epoch": epoch + 1, "train_loss": stats["train_loss"], "train_mmd": stats["train_mmd"],
+    p.history.append({"epoch": epoch + 1, "train_loss": stats["train_loss"],
+                      "train_discrepancy": stats["train_discrepancy"],
                       "val_loss": val_loss, "val_accuracy": val_acc, "train_seconds": stats["train_seconds"],
                       "images": stats["images"]})
     log.info("%s epoch %d: train loss %.4f, val loss %.4f, val acc %.3f", run.name, epoch + 1,
@@ -421,14 +464,16 @@ def _write_outputs(cfg: Config, out: Path, model, stretch, history: list[dict], 
 
     _atomic_torch_save({"model": model.state_dict(), "normalization": stretch.to_dict(), "config": cfg.to_yaml(),
                         "digest": digest(cfg), "class_names": CLASS_NAMES, "latent_dim": model.latent_dim,
-                        "dropout": cfg.train.dropout, "versions": store.versions(), "git_commit": store.git_commit()},
+                        "dropout": cfg.train.dropout, "arch": cfg.train.arch, "image_size": cfg.generate.image_size,
+                        "versions": store.versions(), "git_commit": store.git_commit()},
                        out / layout.MODEL)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(history[0]))
     writer.writeheader()
     writer.writerows(history)
     store.write_text(out / "history.csv", buf.getvalue())
-    training_curves(history, out / "curves.png", title=f"{results['variant']} seed {results['seed']}")
+    training_curves(history, out / "curves.png", title=f"{results['variant']} seed {results['seed']}",
+                    term=variants.of(results["variant"]).term)
     # metrics.json last: it marks the run as finished.
     store.write_json(out / "metrics.json", {**results, "digest": digest(cfg)})
     (out / "checkpoint.pt").unlink(missing_ok=True)
