@@ -45,7 +45,7 @@ class Field:
 
 
 # The training variants (hpcmorph/train/variants.py describes each; a test keeps the two lists alike).
-TRAIN_VARIANTS = ("regular", "mmd", "coral", "dann", "sinkhorn")
+TRAIN_VARIANTS = ("regular", "mmd", "coral", "dann", "sinkhorn", "adversarial", "adversarial+mmd")
 
 
 def _range(low, high, doc, default):

@@ -42,8 +42,8 @@ def _run(tmp_path, arithmetic: str, variant: str = "mmd", size: int = 16, n: int
     y10 = rng.gamma(2.0, 50.0, (n, 3, size, size)).astype(np.float32)
     y1 = rng.gamma(2.0, 50.0, (n, 3, size, size)).astype(np.float32)
     labels = np.arange(n) % 3
-    shard = stage.Shard(n, torch.ones(3), AsinhStretch.fit(y10), y10, labels, y1 if variant == "mmd" else None,
-                        y10[:4], labels[:4])
+    shard = stage.Shard(n, torch.ones(3), AsinhStretch.fit(y10), y10, labels, np.arange(n),
+                        y1 if variant == "mmd" else None, y10[:4], labels[:4])
     model, optimizer = stage.build(cfg, variant, 0, CPU)
     scaler = precision.grad_scaler(arithmetic, CPU)
     return stage.TrainRun(cfg, distributed.Single(), variant, 0, tmp_path / "m", CPU, arithmetic, shard, model,
@@ -56,7 +56,7 @@ def test_an_epoch_in_each_precision_moves_float32_weights_and_finite_losses(arit
     before = [p.detach().clone() for p in run.model.parameters()]
     with stage.StopFlag() as stop:
         stats = stage.train_epoch(run, stop)
-    assert np.isfinite(stats["train_loss"]) and stats["train_mmd"] >= 0 and stats["images"] == 16
+    assert np.isfinite(stats["train_loss"]) and stats["train_discrepancy"] >= 0 and stats["images"] == 16
     assert all(p.dtype == torch.float32 for p in run.model.parameters())
     assert any(not torch.equal(a, b) for a, b in zip(before, run.model.parameters()))
     assert run.scaler.is_enabled() == (arithmetic == "fp16")
@@ -99,6 +99,6 @@ def test_the_precision_is_part_of_the_train_digest():
 def test_fp32_without_compression_keeps_the_digest_models_had_before_the_settings():
     cfg = config.load("tiny", ["train.precision=fp32", "train.compression=none"])
     before = cfg.digest("run.seed", "generate", *(f"train.{k}" for k in stage._MODEL_KEYS
-                                                  if k not in ("precision", "compression")))
+                                                  if k not in stage._DIGESTED_UNLESS))
     assert stage.digest(cfg) == before
     assert stage.digest(config.load("tiny", ["train.precision=fp32", "train.compression=fp16"])) != before

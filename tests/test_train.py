@@ -1,5 +1,6 @@
 """Stage 2 end to end on the tiny preset: outputs, backends, preemption, and Y1 labels never read."""
 
+import csv
 import json
 import signal
 import subprocess
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import TINY_ANALYZE, TINY_TRAIN, cli, command, env, killed_at, mpirun, sets, workdir
+from helpers import TINY_ANALYZE, TINY_TRAIN, cli, command, datasets, env, killed_at, mpirun, sets, workdir
 from hpcmorph.train import data
 
 TRAIN = TINY_TRAIN
@@ -293,18 +294,36 @@ def test_the_new_variants_train_on_two_ranks_and_resume_exactly(tmp_path, galaxi
 
 @pytest.mark.slow
 def test_a_convnet_trains_every_variant_and_attack_and_analyze_load_it(tmp_path, galaxies):
-    """One rank, the small CNN: every variant trains; attack and analyze load its models by their arch."""
+    """One rank, the small CNN: every variant trains (the adversarial ones with a search on every step's
+    drawn images); attack and analyze load its models by their arch, and the analysis sets each variant
+    against regular training."""
     cwd = _workdir(tmp_path, galaxies)
+    attacked = ["regular", "mmd", "adversarial"]
+    every = ("regular", "mmd", *NEW_VARIANTS, "adversarial", "adversarial+mmd")
     args = [*TINY_ANALYZE, *sets(["train.arch=convnet", "train.epochs=1", "attack.only_correct=false",
-                                  "attack.figures=false", "analyze.figures=false", "analyze.isomap_images=20"])]
-    cli(["train", *args, *sets([f"train.variants=[regular,mmd,{','.join(NEW_VARIANTS)}]"])], cwd)
-    for stage in ("attack", "analyze"):
+                                  "attack.figures=false", "analyze.figures=false", "analyze.isomap_images=20",
+                                  f"train.variants=[{','.join(every)}]", "train.adversarial_queries=8",
+                                  f"attack.variants=[{','.join(attacked)}]"])]
+    for stage in ("train", "attack", "analyze"):
         cli([stage, *args], cwd)
     run = cwd / "runs" / "tiny"
-    for variant in ("regular", "mmd", *NEW_VARIANTS):
+    for variant in every:
         saved = torch.load(run / variant / "seed0" / "model.pt", weights_only=True)
         assert saved["arch"] == "convnet" and saved["image_size"] == 48, variant
         assert saved["model"]["bottleneck.weight"].shape == (256, 32 * 6 * 6)
+    for variant in ("adversarial", "adversarial+mmd"):
+        with open(run / variant / "seed0" / "history.csv") as f:
+            (epoch,) = list(csv.DictReader(f))
+        assert 0 < int(epoch["attacked_images"]) <= int(epoch["images"]), variant
+        assert 0 <= int(epoch["flipped_images"]) <= int(epoch["attacked_images"]), variant
+        assert (float(epoch["train_discrepancy"]) > 0) == (variant == "adversarial+mmd")
     with h5py.File(run / "attack.h5", "r") as f:
-        assert len(f["index"]) > 0 and f.attrs["variant_names"] == "regular,mmd"
+        assert len(f["index"]) > 0 and f.attrs["variant_names"] == ",".join(attacked)
+    found = json.loads((run / "analysis" / "analysis.json").read_text())
+    assert found["comparison"]["variants"] == list(every)
+    effects = found["effects"]["variants"]
+    assert list(effects) == list(every[1:])
+    assert all((effects[v]["flip_rate"] is None) == (v not in attacked) for v in effects)
+    assert all(effects[v]["y1_accuracy"]["n"] == len(datasets(run / "analysis" / "latents.h5")["label"])
+               for v in effects)
     assert (run / "analysis").is_dir() and any((run / "analysis").iterdir())

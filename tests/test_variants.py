@@ -29,9 +29,10 @@ def test_the_registry_is_the_configurations_list_and_every_weight_is_a_setting()
         for key in filter(None, (v.weight, v.weight_decay)):
             assert f"train.{key}" in config.FIELDS, f"{v.name}: no setting train.{key}"
     assert {n: (variants.of(n).uses_y1, variants.of(n).critic, variants.of(n).adversarial)
-            for n in ("regular", "mmd", "coral", "dann", "sinkhorn")} == {
+            for n in config.TRAIN_VARIANTS} == {
         "regular": (False, False, False), "mmd": (True, False, False), "coral": (True, False, False),
-        "dann": (True, True, False), "sinkhorn": (True, False, False)}
+        "dann": (True, True, False), "sinkhorn": (True, False, False), "adversarial": (False, False, True),
+        "adversarial+mmd": (True, False, True)}
     with pytest.raises(ValueError, match="unknown training variant 'dan'"):
         variants.of("dan")
 

@@ -179,7 +179,7 @@ def analyse_seed(cfg: Config, ctx: Context, device, out: Path, attack_file: Path
     order = dict.fromkeys([*cfg.train.variants, *variants])
     return {**result, "seed": seed, "variants": variants, "provenance": attrs_json(attrs), "attack": attack_summary,
             "methods": queries.compare(cfg, variants), "calibration": {v: cal[v] for v in order if v in cal},
-            "effects": effects.evidence(attacks, variants, y1_correct)}
+            "effects": effects.evidence(attacks, variants, {v: y1_correct[v] for v in order if v in y1_correct})}
 
 
 def _check_church_grid(cfg: Config) -> None:

@@ -43,6 +43,7 @@ from ..layout import RunLayout
 from ..lock import output_lock
 from ..mpi import device_for, log
 from . import data, distributed, metrics, variants
+from .adversarial import attack_batch
 from .coral import coral
 from .dann import WithCritic, build_critic, domain_loss, reversal_schedule
 from .mmd import mmd2
@@ -55,13 +56,15 @@ STAGE = "train"
 # Settings that change a trained model (backend and threads do not: the weights are the same).
 _MODEL_KEYS = ("epochs", "patience", "batch_size", "lr", "schedule", "betas", "weight_decay", "weight_decay_mmd",
                "mmd_lambda", "mmd_bandwidth", "dropout", "normalize_per_band", "max_train_images", "precision",
-               "compression", "arch", "coral_lambda", "dann_lambda", "sinkhorn_lambda", "sinkhorn_blur")
+               "compression", "arch", "coral_lambda", "dann_lambda", "sinkhorn_lambda", "sinkhorn_blur",
+               "adversarial_fraction", "adversarial_queries")
 # Settings added after models were trained without them enter the digest only when they differ from the
 # value those models were trained with, so such models stay current: fp32, uncompressed gradients, a
 # ResNet18, and the new variants' weights at their defaults (which a regular or MMD model never read).
 _DIGESTED_UNLESS = {"precision": "fp32", "compression": "none",
                     **{k: FIELDS[f"train.{k}"].default
-                       for k in ("arch", "coral_lambda", "dann_lambda", "sinkhorn_lambda", "sinkhorn_blur")}}
+                       for k in ("arch", "coral_lambda", "dann_lambda", "sinkhorn_lambda", "sinkhorn_blur",
+                                 "adversarial_fraction", "adversarial_queries")}}
 
 
 def model_dir(cfg: Config, variant: str, seed: int) -> Path:
@@ -158,8 +161,9 @@ class Shard:
     n_train: int            # labelled training images over all ranks
     weight: torch.Tensor    # class weights of the weighted cross-entropy, on the device
     stretch: AsinhStretch   # the normalisation, fitted on the training split
-    y10: np.ndarray         # this rank's labelled Y10 training images and their labels
+    y10: np.ndarray         # this rank's labelled Y10 training images, their labels and rows in galaxies.h5
     labels: np.ndarray
+    rows: np.ndarray
     y1: np.ndarray | None   # this rank's unlabelled Y1 pool (domain-adapted variants only)
     val_y10: np.ndarray     # this rank's validation images and labels
     val_labels: np.ndarray
@@ -256,7 +260,7 @@ def read_shard(cfg: Config, backend: distributed.Single, variant: str, seed: int
             pool = data.shard_rows(data.training_rows(f, seed), seed, backend.rank, backend.size, data.Y1_SHARD_STREAM)
             y1 = f["y1"][pool]  # images only: the labels of these rows are never read
         val_rows = data.split_rows(f)[VALIDATION][backend.rank::backend.size]
-        return Shard(len(rows), weight, stretch, f["y10"][mine], f["label"][mine].astype(np.int64), y1,
+        return Shard(len(rows), weight, stretch, f["y10"][mine], f["label"][mine].astype(np.int64), mine, y1,
                      f["y10"][val_rows], f["label"][val_rows].astype(np.int64))
 
 
@@ -364,7 +368,7 @@ def train_epoch(run: TrainRun, stop: StopFlag) -> dict:
     y10_batches = data.batches(len(shard.labels), local_batch, seed, epoch, data.Y10_STREAM)
     y1_batches = data.batches(len(shard.y1), local_batch, seed, epoch, data.Y1_STREAM) if adapted else None
     run.model.train()
-    sums = np.zeros(3)  # loss, domain term, images
+    sums = np.zeros(5)  # loss, domain term, images, attacked images, flipped images
     t0 = time.perf_counter()
     bar = _progress(backend, len(y10_batches), run.progress.step, f"{run.name} epoch {epoch + 1}/{t.epochs}",
                     run.cfg.run.progress)
@@ -376,7 +380,14 @@ def train_epoch(run: TrainRun, stop: StopFlag) -> dict:
                             f"{run.out / 'checkpoint.pt'} written; run the same command again to resume")
         torch.manual_seed(_step_seed(seed, backend.rank, epoch, step))
         idx = y10_batches[step]
-        x, y = _batch(run, shard.y10[idx]), torch.from_numpy(shard.labels[idx]).to(run.device)
+        y, attacked, flipped = torch.from_numpy(shard.labels[idx]).to(run.device), 0, 0
+        if run.spec.adversarial:
+            hard = attack_batch(_unwrap(run.model), shard.y10[idx], shard.labels[idx], shard.stretch, shard.rows[idx],
+                                seed=seed, epoch=epoch, step=step, fraction=t.adversarial_fraction,
+                                queries=t.adversarial_queries)
+            x, attacked, flipped = hard.images, int(hard.attacked.sum()), int(hard.flipped.sum())
+        else:
+            x = _batch(run, shard.y10[idx])
         # The Y1 pool is at least as large as the Y10 shard, so it has a batch for every step.
         x1 = _batch(run, shard.y1[y1_batches[step % len(y1_batches)]]) if adapted else None
         reversal = reversal_schedule(progress_of(t, epoch, step, len(y10_batches))) if run.spec.critic else 0.0
@@ -387,14 +398,18 @@ def train_epoch(run: TrainRun, stop: StopFlag) -> dict:
         run.scaler.scale(loss).backward()
         set_lr(run.optimizer, learning_rate(t, epoch, step, len(y10_batches)))
         backend.step(run.optimizer, run.scaler)
-        sums += (float(loss.detach()) * len(idx), float(discrepancy.detach()) * len(idx), len(idx))
+        sums += (float(loss.detach()) * len(idx), float(discrepancy.detach()) * len(idx), len(idx), attacked, flipped)
         bar.update(1)
     bar.close()
     seconds = time.perf_counter() - t0
     totals = backend.allreduce_sum(sums)
     run.progress.step = 0
-    return {"train_loss": totals[0] / totals[2], "train_discrepancy": totals[1] / totals[2], "train_seconds": seconds,
-            "images": int(totals[2])}
+    stats = {"train_loss": totals[0] / totals[2], "train_discrepancy": totals[1] / totals[2], "train_seconds": seconds,
+             "images": int(totals[2])}
+    if run.spec.adversarial:
+        # How often the search still flips what it attacks: the model hardening, epoch by epoch.
+        stats.update(attacked_images=int(totals[3]), flipped_images=int(totals[4]))
+    return stats
 
 
 def end_epoch(run: TrainRun, stats: dict) -> None:
@@ -409,7 +424,8 @@ def end_epoch(run: TrainRun, stats: dict) -> None:
     p.history.append({"epoch": epoch + 1, "train_loss": stats["train_loss"],
                       "train_discrepancy": stats["train_discrepancy"],
                       "val_loss": val_loss, "val_accuracy": val_acc, "train_seconds": stats["train_seconds"],
-                      "images": stats["images"]})
+                      "images": stats["images"],
+                      **{k: stats[k] for k in ("attacked_images", "flipped_images") if k in stats}})
     log.info("%s epoch %d: train loss %.4f, val loss %.4f, val acc %.3f", run.name, epoch + 1,
              stats["train_loss"], val_loss, val_acc)
     if val_loss < p.best_loss:

@@ -15,9 +15,13 @@ dann        a domain classifier's cross-entropy through gradient    train.dann_l
 sinkhorn    debiased Sinkhorn divergence (entropic OT)              train.sinkhorn_lambda :mod:`.sinkhorn`
 ==========  =====================================================  ===================  ===============
 
+and two whose batches are hardened rather than their loss extended: ``adversarial`` (the regular loss
+on batches where a drawn share of the images is replaced by one-pixel attacked copies made against
+the current weights, :mod:`.adversarial`) and ``adversarial+mmd`` (the same batches, and the MMD term).
+
 A :class:`Variant` says what the training loop needs to know and nothing else, so the loop asks
 ``variant.uses_y1`` rather than comparing names. ``adversarial`` marks a variant whose training
-batches include one-pixel attacked images made on the fly; none of these is one. This module
+batches include one-pixel attacked images made on the fly. This module
 imports nothing heavy: the configuration's choices are checked against it by a test.
 """
 
@@ -56,6 +60,8 @@ REGISTRY: dict[str, Variant] = {v.name: v for v in (
     Variant("coral", "Domain adaptation (CORAL)", term="coral", weight="coral_lambda", min_batch=2),
     Variant("dann", "Domain adaptation (DANN)", term="dann", weight="dann_lambda", critic=True),
     Variant("sinkhorn", "Domain adaptation (Sinkhorn)", term="sinkhorn", weight="sinkhorn_lambda"),
+    Variant("adversarial", "Adversarial training", weight_decay="weight_decay", adversarial=True),
+    Variant("adversarial+mmd", "Adversarial training with MMD", term="mmd", weight="mmd_lambda", adversarial=True),
 )}
 
 
