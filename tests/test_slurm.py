@@ -93,6 +93,9 @@ def test_job_requeued_mid_run_resumes_to_the_same_file(slurm, tmp_path):
 
 
 @pytest.mark.slow
+# ~3 min quiet; each requeue restarts the work, so a loaded machine (each rank slower, more restarts)
+# needed over 10 min once (three other test runs beside it).
+@pytest.mark.timeout(900)
 def test_job_at_its_wall_time_requeues_itself_and_finishes_the_same_file(slurm, tmp_path):
     """A real wall time, no signal sent by hand: a one-minute limit, Slurm's own USR1 45 s before it
     (slurmctld checks limits every 30 s, so it lands up to 45 s in), the script requeues the job,
@@ -103,7 +106,7 @@ def test_job_at_its_wall_time_requeues_itself_and_finishes_the_same_file(slurm, 
     sets = ["generate.block_size=4", "generate.n_galaxies=3200", "generate.figures=false", "generate.keep_parts=true"]
     jobid = slurm.sbatch(SBATCH, tmp_path, ["--ntasks=2", "--time=1", "--signal=B:USR1@45"], HPCMORPH_CONFIG="tiny",
                          HPCMORPH_SET=" ".join(sets))
-    info = slurm.wait_done(jobid, tmp_path, timeout=600)
+    info = slurm.wait_done(jobid, tmp_path, timeout=840)
     slurm.assert_completed(info, tmp_path)
     log = job_log(tmp_path, jobid)
     assert int(info["Restarts"]) >= 1 and "requeueing job" in log, f"the job was never stopped by its limit\n{log}"
