@@ -23,6 +23,23 @@ from helpers import (SLURM_LOCAL, THREADS, TINY_ANALYZE, TINY_ATTACK, TINY_GEN, 
 GROUPS = ("slurm", "container", "multinode", "images")
 
 
+# The whole suite's temporary folders peaked at ~10 GB (2026-12-05, make test). Below this it would
+# fail half-way with messages that do not say why (Open MPI's PMIx: OUT-OF-RESOURCE, once in CI).
+MIN_FREE_GB = 6
+
+
+def pytest_configure(config):
+    if hasattr(config, "workerinput"):
+        return  # an xdist worker: the controller has checked
+    where = Path(config.option.basetemp or tempfile.gettempdir())
+    while not where.exists():
+        where = where.parent
+    free = shutil.disk_usage(where).free / 1e9
+    if free < MIN_FREE_GB and not config.option.collectonly:
+        pytest.exit(f"only {free:.1f} GB free under {where}: the suite writes up to ~10 GB of temporary runs, "
+                    f"images and Slurm spools there (at least {MIN_FREE_GB} GB needed); free some space", returncode=2)
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items):
     for item in items:
