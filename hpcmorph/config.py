@@ -454,7 +454,7 @@ class Config:
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
-PRESETS = ("laptop", "paper", "tiny")
+PRESETS = ("laptop", "paper", "tiny", "zoo")
 
 
 def _read_yaml(path: Path) -> dict:
