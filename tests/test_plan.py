@@ -27,7 +27,7 @@ def seconds(p: plan.Plan) -> dict[str, float]:
     return {s.stage: s.seconds for s in p.stages}
 
 
-@pytest.mark.parametrize("preset", ["tiny", "laptop"])
+@pytest.mark.parametrize("preset", ["tiny", "laptop", "zoo"])
 def test_plan_has_every_stage_with_positive_numbers(preset, tmp_path):
     res = cli(["plan", "--config", preset, "--set", f"run.root={tmp_path}", "--json"], tmp_path)
     found = json.loads(res.stdout)
@@ -55,6 +55,19 @@ def test_plan_has_every_stage_with_positive_numbers(preset, tmp_path):
         assert a["method"] == c.attack.method and a["queries_per_attack_at_most"] == budget
         assert a["queries_at_most"] == len(a["variants"]) * a["images_at_most"] * 2 * budget
         assert a["queries_expected"] is None  # no attack output to read a curve from
+
+
+def test_plan_rates_each_variant_by_what_its_step_does(tmp_path):
+    """A domain term reads the Y1 pool (MMD's calibrated figure); an adversarial step also searches
+    ``fraction`` of its images at ``queries`` forward passes each, against ~3 for training one."""
+    made = plan.make(load("zoo", tmp_path, ["train.adversarial_fraction=0.5", "train.adversarial_queries=30"]))
+    (train,) = [s for s in made.stages if s.stage == "train"]
+    per = {t.what.split(":")[0]: t.seconds for t in train.terms}
+    assert set(config.TRAIN_VARIANTS) <= set(per)
+    for v in ("mmd", "coral", "dann", "sinkhorn"):
+        assert per[v] == pytest.approx(per["mmd"]) and per[v] > per["regular"]
+    assert per["adversarial"] == pytest.approx(6 * per["regular"])
+    assert per["adversarial+mmd"] == pytest.approx(6 * per["mmd"])
 
 
 def test_plan_grows_with_the_work(tmp_path):
