@@ -12,6 +12,8 @@ budget above the attack's) is None, never 0: the report shows it as "not run".
 
 from __future__ import annotations
 
+import math
+
 from . import queries
 from .seeds import spread
 
@@ -84,10 +86,26 @@ def within_budget(results: list[dict], variant: str, budget: int) -> dict | None
 
 
 def accuracies(train_runs: list[dict], variant: str) -> dict:
-    """{"accuracy_y10", "accuracy_y1"}: spreads over every trained seed of train_summary.json's runs."""
+    """{"accuracy_y10", "accuracy_y1", "train_images_per_s"}: spreads over every trained seed of
+    train_summary.json's runs (the training speed: labelled images per second over the steps)."""
     mine = sorted((r for r in train_runs if r.get("variant") == variant), key=lambda r: r["seed"])
     seeds = [r["seed"] for r in mine]
-    return {f"accuracy_{d}": spread([(r.get(d) or {}).get("accuracy") for r in mine], seeds) for d in ("y10", "y1")}
+    return {**{f"accuracy_{d}": spread([(r.get(d) or {}).get("accuracy") for r in mine], seeds) for d in ("y10", "y1")},
+            "train_images_per_s": spread([_finite(r.get("train_images_per_s")) for r in mine], seeds)}
+
+
+def _finite(x) -> float | None:
+    return float(x) if isinstance(x, (int, float)) and math.isfinite(x) else None
+
+
+def training_cost(rows: dict, baseline: str = "regular") -> None:
+    """Each row's ``train_cost``: the baseline's mean training speed over its own (how many times as
+    long a step of the same batch takes; the same run, machine and settings); None without both."""
+    base = (rows.get(baseline) or {}).get("train_images_per_s") or {}
+    for row in rows.values():
+        mine = row.get("train_images_per_s") or {}
+        ok = base.get("mean") and mine.get("mean")
+        row["train_cost"] = base["mean"] / mine["mean"] if ok else None
 
 
 def calibration(results: list[dict], variant: str) -> dict:
@@ -137,6 +155,7 @@ def table(trained: list[str], results: list[dict], train_runs: list[dict], table
                    "success_k": {str(k): success_at_k(results, v, k) if attacked else None for k in ks},
                    "within_budget": {str(q): within_budget(results, v, q) if attacked else None for q in budgets},
                    **(distances(table2, v) if attacked else dict.fromkeys(f"distance_{k}" for k in DISTANCES))}
+    training_cost(rows)
     return {"variants": list(rows), "seeds": [r["seed"] for r in results],
             "trained_seeds": sorted({r["seed"] for r in train_runs}), "configured": configured, "ranges": ranges,
             "k": list(ks), "budgets": list(budgets), "calibration_bins": bins, "rows": rows}

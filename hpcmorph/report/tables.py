@@ -563,7 +563,7 @@ def comparison_table(comparison: Mapping | None) -> Table:
     for name in ranges:
         header += [f"1 pixel, {name} range (search)", f"1 pixel, {name} range (exact)"]
     header += [f"k = {k}" for k in ks] + [f"within {q} queries" for q in budgets]
-    header += ["Distance Y10–Y1 (scale-free)", "Distance Y10–attacked (scale-free)"]
+    header += ["Distance Y10–Y1 (scale-free)", "Distance Y10–attacked (scale-free)", "Training time (x regular)"]
     rows, records = [], []
     for v in c.get("variants") or []:
         r = (c.get("rows") or {}).get(v)
@@ -586,6 +586,8 @@ def comparison_table(comparison: Mapping | None) -> Table:
         distances = [r.get(f"distance_{k}") for k in ("y10_y1", "y10_attacked")]
         none_flipped = "no flipped image" if r.get("attacked") else NOT_RUN
         text += [estimate(e) or none_flipped for e in distances]
+        cost = finite(r.get("train_cost"))
+        text.append(NOT_RUN if cost is None else f"{cost:.2f}x")
         seeds = (r.get("ece_y10") or {}).get("n")
         trained = (r.get("accuracy_y10") or {}).get("n")
         seed_text = f"{_int(seeds) or 0}" + ("" if trained in (None, seeds) else f" ({trained} trained)")
@@ -595,6 +597,9 @@ def comparison_table(comparison: Mapping | None) -> Table:
             records.append({"variant": v, "column": key, "mean": x.get("mean", x.get("value")), "std": x.get("std"),
                             "n": x.get("n"), "lo": x.get("lo"), "hi": x.get("hi"),
                             "values": None if x.get("values") is None else " ".join(map(str, x["values"]))})
+        speed = r.get("train_images_per_s") if isinstance(r.get("train_images_per_s"), Mapping) else {}
+        records.append({"variant": v, "column": "train_cost", "mean": r.get("train_cost"), "std": None,
+                        "n": speed.get("n"), "lo": None, "hi": None, "values": None})
     configured = c.get("configured") or {}
     caption = ("Every trained variant: mean ± sample std over training seeds (accuracies over every trained seed, "
                "from train_summary.json; the rest over the analysed seeds). ECE: top-label expected calibration "
@@ -604,7 +609,9 @@ def comparison_table(comparison: Mapping | None) -> Table:
                f"({configured.get('method')}: search) and exactly (certified, or the exhaustive search); "
                "k = 2, 3: fraction flipped by the k-pixel attack; within q queries: fraction the run's own attack "
                "flipped within q model queries. Distances: mean scale-free latent distance over the flipped images "
-               "of every analysed seed, 95 % bootstrap interval. \"not run\": the run has no such number.")
+               "of every analysed seed, 95 % bootstrap interval. Training time: regular training's images per "
+               "second over the variant's (steps only, mean over seeds, the same run). \"not run\": the run "
+               "has no such number.")
     return Table("comparison", caption, header, rows, records)
 
 
