@@ -99,13 +99,13 @@ def _finite(x) -> float | None:
 
 
 def training_cost(rows: dict, baseline: str = "regular") -> None:
-    """Each row's ``train_cost``: the baseline's mean training speed over its own (how many times as
+    """Each row's ``train_time_ratio``: the baseline's mean training speed over its own (how many times as
     long a step of the same batch takes; the same run, machine and settings); None without both."""
     base = (rows.get(baseline) or {}).get("train_images_per_s") or {}
     for row in rows.values():
         mine = row.get("train_images_per_s") or {}
         ok = base.get("mean") and mine.get("mean")
-        row["train_cost"] = base["mean"] / mine["mean"] if ok else None
+        row["train_time_ratio"] = base["mean"] / mine["mean"] if ok else None
 
 
 def calibration(results: list[dict], variant: str) -> dict:

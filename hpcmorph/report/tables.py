@@ -586,7 +586,7 @@ def comparison_table(comparison: Mapping | None) -> Table:
         distances = [r.get(f"distance_{k}") for k in ("y10_y1", "y10_attacked")]
         none_flipped = "no flipped image" if r.get("attacked") else NOT_RUN
         text += [estimate(e) or none_flipped for e in distances]
-        cost = finite(r.get("train_cost"))
+        cost = finite(r.get("train_time_ratio"))
         text.append(NOT_RUN if cost is None else f"{cost:.2f}x")
         seeds = (r.get("ece_y10") or {}).get("n")
         trained = (r.get("accuracy_y10") or {}).get("n")
@@ -598,7 +598,7 @@ def comparison_table(comparison: Mapping | None) -> Table:
                             "n": x.get("n"), "lo": x.get("lo"), "hi": x.get("hi"),
                             "values": None if x.get("values") is None else " ".join(map(str, x["values"]))})
         speed = r.get("train_images_per_s") if isinstance(r.get("train_images_per_s"), Mapping) else {}
-        records.append({"variant": v, "column": "train_cost", "mean": r.get("train_cost"), "std": None,
+        records.append({"variant": v, "column": "train_time_ratio", "mean": r.get("train_time_ratio"), "std": None,
                         "n": speed.get("n"), "lo": None, "hi": None, "values": None})
     configured = c.get("configured") or {}
     caption = ("Every trained variant: mean ± sample std over training seeds (accuracies over every trained seed, "
