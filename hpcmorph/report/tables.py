@@ -17,12 +17,14 @@ from typing import Any
 from collections.abc import Iterable, Mapping
 
 from .. import paper
+from ..train import variants
 
 
 # hpcmorph.train.metrics.METRICS, in its order (tests check they agree): importing it here would load
 # torch through the train package, seconds for a stage that only formats numbers.
 METRICS = ("accuracy", "precision", "recall", "f1")
-VARIANT_NAMES = {"regular": "Regular training", "mmd": "Domain adaptation (MMD)"}
+# The paper's two models: the tables beside the paper list them first.
+PAPER_VARIANTS = ("regular", "mmd")
 DOMAINS = (("y10", "Y10"), ("y1", "Y1"))
 PAIRS = ("y10_y1", "y10_attacked")
 
@@ -105,7 +107,7 @@ _NOT_VARIANTS = ("paper", "ratio_mmd_over_regular", "ratios", "bootstrap")
 
 def _variants(*tables: Mapping | None) -> list[str]:
     """regular, mmd, then any other variant, in first-seen order."""
-    seen = list(VARIANT_NAMES)
+    seen = list(PAPER_VARIANTS)
     for t in tables:
         if isinstance(t, Mapping):
             seen += [v for v, entry in t.items() if v not in seen and v not in _NOT_VARIANTS
@@ -114,7 +116,8 @@ def _variants(*tables: Mapping | None) -> list[str]:
 
 
 def variant_name(variant: str) -> str:
-    return VARIANT_NAMES.get(variant, variant)
+    """The display name of a training variant (:func:`hpcmorph.train.variants.title`)."""
+    return variants.title(variant)
 
 
 # ------------------------------------------------------------------------------------------- tables
