@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from .pairs import check_pair
+
 
 def covariance(z: torch.Tensor) -> torch.Tensor:
     """Unbiased covariance (d, d) of the rows of ``z`` (n, d), n >= 2."""
@@ -22,19 +24,6 @@ def covariance(z: torch.Tensor) -> torch.Tensor:
 def coral(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """CORAL loss between latents ``x`` (n, d) and ``y`` (m, d), n, m >= 2: a 0-d tensor that carries
     gradient to both (squared Frobenius distance of the covariances over 4 d^2)."""
-    _check(x, y)
+    check_pair("coral", x, y, min_points=2, why=" (a covariance)")
     d = x.shape[1]
     return (covariance(x) - covariance(y)).pow(2).sum() / (4.0 * d * d)
-
-
-def _check(x, y) -> None:
-    for name, t in (("x", x), ("y", y)):
-        if not isinstance(t, torch.Tensor) or t.ndim != 2 or t.shape[0] < 2:
-            shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-            raise ValueError(f"coral: {name} must be a tensor of latents shaped (n, d) with n >= 2 (a covariance), "
-                             f"got {shape}")
-    if x.shape[1] != y.shape[1]:
-        raise ValueError(f"coral: x and y must have the same latent dimension, got {x.shape[1]} and {y.shape[1]}")
-    if x.dtype != y.dtype or x.device != y.device:
-        raise ValueError(f"coral: x and y must share dtype and device, got {x.dtype} on {x.device} "
-                         f"and {y.dtype} on {y.device}")

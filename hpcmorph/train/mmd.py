@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import torch
 
+from .pairs import check_pair
+
 BATCH_SCALES = (0.25, 0.5, 1.0, 2.0, 4.0)  # kernel widths in units of the batch's mean squared distance
 AUTHORS_VARIANCES = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 35.0,
                      100.0, 1e3, 1e4, 1e5, 1e6)
@@ -78,15 +80,7 @@ def _off_diagonal_mean(k: torch.Tensor) -> torch.Tensor:
 
 
 def _check(x, y, bandwidth, unbiased) -> None:
-    for name, t in (("x", x), ("y", y)):
-        if not isinstance(t, torch.Tensor) or t.ndim != 2 or t.shape[0] < 1:
-            shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-            raise ValueError(f"mmd2: {name} must be a tensor of latents shaped (n, d) with n >= 1, got {shape}")
-    if x.shape[1] != y.shape[1]:
-        raise ValueError(f"mmd2: x and y must have the same latent dimension, got {x.shape[1]} and {y.shape[1]}")
-    if x.dtype != y.dtype or x.device != y.device:
-        raise ValueError(f"mmd2: x and y must share dtype and device, got {x.dtype} on {x.device} "
-                         f"and {y.dtype} on {y.device}")
+    check_pair("mmd2", x, y)
     if bandwidth not in BANDWIDTHS:
         raise ValueError(f"mmd2: bandwidth must be one of {BANDWIDTHS}, got {bandwidth!r}")
     if unbiased and min(x.shape[0], y.shape[0]) < 2:

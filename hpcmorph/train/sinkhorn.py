@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import torch
 
+from .pairs import check_pair
+
 
 def sinkhorn_divergence(x: torch.Tensor, y: torch.Tensor, *, blur: float = 0.05,
                         scaling: float = 0.5) -> torch.Tensor:
@@ -34,15 +36,7 @@ def sinkhorn_divergence(x: torch.Tensor, y: torch.Tensor, *, blur: float = 0.05,
 
 
 def _check(x, y, blur, scaling) -> None:
-    for name, t in (("x", x), ("y", y)):
-        if not isinstance(t, torch.Tensor) or t.ndim != 2 or t.shape[0] < 1:
-            shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-            raise ValueError(f"sinkhorn: {name} must be a tensor of latents shaped (n, d) with n >= 1, got {shape}")
-    if x.shape[1] != y.shape[1]:
-        raise ValueError(f"sinkhorn: x and y must have the same latent dimension, got {x.shape[1]} and {y.shape[1]}")
-    if x.dtype != y.dtype or x.device != y.device:
-        raise ValueError(f"sinkhorn: x and y must share dtype and device, got {x.dtype} on {x.device} "
-                         f"and {y.dtype} on {y.device}")
+    check_pair("sinkhorn", x, y)
     if not blur > 0:
         raise ValueError(f"sinkhorn: blur must be positive (latent units), got {blur!r}")
     if not 0 < scaling < 1:
