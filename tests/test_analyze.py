@@ -444,23 +444,6 @@ def test_each_variant_is_set_against_regular_image_by_image(serial, attacked):
 
 
 @pytest.mark.slow
-def test_a_trained_variant_not_attacked_has_a_row_with_its_calibration(attacked, tmp_path):
-    """attack.variants = [mmd] of the two trained: regular is embedded for calibration alone, its
-    attack columns not run."""
-    cwd = _workdir(tmp_path, attacked)
-    only = ["--set", "attack.variants=[mmd]", "--set", "attack.n_images=2", "--set", "attack.figures=false"]
-    cli(["attack", *TINY_ATTACK, *only, "--force"], cwd)
-    args = [*ANALYZE, *only, "--set", "analyze.figures=false", "--set", "analyze.exposure_fractions=[1.0]",
-            "--set", "analyze.isomap_images=10"]
-    cli(args, cwd)
-    run = cwd / "runs" / "tiny"
-    found = json.loads((run / "analysis" / "analysis.json").read_text())
-    cfg = config.load("tiny", [*(s for s in args if "=" in s), f"run.root={run.parent}"])
-    models = {v: load_model(cfg, v, torch.device("cpu")) for v in ("regular", "mmd")}
-    _check_comparison(found, run, datasets(run / "analysis" / "latents.h5"), models, ["mmd"])
-
-
-@pytest.mark.slow
 @pytest.mark.mpi
 def test_two_ranks_give_the_same_outputs(serial, attacked, tmp_path):
     cwd = _workdir(tmp_path, attacked)

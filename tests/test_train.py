@@ -14,7 +14,9 @@ import pytest
 import torch
 
 from helpers import TINY_ANALYZE, TINY_TRAIN, cli, command, datasets, env, killed_at, mpirun, sets, workdir
+from hpcmorph import config
 from hpcmorph.train import data
+from hpcmorph.train.saved import load_model
 
 TRAIN = TINY_TRAIN
 
@@ -324,6 +326,16 @@ def test_a_convnet_trains_every_variant_and_attack_and_analyze_load_it(tmp_path,
     effects = found["effects"]["variants"]
     assert list(effects) == list(every[1:])
     assert all((effects[v]["flip_rate"] is None) == (v not in attacked) for v in effects)
-    assert all(effects[v]["y1_accuracy"]["n"] == len(datasets(run / "analysis" / "latents.h5")["label"])
-               for v in effects)
+    lat = datasets(run / "analysis" / "latents.h5")
+    assert all(effects[v]["y1_accuracy"]["n"] == len(lat["label"]) for v in effects)
+    # A variant trained but not attacked is embedded for its calibration alone: its Y1 accuracy there is
+    # its own forward pass over the test images, and its attack columns are not run.
+    cfg = config.load("tiny", [*(a for a in args if "=" in a), f"run.root={run.parent}"])
+    model, stretch = load_model(cfg, "dann", 0, torch.device("cpu"))
+    with torch.no_grad(), h5py.File(run / "galaxies.h5", "r") as g:
+        pred = model(stretch(torch.from_numpy(g["y1"][lat["index"]])))[1].argmax(1).numpy()
+    cal = found["calibration"]["variants"]["dann"]["y1"]
+    assert cal["accuracy"]["values"] == [pytest.approx(float(np.mean(pred == lat["label"])))]
+    row = found["comparison"]["rows"]["dann"]
+    assert row["attacked"] is False and set(row["one_pixel"].values()) == {None}
     assert (run / "analysis").is_dir() and any((run / "analysis").iterdir())
