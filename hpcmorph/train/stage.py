@@ -515,6 +515,9 @@ def init_backend(cfg: Config) -> distributed.Single:
         # logger: the backend does.
         log.setLevel(logging.WARNING)
     if cfg.train.batch_size % backend.size:
+        # Every rank gets here: wait for all before closing, or a rank still building its Gloo pairs
+        # sees the connection drop and dies with a traceback instead of this line.
+        backend.barrier()
         backend.shutdown()
         raise BackendError(f"train.batch_size {cfg.train.batch_size} is not divisible by the {backend.size} ranks; "
                            "choose a batch size that is a multiple of the rank count")
