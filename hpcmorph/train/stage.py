@@ -382,7 +382,7 @@ def train_epoch(run: TrainRun, stop: StopFlag) -> dict:
         idx = y10_batches[step]
         y, attacked, flipped = torch.from_numpy(shard.labels[idx]).to(run.device), 0, 0
         if run.spec.adversarial:
-            hard = attack_batch(_unwrap(run.model), shard.y10[idx], shard.labels[idx], shard.stretch, shard.rows[idx],
+            hard = attack_batch(run.model, shard.y10[idx], shard.labels[idx], shard.stretch, shard.rows[idx],
                                 seed=seed, epoch=epoch, step=step, fraction=t.adversarial_fraction,
                                 queries=t.adversarial_queries)
             x, attacked, flipped = hard.images, int(hard.attacked.sum()), int(hard.flipped.sum())
