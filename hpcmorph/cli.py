@@ -13,11 +13,12 @@ import json
 import sys
 
 from . import __version__
+from .config import PRESETS
 from .errors import USER_ERROR_EXIT, UserError
 from .bench import STAGES as BENCH_STAGES
 from .stages import NAMES, STAGES, stage
 
-EPILOG = """Configs: a preset name (laptop, paper, tiny) or a YAML file (which may start with
+EPILOG = f"""Configs: a preset name ({", ".join(PRESETS)}) or a YAML file (which may start with
 `extends: laptop`). Override any field with --set section.key=value (YAML value syntax).
 `hpcmorph config --config laptop` prints the resolved configuration with every default.
 
@@ -29,7 +30,7 @@ Every stage command (and run) takes --force: redo it, replacing its output."""
 
 def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", default="laptop", metavar="PRESET|YAML",
-                   help="preset name (laptop, paper, tiny) or YAML file (default: laptop)")
+                   help=f"preset name ({', '.join(PRESETS)}) or YAML file (default: laptop)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one field, e.g. --set generate.n_galaxies=500 (repeatable)")
     p.add_argument("--verbose", "-v", action="store_true", help="debug logging")

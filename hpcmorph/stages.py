@@ -19,6 +19,8 @@ from pathlib import Path
 from types import ModuleType
 from collections.abc import Callable
 
+from .config import TRAIN_VARIANTS
+
 
 @dataclass(frozen=True)
 class Stage:
@@ -69,8 +71,10 @@ STAGES = (
           "write <run.root>/<run.name>/galaxies.h5 plus figures. Ranks share the galaxies; a killed run "
           "resumes where it stopped.",
           gpu=False, gpu_job=False, ranks_per_node=32, fixed_s=1.0, efficiency=0.9),
-    Stage("train", "train ResNet18, plainly and with MMD domain adaptation (Horovod / DDP)",
-          "Stage 2: train each variant (regular, mmd) and seed of the config on galaxies.h5, with early "
+    Stage("train", "train the classifier (ResNet18 or a small CNN): plainly, domain-adapted or "
+                   "adversarially (Horovod / DDP)",
+          f"Stage 2: train each variant (train.variants: {', '.join(TRAIN_VARIANTS)}) and seed of the config "
+          "on galaxies.h5, with early "
           "stopping, and evaluate on the Y10 and Y1 test sets (Table 1). Data-parallel under "
           "mpirun/srun/horovodrun/torchrun (train.backend). On SIGTERM or SIGUSR1 it checkpoints and exits "
           "75; the same command resumes.",

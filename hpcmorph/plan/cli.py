@@ -8,6 +8,7 @@ import math
 import sys
 import types
 
+from ..config import PRESETS
 from ..errors import UserError
 from .figures import DEVICES, PlanError
 from .model import Plan, limit_seconds, make, margin_text
@@ -57,7 +58,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = ("Count every stage's work for a config, the per-rank throughput it assumes (measured "
                      "here with --calibrate, or a stated table) and the predicted wall time and node/GPU-hours.")
     p.add_argument("--config", "-c", default="laptop", metavar="PRESET|YAML",
-                   help="preset name (laptop, paper, tiny) or YAML file (default: laptop)")
+                   help=f"preset name ({', '.join(PRESETS)}) or YAML file (default: laptop)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one field (repeatable)")
     p.add_argument("--ranks", default="1", metavar="N", help="MPI ranks of generate, train, attack, analyze "
