@@ -201,7 +201,7 @@ def test_reobservation_is_reproducible_and_longer_exposures_are_less_noisy():
 ANALYZE = ["analyze", *TINY_ANALYZE]
 TOP_KEYS = ["run", "digest", "seed", "provenance", "table1", "table2", "table2_by_range", "exposure", "success_vs_k",
             "triplet", "test_accuracy", "y1_class_change", "attack", "methods", "certification", "over_seeds", "claims",
-            "calibration", "comparison", "effects", "figures"]
+            "calibration", "comparison", "effects", "effects_mmd", "figures"]
 
 
 @pytest.fixture(scope="module")

@@ -248,6 +248,38 @@ def test_force_rebuilds_an_up_to_date_report(tmp_path, figure_template):
     assert (out / "index.html").stat().st_mtime_ns != built, "--force left the report as it was"
 
 
+def test_an_analysis_made_again_makes_the_report_again_with_each_effects_table(tmp_path, figure_template):
+    """analyze --force keeps the analysis's config digest but not its numbers: an analysis.json written
+    after the report makes it again. Each variant against regular and each other against MMD get a table."""
+    cfg = make_run(tmp_path, figure_template)
+    out = stage.run(cfg, serial())
+    assert not (out / "effects.md").exists() and not (out / "effects_mmd.md").exists()
+    path = tmp_path / "fake" / "analysis" / "analysis.json"
+    analysis = json.loads(path.read_text())
+
+    def row(flip, y1):
+        est = {key: {"value": v, "lo": v - 0.05, "hi": v + 0.05, "n": 24, "std": None, "level": 0.95}
+               for key, v in (("flip_rate", flip), ("y1_accuracy", y1))}
+        return {**est, "robustness": "harder to flip", "y1_cost": "lower Y1 accuracy"}
+
+    analysis["effects"] = {"baseline": "regular", "level": 0.95,
+                           "variants": {"mmd": row(-0.25, 0.3), "adversarial": row(-0.375, 0.25)}}
+    analysis["effects_mmd"] = {"baseline": "mmd", "level": 0.95, "variants": {"adversarial": row(-0.125, -0.0625)}}
+    path.write_text(json.dumps(analysis))  # the same config digest, "d1"
+    made = (out / "numbers.json").stat().st_mtime_ns
+    os.utime(path, ns=(made + 1_000_000, made + 1_000_000))
+    stage.run(cfg, serial())
+    against_mmd = (out / "effects_mmd.md").read_text()
+    assert "One-pixel flip rate minus Domain adaptation (MMD)'s" in against_mmd
+    assert "| Adversarial training |" in against_mmd and "| Regular training |" not in against_mmd
+    assert "| Adversarial training |" in (out / "effects.md").read_text()
+    with open(out / "effects_mmd.csv") as f:
+        records = list(csv.DictReader(f))
+    assert [(r["variant"], r["difference"], float(r["value"])) for r in records] == [
+        ("adversarial", "flip_rate", -0.125), ("adversarial", "y1_accuracy", -0.0625)]
+    assert json.loads((out / "numbers.json").read_text())["effects_mmd"]["baseline"] == "mmd"
+
+
 def test_a_failure_mid_write_leaves_the_previous_report(tmp_path, figure_template, monkeypatch):
     cfg = make_run(tmp_path, figure_template)
     out = stage.run(cfg, serial())

@@ -328,6 +328,20 @@ def test_a_convnet_trains_every_variant_and_attack_and_analyze_load_it(tmp_path,
     assert all((effects[v]["flip_rate"] is None) == (v not in attacked) for v in effects)
     lat = datasets(run / "analysis" / "latents.h5")
     assert all(effects[v]["y1_accuracy"]["n"] == len(lat["label"]) for v in effects)
+    # Against the MMD model: every variant but regular and mmd, each difference the images' own.
+    against_mmd = found["effects_mmd"]
+    assert against_mmd["baseline"] == "mmd" and list(against_mmd["variants"]) == list(every[2:])
+    assert all((against_mmd["variants"][v]["flip_rate"] is None) == (v not in attacked) for v in every[2:])
+    with h5py.File(run / "attack.h5", "r") as f:
+        variant, index, success = f["variant"][...], f["index"][...], f["success"][...]
+    flipped = {v: {int(i): success[(variant == attacked.index(v)) & (index == i)].any()
+                   for i in np.unique(index[variant == attacked.index(v)])} for v in ("mmd", "adversarial")}
+    rows = sorted(flipped["mmd"])
+    assert against_mmd["variants"]["adversarial"]["flip_rate"]["value"] == pytest.approx(
+        np.mean([float(flipped["adversarial"][i]) - float(flipped["mmd"][i]) for i in rows]))
+    right = lat["pred_y1"] == lat["label"][:, None]
+    assert against_mmd["variants"]["adversarial"]["y1_accuracy"]["value"] == pytest.approx(
+        right[:, attacked.index("adversarial")].mean() - right[:, attacked.index("mmd")].mean())
     # A variant trained but not attacked is embedded for its calibration alone: its Y1 accuracy there is
     # its own forward pass over the test images, and its attack columns are not run.
     cfg = config.load("tiny", [*(a for a in args if "=" in a), f"run.root={run.parent}"])

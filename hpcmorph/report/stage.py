@@ -10,7 +10,8 @@ failed half-way never sits under the final name and the previous one survives it
   figures, training curves, attack figures, stage timings, the config and provenance;
 - ``table1.md|tex|csv``, ``table2.md|tex|csv``, ``claims.md|csv`` (with a claims table),
   ``comparison.md|csv`` (every variant in one table, with an analysis that has it), ``effects.md|csv``
-  (each variant against regular training: robustness bought, Y1 accuracy paid),
+  (each variant against regular training: robustness bought, Y1 accuracy paid), ``effects_mmd.md|csv`` (each
+  other variant against the paper's MMD model),
   ``attack.csv``, ``exposure.csv``, ``success_vs_k.csv``, ``timings.csv``, ``methods.csv`` (the
   last four when the run has them);
 - ``numbers.json``: every number shown, strict JSON, with the report's ``digest``;
@@ -38,10 +39,12 @@ from ..layout import RunLayout
 from ..lock import locked
 from ..mpi import Context, log
 from . import browser, page, tables
-from .inputs import Inputs, config_text, gather, load_analysis
+from .inputs import Inputs, analysis_path, config_text, gather, load_analysis
 
 STAGE = "report"
 OUTPUT_NAME = layout.REPORT
+# analysis.json's paired comparisons, one table each: against regular training, against the MMD model.
+EFFECTS = ("effects", "effects_mmd")
 
 
 def output_dir(cfg: Config) -> Path:
@@ -54,10 +57,15 @@ def digest(cfg: Config, analysis: dict) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def current_digest(out: Path) -> str | None:
+def current_digest(cfg: Config, out: Path) -> str | None:
+    """The digest of the report in ``out``, or None when there is none or its analysis.json was written
+    after it: an analysis made again (analyze --force) keeps its digest but may hold other numbers."""
     try:
-        return store.read_json(out / "numbers.json").get("digest")
-    except store.StoreError:
+        numbers = out / "numbers.json"
+        if analysis_path(cfg).stat().st_mtime_ns >= numbers.stat().st_mtime_ns:
+            return None
+        return store.read_json(numbers).get("digest")
+    except (OSError, store.StoreError):
         return None
 
 
@@ -100,9 +108,10 @@ def build_tables(inp: Inputs) -> dict[str, tables.Table]:
     comparison = tables.comparison_table(a.get("comparison"))
     if comparison.rows:
         out["comparison"] = comparison
-    effects = tables.effects_table(a.get("effects"))
-    if effects.rows:
-        out["effects"] = effects
+    for name in EFFECTS:
+        effects = tables.effects_table(a.get(name), name)
+        if effects.rows:
+            out[name] = effects
     exp = a.get("exposure")
     if isinstance(exp, dict):
         out["exposure"] = tables.curve_table(
@@ -218,7 +227,8 @@ def render(cfg: Config, inp: Inputs, tabs: dict[str, tables.Table], copied: dict
     sections += [
         S("comparison", "Every variant compared: accuracy, calibration, robustness", figures("comparison") + (
             tables.to_html(tabs["comparison"]) + downloads("comparison.md", "comparison.csv")
-            + (tables.to_html(tabs["effects"]) + downloads("effects.md", "effects.csv") if "effects" in tabs else "")
+            + "".join(tables.to_html(tabs[name]) + downloads(f"{name}.md", f"{name}.csv")
+                      for name in EFFECTS if name in tabs)
             if "comparison" in tabs
             else page.paragraph("The analysis has no comparison of variants (made before it existed).",
                                 "missing"))),
@@ -279,7 +289,7 @@ def numbers(cfg: Config, inp: Inputs, tabs: dict[str, tables.Table], copied: dic
         "table2": {**(a.get("table2") or {}), "paper": (a.get("table2") or {}).get("paper", tables.PAPER_TABLE2)},
         "table2_by_range": a.get("table2_by_range"), "certification": a.get("certification"),
         "claims": a.get("claims"), "calibration": a.get("calibration"), "comparison": a.get("comparison"),
-        "effects": a.get("effects"),
+        **{name: a.get(name) for name in EFFECTS},
         "paper_flipped": list(tables.PAPER_FLIPPED),
         "attack": inp.attacks, "methods": a.get("methods"), "exposure": a.get("exposure"),
         "success_vs_k": a.get("success_vs_k"),
@@ -298,7 +308,7 @@ def build(cfg: Config, inp: Inputs, folder: Path, key: str) -> None:
     for stem in ("table1", "table2", *_other_tables2(tabs)):
         _write(folder / f"{stem}.md", tables.markdown(tabs[stem]))
         _write(folder / f"{stem}.tex", tables.latex(tabs[stem]))
-    for stem in ("claims", "comparison", "effects"):
+    for stem in ("claims", "comparison", *EFFECTS):
         if stem in tabs:
             _write(folder / f"{stem}.md", tables.markdown(tabs[stem]))
     for stem, t in tabs.items():
@@ -348,7 +358,7 @@ def run(cfg: Config, ctx: Context, force: bool = False) -> Path:
     analysis = load_analysis(cfg)
     key = digest(cfg, analysis)
     if ctx.is_root:
-        if current_digest(out) == key and not force:
+        if current_digest(cfg, out) == key and not force:
             log.info("report: up to date (%s, digest %s)", out, key)
         else:
             _write_report(cfg, analysis, out, key)

@@ -618,9 +618,9 @@ def comparison_table(comparison: Mapping | None) -> Table:
     return Table("comparison", caption, header, rows, records)
 
 
-def effects_table(effects: Mapping | None) -> Table:
-    """Each variant against the baseline (analysis.json ``effects``): the paired differences of the
-    one-pixel flip rate and of Y1 accuracy, with their 95 % intervals and what the interval says."""
+def effects_table(effects: Mapping | None, name: str = "effects") -> Table:
+    """Each variant against a baseline (analysis.json ``effects``, or ``effects_mmd``): the paired differences
+    of the one-pixel flip rate and of Y1 accuracy, with their 95 % intervals and what the interval says."""
     e = effects if isinstance(effects, Mapping) else {}
     base = variant_name(str(e.get("baseline", "regular")))
     header = ["Model", f"One-pixel flip rate minus {base}'s", "Robustness", f"Y1 accuracy minus {base}'s",
@@ -641,4 +641,4 @@ def effects_table(effects: Mapping | None) -> Table:
                "whether its Y1 observation is classified right (the whole test split), pooled over the analysed "
                "seeds, with a 95 % bootstrap interval (seeds, then images). The verdict reads the interval: a "
                "difference whose interval excludes 0, else no clear difference.")
-    return Table("effects", caption, header, rows, records)
+    return Table(name, caption, header, rows, records)
