@@ -49,6 +49,16 @@ def resolve(precision: str, device: torch.device) -> str:
     return "fp16" if device.type == "cuda" else "fp32"
 
 
+def bf16_training_sound(device: torch.device, arch: str, image_size: int) -> bool:
+    """Whether bfloat16 training gets the right weight gradients here. On a CPU, PyTorch 2.14's
+    bfloat16 convolution (oneDNN 3.12) returns garbage for the weight gradient of a stride-2 3 x 3
+    convolution whose input map is 1 x 1 px: the 8 taps that see only padding, whose gradient is 0,
+    come back as whatever the buffer held (up to 4e23, at times inf or NaN, different on every
+    call; float32 and float16 give 0). ResNet18's stride-2 blocks see maps ceil(size / 4, / 8, / 16)
+    px wide, so images of <= 16 px hit it in layer4; the convnet's convolutions are stride 1."""
+    return device.type != "cpu" or arch != "resnet18" or image_size > 16
+
+
 def autocast(precision: str, device: torch.device):
     """A context in which forward passes run in ``precision`` (resolved); float32 is a no-op."""
     if precision == "fp32":

@@ -32,7 +32,7 @@ def test_autocast_runs_products_in_the_precision_and_the_scaler_is_fp16s_alone(n
     assert precision.grad_scaler(name, CPU).is_enabled() == (name == "fp16")
 
 
-def _run(tmp_path, arithmetic: str, variant: str = "mmd", size: int = 16, n: int = 16,
+def _run(tmp_path, arithmetic: str, variant: str = "mmd", size: int = 32, n: int = 16,
          configured: str | None = None) -> stage.TrainRun:
     """A TrainRun on random images, one process, built the way train_one builds it; ``arithmetic`` is what
     ``train.precision`` (``configured``, default the same) resolved to."""
@@ -102,3 +102,20 @@ def test_fp32_without_compression_keeps_the_digest_models_had_before_the_setting
                                                   if k not in stage._DIGESTED_UNLESS))
     assert stage.digest(cfg) == before
     assert stage.digest(config.load("tiny", ["train.precision=fp32", "train.compression=fp16"])) != before
+
+
+def test_bf16_training_falls_back_or_is_refused_where_the_cpus_bf16_gradients_are_wrong():
+    """ResNet18 at <= 16 px puts a 1 x 1 map into layer4's stride-2 convolution, whose bfloat16 weight
+    gradient the CPU gets wrong (hpcmorph.precision.bf16_training_sound): auto trains in fp32 there,
+    bf16 asked for is a user error naming the setting; elsewhere nothing changes."""
+    assert not precision.bf16_training_sound(CPU, "resnet18", 16)
+    assert precision.bf16_training_sound(CPU, "resnet18", 17) and precision.bf16_training_sound(CPU, "convnet", 16)
+    assert precision.bf16_training_sound(torch.device("cuda"), "resnet18", 16)
+    for configured in ("auto", "fp32"):
+        cfg = config.load("tiny", [f"train.precision={configured}"])
+        assert stage._arithmetic(cfg, CPU, 16) == "fp32"
+    cfg = config.load("tiny", ["train.precision=bf16"])
+    with pytest.raises(StageError, match=r"train.precision=bf16: .* images of <= 16 px \(these are 16 px"):
+        stage._arithmetic(cfg, CPU, 16)
+    assert stage._arithmetic(cfg, CPU, 32) == "bf16"
+    assert stage._arithmetic(config.load("tiny", ["train.precision=bf16", "train.arch=convnet"]), CPU, 16) == "bf16"

@@ -226,8 +226,8 @@ def train_one(cfg: Config, backend: distributed.Single, variant: str, seed: int,
         log.info("%s seed %d is up to date; skipping", variant, seed)
         return done
     out, device = model_dir(cfg, variant, seed), device_for(backend.local_rank)
-    arithmetic = precision.resolve(cfg.train.precision, device)
     shard = read_shard(cfg, backend, variant, seed, device)
+    arithmetic = _arithmetic(cfg, device, shard.y10.shape[-1])
     model, optimizer = build(cfg, variant, seed, device)
     scaler = precision.grad_scaler(arithmetic, device)
     progress = resume(cfg, out, model, optimizer, scaler, arithmetic, force, f"{variant} seed {seed}")
@@ -276,6 +276,21 @@ def build(cfg: Config, variant: str, seed: int, device) -> tuple[torch.nn.Module
     model = model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=t.lr, betas=tuple(t.betas), weight_decay=t[spec.weight_decay])
     return model, optimizer
+
+
+def _arithmetic(cfg: Config, device: torch.device, image_size: int) -> str:
+    """train.precision as this device runs it: ``auto`` falls back to fp32 where bfloat16 training
+    would be wrong (:func:`hpcmorph.precision.bf16_training_sound`); bf16 asked for there is exit 2."""
+    arithmetic = precision.resolve(cfg.train.precision, device)
+    if arithmetic != "bf16" or precision.bf16_training_sound(device, cfg.train.arch, image_size):
+        return arithmetic
+    if cfg.train.precision == "auto":
+        log.info("train: precision auto is fp32 here: bfloat16 weight gradients are wrong on this CPU for "
+                 "%d px images (hpcmorph.precision.bf16_training_sound)", image_size)
+        return "fp32"
+    raise StageError(f"train.precision=bf16: on a CPU, PyTorch's bfloat16 convolution gives wrong weight gradients "
+                     f"for ResNet18 on images of <= 16 px (these are {image_size} px; layer4 sees 1 x 1 maps): "
+                     f"set train.precision=fp32 or auto")
 
 
 def resume(cfg: Config, out: Path, model, optimizer, scaler, arithmetic: str, force: bool, name: str) -> Progress:
