@@ -173,6 +173,16 @@ def datasets(path: Path) -> dict[str, np.ndarray]:
         return {name: f[name][...] for name in f}
 
 
+def flipped_images(attack_file: Path) -> dict[str, dict[int, bool]]:
+    """{variant: {galaxy row of an attacked image: whether any of its attacks succeeded}}, read from an
+    attack output directly (the reference the analysis's paired differences are checked against)."""
+    with h5py.File(attack_file, "r") as f:
+        names = str(f.attrs["variant_names"]).split(",")
+        variant, index, success = f["variant"][...], f["index"][...], f["success"][...]
+    return {v: {int(i): bool(success[(variant == k) & (index == i)].any()) for i in np.unique(index[variant == k])}
+            for k, v in enumerate(names)}
+
+
 def assert_same_data(a: Path, b: Path) -> None:
     """Every dataset of ``a`` and ``b`` bit for bit: for two runs that computed each number with the
     same operations on the same inputs (same batches, same kernels), whatever the ranks or restarts."""

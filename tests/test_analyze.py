@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import TINY_ANALYZE, TINY_ATTACK, assert_same_data, cli, datasets, workdir
+from helpers import TINY_ANALYZE, TINY_ATTACK, assert_same_data, cli, datasets, flipped_images, workdir
 from hpcmorph import config
 from hpcmorph.analyze import church, distances, exposure, isomap, numbers, stage
 from hpcmorph.analyze.inputs import AttackRows
@@ -422,11 +422,7 @@ def test_each_variant_is_set_against_regular_image_by_image(serial, attacked):
     effects = json.loads((serial[0] / "analysis.json").read_text())["effects"]
     assert effects["baseline"] == "regular" and list(effects["variants"]) == ["mmd"]
     row = effects["variants"]["mmd"]
-    with h5py.File(attacked / "attack.h5", "r") as a:
-        names = str(a.attrs["variant_names"]).split(",")
-        variant, index, success = a["variant"][...], a["index"][...], a["success"][...]
-    flipped = [{int(i): bool(success[(variant == names.index(v)) & (index == i)].any())
-                for i in np.unique(index[variant == names.index(v)])} for v in ("regular", "mmd")]
+    flipped = [flipped_images(attacked / "attack.h5")[v] for v in ("regular", "mmd")]
     both = sorted(set(flipped[0]) & set(flipped[1]))
     assert both and row["flip_rate"]["n"] == len(both)
     assert row["flip_rate"]["value"] == pytest.approx(np.mean([flipped[1][i] - flipped[0][i] for i in both]))

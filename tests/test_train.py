@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import TINY_ANALYZE, TINY_TRAIN, cli, command, datasets, env, killed_at, mpirun, sets, workdir
+from helpers import (TINY_ANALYZE, TINY_TRAIN, cli, command, datasets, env, flipped_images, killed_at, mpirun, sets,
+                     workdir)
 from hpcmorph import config
 from hpcmorph.train import data
 from hpcmorph.train.saved import load_model
@@ -332,10 +333,7 @@ def test_a_convnet_trains_every_variant_and_attack_and_analyze_load_it(tmp_path,
     against_mmd = found["effects_mmd"]
     assert against_mmd["baseline"] == "mmd" and list(against_mmd["variants"]) == list(every[2:])
     assert all((against_mmd["variants"][v]["flip_rate"] is None) == (v not in attacked) for v in every[2:])
-    with h5py.File(run / "attack.h5", "r") as f:
-        variant, index, success = f["variant"][...], f["index"][...], f["success"][...]
-    flipped = {v: {int(i): success[(variant == attacked.index(v)) & (index == i)].any()
-                   for i in np.unique(index[variant == attacked.index(v)])} for v in ("mmd", "adversarial")}
+    flipped = flipped_images(run / "attack.h5")
     rows = sorted(flipped["mmd"])
     assert against_mmd["variants"]["adversarial"]["flip_rate"]["value"] == pytest.approx(
         np.mean([float(flipped["adversarial"][i]) - float(flipped["mmd"][i]) for i in rows]))
