@@ -197,6 +197,19 @@ def test_an_empty_split(galaxies, tmp_path, split):
     assert not (tmp_path / "runs" / "tiny" / "regular").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("ranks", [1, pytest.param(2, marks=pytest.mark.mpi)])
+def test_bf16_training_where_the_cpus_bf16_gradients_are_wrong(tmp_path, ranks):
+    """ResNet18 on 16 px images in bf16 on a CPU (hpcmorph.precision.bf16_training_sound): refused
+    before a step, naming the setting; nothing trained."""
+    small = sets(generate__n_galaxies=40, generate__image_size=16, generate__figures="false")
+    cli(["generate", *TINY, *small], tmp_path)
+    res = cli([*TRAIN, *small, *sets(train__precision="bf16")], tmp_path, ranks, check=False)
+    refused(res, "train.precision=bf16", "these are 16 px", "set train.precision=fp32 or auto")
+    assert not list((tmp_path / "runs" / "tiny").rglob("model.pt"))
+    assert not (tmp_path / "runs" / "tiny" / "train_summary.json").exists()
+
+
 # ------------------------------------------------------------------------------ more ranks than work
 
 @pytest.mark.mpi
