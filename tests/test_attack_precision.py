@@ -78,6 +78,27 @@ def test_a_bfloat16_success_float32_rejects_is_not_recorded():
     assert checked[1].queries == exact[1].queries + objective.checked[1]
 
 
+class Blind(Rounding):
+    """Rounding, whose bfloat16 copy answers NaN for the candidates that reach target 2 (what oneDNN's
+    bfloat16 convolutions give on some tiny non-square maps)."""
+
+    def forward(self, x):
+        out = super().forward(x)
+        if x.dtype == torch.bfloat16:
+            lit = x[:, 1, BRIGHT[1], BRIGHT[0]].float() > 0.9
+            out = torch.where(lit[:, None], torch.nan, out)
+        return out
+
+
+def test_a_nan_in_reduced_precision_is_classified_in_float32():
+    model, base = Blind(), torch.full((2, 3, H, W), 0.2)
+    box = corners.Box.of(1, 3, H, W, ([0.0, 0.0, 0.0], [EDGE, 1.0, 1.0]))
+    found, objective = methods.attack(_Attack(), model, base, [0, 0], [0, 0], [1, 2], [None, None], box,
+                                      mixed.reduced(model, "bf16"))
+    assert found[1].success and found[1].flips == 4 and objective.checked[1] == 1
+    assert np.isfinite(found[1].probs).all()
+
+
 def test_precision_setting_validated_resolved_and_in_the_digest():
     cfg = config.load("tiny")
     assert cfg.attack.precision == "auto"

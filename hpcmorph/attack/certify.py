@@ -22,16 +22,18 @@ candidates (every ``SAMPLE_STRIDE``-th) goes through both, and the tolerance is 
 ``tolerance`` (``FLOAT32_TOLERANCE`` for the float32 screen, ``attack.certify_tolerance`` for
 bfloat16) and ``SAFETY`` times the largest error seen; every candidate classified again checks it
 once more, and if any error exceeds half the tolerance the image is scanned again by the objective
-throughout. The answer is exact as long as the screen errs by less than the tolerance on every
-candidate, which the sample and the checks measure but cannot prove.
+throughout. A screened margin that is NaN (oneDNN's bfloat16 convolutions return garbage on some tiny
+non-square maps) is classified by the objective and counts as an infinite error. The answer is exact
+as long as the screen errs by less than the tolerance on every candidate, which the sample and the
+checks measure but cannot prove.
 
 - ``float32``: the model's own float32 arithmetic, recomputing per candidate only the activations the
   pixel reaches (:mod:`.local`; about 1.6x faster than whole forward passes on a CPU, agreeing with
   them to ~1e-6 of the logits' size), where the model has that layout; for any other model, no
   screen: every candidate is classified by the objective.
 - ``bfloat16``: a bfloat16, channels-last copy of the model, batch norms folded into the convolutions
-  (:func:`fold_batch_norms`) (on a 64 x 64 laptop model the logits
-  differ by up to ~0.3 nats from float32, so the tolerance is ~1.2 nats).
+  (:func:`fold_batch_norms`), through :mod:`.local` where the model has that layout (on a 64 x 64
+  laptop model the logits differ by up to ~0.3 nats from float32, so the tolerance is ~1.2 nats).
 - ``auto``: ``bfloat16`` where the hardware computes it natively (:func:`hpcmorph.precision.native_bf16`:
   a CUDA device from Ampere on; a CPU with AMX or AVX512-BF16), else ``float32`` (emulated bfloat16
   is slower than float32).
@@ -151,14 +153,17 @@ def screen_of(model: torch.nn.Module, precision: str):
     screen of its candidates: pixel ``position`` (N,) (flat, ``y W + x``) set to ``values`` (N, C)
     -> logits (N, K) float32. ``float32``: the model's own arithmetic, recomputing only what the pixel
     reaches (:class:`.local.Local`) where the model has that layout, else no screen. ``bfloat16``: a
-    bfloat16 channels-last copy of the model, batch norms folded (any model answering logits, or
-    ``(latent, logits)``).
+    bfloat16 channels-last copy of the model, batch norms folded (:func:`reduced_copy`), recomputing
+    only what the pixel reaches where the model has that layout, else whole forward passes (any model
+    answering logits, or ``(latent, logits)``).
     """
     if precision == "float32":
         if not local.supports(model):
             return None
         return lambda image: local.Local(model, image).logits
     fast = reduced_copy(model, torch.bfloat16)
+    if local.supports(fast):
+        return lambda image: local.Local(fast, image).logits
 
     def of_image(image: torch.Tensor):
         def screen(position: np.ndarray, values: torch.Tensor) -> torch.Tensor:
@@ -331,13 +336,15 @@ def _screened(objective, screen, box, tasks, true, target, settings) -> tuple | 
     exact = goal_margin(_classify(objective, box, row, sample, settings.chunk)[None].expand(len(tasks), -1, -1),
                         true, target, settings.threshold)
     error = _error(_screen_margins(screen, box, sample, true, target, settings.threshold, settings.chunk), exact)
+    if not math.isfinite(error):
+        return None
     tol = max(settings.tolerance, SAFETY * error)
     n32 = len(sample)
     count, first = np.zeros(len(tasks), np.int64), np.full(len(tasks), -1, np.int64)
     for s in range(0, total, settings.chunk):
         q = np.arange(s, min(total, s + settings.chunk))
         margin = _screen_margins(screen, box, q, true, target, settings.threshold, settings.chunk)
-        near = (margin > -tol).any(0).numpy()
+        near = ((margin > -tol) | torch.isnan(margin)).any(0).numpy()
         if not near.any():
             continue
         logits = _classify(objective, box, row, q[near], settings.chunk)
@@ -351,6 +358,9 @@ def _screened(objective, screen, box, tasks, true, target, settings) -> tuple | 
 
 
 def _error(fast: torch.Tensor, exact: torch.Tensor) -> float:
-    """The largest |fast - exact| over the finite margins (nats)."""
+    """The largest |fast - exact| over the finite margins (nats); infinite where the screen gave NaN
+    for a margin the objective computed."""
+    if bool((torch.isnan(fast) & ~torch.isnan(exact)).any()):
+        return math.inf
     both = torch.isfinite(fast) & torch.isfinite(exact)
     return float((fast[both] - exact[both]).abs().max()) if bool(both.any()) else 0.0

@@ -9,9 +9,11 @@ pasted in; layer2 onwards, where the window covers the map, run whole. On a 64 x
 stem and layer1 are about 60 % of a forward pass's time on a CPU; the windows are about a tenth of
 them.
 
-The arithmetic is the model's own in float32, in other batches and shapes, so the logits agree with
-a whole forward pass to the last few bits, not bit for bit: the certifier (:mod:`.certify`) uses it
-as a screen whose candidates near success are classified again by the model itself.
+The arithmetic is the model's own, in its dtype (float32, or a reduced-precision copy with its batch
+norms folded into the convolutions: :func:`.certify.reduced_copy`), in other batches and shapes, so
+the logits agree with a whole forward pass of the same model to rounding, not bit for bit: the
+certifier (:mod:`.certify`) uses it as a screen whose candidates near success are classified again by
+the attacked model itself.
 
 It needs a :class:`~hpcmorph.train.model.GalaxyNet` with torchvision's ResNet stem and layer1 (stride
 1, no downsampling): :func:`supports` says whether a model has them.
@@ -35,11 +37,12 @@ SIDES = (3, 5, 7, 9, 11)
 def supports(model: nn.Module) -> bool:
     """Whether ``model`` has the layout :class:`Local` computes: ``features`` with a 7x7 stride-2 stem
     convolution, a 3x3 stride-2 max pool and a layer1 of stride-1 basic blocks without downsampling,
-    then ``dropout``, ``pool``, ``bottleneck`` and ``head``."""
+    then ``dropout``, ``pool``, ``bottleneck`` and ``head``. Batch norms may be folded into the
+    convolutions (their biases then carry the shift)."""
     f = getattr(model, "features", None)
     try:
         c, p = f.conv1, f.maxpool
-        ok = (c.kernel_size == (7, 7) and c.stride == (2, 2) and c.padding == (3, 3) and c.bias is None
+        ok = (c.kernel_size == (7, 7) and c.stride == (2, 2) and c.padding == (3, 3)
               and p.kernel_size == 3 and p.stride == 2 and p.padding == 1 and p.dilation == 1 and not p.ceil_mode)
         for block in f.layer1:
             ok &= (block.downsample is None and block.conv1.stride == (1, 1) and block.conv2.stride == (1, 1)
@@ -82,7 +85,7 @@ class Local:
     """The logits of single-pixel candidates of one image (module docstring).
 
     model: a model :func:`supports` accepts, in eval mode; image: (C, H, W) the normalised image, on
-    the model's device.
+    the model's device (computed in the model's dtype).
     """
 
     def __init__(self, model: nn.Module, image: torch.Tensor):
@@ -90,8 +93,11 @@ class Local:
             raise ValueError("Local needs a GalaxyNet-like model with torchvision's ResNet stem and layer1")
         self.model, self.f = model, model.features
         self.image = image
+        dtype = self.f.conv1.weight.dtype
+        # Reduced-precision copies are laid out channels-last (their fast layout); float32 as it is.
+        self.layout = torch.contiguous_format if dtype == torch.float32 else torch.channels_last
         with torch.inference_mode():
-            x = image[None].float()
+            x = image[None].to(dtype)
             stem = self.f.relu(self.f.bn1(self.f.conv1(x)))
             pooled = self.f.maxpool(stem)
             b1, b2 = self.f.layer1
@@ -122,7 +128,8 @@ class Local:
         patch = _cut(self.padded_image, top + STEM_PAD, left + STEM_PAD, 19)
         rows = torch.arange(len(py), device=dev)
         patch[rows, :, py - top, px - left] = values.to(patch.device, patch.dtype)
-        conv = self.f.relu(self.f.bn1(F.conv2d(patch, self.f.conv1.weight, stride=2)))   # (N, 64, 7, 7)
+        stem = self.f.conv1
+        conv = self.f.relu(self.f.bn1(F.conv2d(patch, stem.weight, stem.bias, stride=2)))   # (N, 64, 7, 7)
         h2, w2 = self.stem_size
         conv = conv.masked_fill(~_inside(2 * r0 - 1, 2 * c0 - 1, 7, h2, w2), float("-inf"))
         window = F.max_pool2d(conv, 3, 2)                                                 # (N, 64, 3, 3)
@@ -135,7 +142,7 @@ class Local:
             side = SIDES[k + 1]
             wtop, wleft = r0 - k - 1, c0 - k - 1                     # the new window, map coordinates
             src = _paste(_cut(self.maps[k], wtop - 1 + PAD, wleft - 1 + PAD, side + 2), windows[k], 2)
-            out = bn_k(F.conv2d(src, conv_k.weight))
+            out = bn_k(F.conv2d(src, conv_k.weight, conv_k.bias))
             if residual is not None:  # the block's input: the map before the block, its window pasted
                 out = out + _paste(_cut(self.maps[residual], wtop + PAD, wleft + PAD, side), windows[residual], 2)
             out = F.relu(out).masked_fill(~_inside(wtop, wleft, side, self.height, self.width), 0.0)
@@ -148,5 +155,5 @@ class Local:
         full[rows[:, None, None], :, rr[:, :, None], cc[:, None, :]] = windows[-1].permute(0, 2, 3, 1)
         h = full[:, :, PAD:PAD + self.height, PAD:PAD + self.width]
         f = self.f
-        h = f.layer4(f.layer3(f.layer2(h.contiguous())))
+        h = f.layer4(f.layer3(f.layer2(h.contiguous(memory_format=self.layout))))
         return self.model.head(self.model.bottleneck(self.model.pool(self.model.dropout(h)).flatten(1))).float()

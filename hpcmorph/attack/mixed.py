@@ -13,6 +13,7 @@ from float32's by up to ~0.3 nats, enough to turn a candidate near the goal eith
   exhaustive search, which scores an image's candidates for all its targets), up to and including
   the attack's first success; ``checked`` counts them per attack, ``rejected`` those of them the
   reduced precision called a success and float32 did not;
+- so is every candidate whose reduced-precision margin is NaN;
 - a candidate the reduced precision puts further than ``CHECK_MARGIN`` from its goal is a failure
   without a float32 pass: a search may so miss a candidate that float32 would call a success (the
   price of the speed; the margin makes it rare, docs/attack.md "Precision" measures it);
@@ -98,7 +99,10 @@ class CheckedObjective(PixelObjective):
         t0 = time.perf_counter()
         z = forward_logits(self.reduced_fn, images)
         task = self.goal_task[rows.cpu()]                     # (N, G)
-        claimed = (task >= 0) & (self._margin(z.cpu(), rows) > -self.margin)
+        margin = self._margin(z.cpu(), rows)
+        # A margin the reduced precision could not compute (NaN: oneDNN's bfloat16 convolutions on
+        # some tiny non-square maps return garbage) says nothing: float32 answers for it.
+        claimed = (task >= 0) & ((margin > -self.margin) | torch.isnan(margin))
         near = torch.nonzero(claimed.any(1)).flatten()
         if len(near):
             z32 = forward_logits(self.logits_fn, images[near.to(images.device)])

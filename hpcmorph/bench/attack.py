@@ -19,7 +19,9 @@ On the benchmarks' freshly generated and trained tiny model (:func:`common.tiny_
    candidates per second (float32 re-classifications included) and the achieved FLOP/s (the model's
    forward FLOPs per image x images/s) against the peak of the same precision measured in the same
    run (:mod:`.roofline`); the two precisions alternate, twice, best of each, and the search's
-   successes are set side by side.
+   successes are set side by side;
+6. the certifier's screens at the laptop's 64 x 64 px (:mod:`.certify`): candidates/s of float32 and
+   bfloat16 windows and bfloat16 whole passes beside whole float32 passes, and what a scan costs.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from .attack_methods import compare_methods, print_methods
+from .certify import format_screens, screens
 from .roofline import format_rows
 from .common import TINY_PRESET, per_rank_count, tiny_model, tiny_settings, worker
 
@@ -299,6 +302,7 @@ def bench_attack(ranks: list[int]) -> dict:
         out["compare"] = compare_scipy(model, stretch, images, labels)
         out["methods"] = compare_methods(cfg, model, stretch, images, labels)
         out["roofline"] = precision_roofline(cfg, model, stretch, images, labels)
+        out["certify"] = screens()
         stage_times = {}
         for k in sorted(set([1, *ranks])):
             # One thread per rank: the 1-rank run then uses one core, and the efficiency is per core.
@@ -346,6 +350,10 @@ def main(args) -> int:
     print(f"      search in {r['auto_precision']}: {r['ratio_auto_to_fp32']:.2f}x the float32 candidates/s "
           f"(aim >= 1.3); successes {r['successes_' + r['auto_precision']]} against float32's "
           f"{r['successes_fp32']}, {'the same attacks' if r['same_successes'] else 'not the same attacks'}")
+    sc = res["certify"]
+    print(f"  (6) the certifier's screens: a {sc['image_size']} x {sc['image_size']} px ResNet18, {sc['candidates']} "
+          f"candidates in passes of {sc['chunk']}, ratio to whole float32 passes; a scan is every corner candidate")
+    print("\n".join(format_screens(sc)))
     print(json.dumps(res))
     return 0
 
