@@ -14,6 +14,8 @@ train_mmd      the same on Y10 and Y1 batches together plus the MMD term    labe
 infer          eval-mode forward at ``train.eval_batch_size``               images/s
 embed          the same at ``analyze.batch_size`` (analyze's latents)       images/s
 attack         batched DE (``evolution.evolve`` + ``PixelObjective``)       candidates/s
+certify        the certifying scan's screen (``attack.certify_precision``   candidates/s
+               as the stage resolves it) on single-pixel candidates
 reobserve      ``exposure.reobserve`` of one noiseless image, every band    observations/s
 write          an HDF5 file under the run root, written and flushed         MB/s
 =============  ========================================================  ======================
@@ -232,6 +234,44 @@ def attack_rate(cfg: Config, device, seconds: float) -> dict:
                        "population": a.population, "threads": threads, "samples": reps}}
 
 
+def certify_rate(cfg: Config, device, seconds: float) -> dict:
+    """Candidates per second through the certifying scan's screen (:func:`.attack.certify.screen_of`, in
+    ``attack.certify_precision`` as resolved on ``device``): single-pixel corner candidates of one image,
+    a pass of the certifier's chunk at a time; whole forward passes where the model has no screen."""
+    import torch
+
+    from .attack import certify
+    from .train.model import for_config
+
+    a = cfg.attack
+    threads = _threads(a.threads)
+    bands, size = len(cfg.generate.bands), cfg.generate.image_size
+    model = for_config(cfg, 0).to(device).eval()
+    arithmetic = certify.resolve_precision(a.certify_precision, device)
+    image = _images(1, bands, size, device, 5)[0]
+    chunk = certify.Settings().chunk
+    # Positions spread over the image (a prime stride), at the corners of the normalised range.
+    position = (np.arange(chunk) * 7919) % (size * size)
+    corner = np.random.default_rng(0).integers(0, 2, (chunk, bands))
+    values = torch.from_numpy((0.5 + 0.386 * corner).astype(np.float32)).to(device)
+    screen = certify.screen_of(model, arithmetic)
+    if screen is None:
+        images = image[None].expand(chunk, -1, -1, -1).contiguous()
+
+        def scan():
+            with torch.inference_mode():
+                model(images)
+    else:
+        of_image = screen(image)
+
+        def scan():
+            of_image(position, values)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    spent, reps = timed(scan, seconds, sync)
+    return {"certify": {"per_s": reps * chunk / spent, "unit": "candidates/s", "image_size": size,
+                        "precision": arithmetic, "batch": chunk, "threads": threads, "samples": reps}}
+
+
 def reobserve_rate(cfg: Config, seconds: float) -> dict:
     from .analyze import exposure
     from .generate.survey import bands as survey_bands
@@ -288,6 +328,8 @@ def calibrate(cfg: Config, device: str, ranks: int = 1, seconds: float = 1.0) ->
         rates.update(train_rates(cfg, dev, ranks, seconds))
         torch.set_num_threads(default_threads)
         rates.update(attack_rate(cfg, dev, seconds))
+        torch.set_num_threads(default_threads)
+        rates.update(certify_rate(cfg, dev, seconds))
         torch.set_num_threads(default_threads)
         rates.update(embed_rate(cfg, dev, seconds, rates["infer"]))
         torch.set_num_threads(default_threads)

@@ -86,8 +86,14 @@ def test_plan_grows_with_the_work(tmp_path):
     searched = seconds(plan.make(load("laptop", tmp_path, ["attack.certify=false"])))
     budget = seconds(plan.make(load("laptop", tmp_path, ["attack.certify=false", "attack.max_queries=400"])))
     assert 1.8 < budget["attack"] / searched["attack"] < 2.05, (searched, budget)
-    # Certification scans, at most, every attacked image of the k = 1 attacks.
+    # Certification scans, at most, every attacked image of the k = 1 attacks, through its screen's
+    # figure, and classifies 1 in SAMPLE_STRIDE of the candidates at the attack's.
     assert a["attack"] > 2 * searched["attack"], (a, searched)
+    attack = next(s for s in base.stages if s.stage == "attack")
+    scans = [t for t in attack.terms if "certifying scan" in t.what]
+    checks = [t for t in attack.terms if "float32 checks" in t.what]
+    assert len(scans) == len(checks) == 6 and {t.rate.name for t in scans} == {"certify"}
+    assert {t.rate.name for t in checks} == {"attack"} and checks[0].work * 64 == scans[0].work
     de_only = ["attack.certify=false", "attack.method=de"]
     de = seconds(plan.make(load("laptop", tmp_path, [*de_only, "attack.generations=20"])))
     de2 = seconds(plan.make(load("laptop", tmp_path, [*de_only, "attack.generations=41"])))
@@ -251,6 +257,8 @@ def test_predicted_stage_times_match_a_measured_run(tmp_path):
     found = json.loads(res.stdout)
     record = json.loads((run / "calibration-cpu.json").read_text())
     assert record["host"] and record["date"] and record["device"] == "cpu"
+    certify = record["rates"]["certify"]
+    assert certify["per_s"] > 0 and certify["precision"] in ("float32", "bfloat16")
     assert found["calibration"]["host"] == record["host"]
     stages = {s["stage"]: s for s in found["stages"]}
     # Every throughput is measured (only the fixed costs stay assumed).

@@ -12,19 +12,21 @@ DEVICES = ("cpu", "cuda")
 # Per-rank figures when nothing was measured here, each at a reference image size and scaled by
 # the pixel count to the config's. cpu: one rank with 2 threads of this project's 2-core x86 test
 # machine, from the README's benchmarks (generate 21.6 galaxies/s; training 63 images/s at 100 x 100
-# -> ~150 at 64 x 64; inference ~450 images/s and the attack at 0.94 of it; MMD costs 2x).
+# -> ~150 at 64 x 64; inference ~450 images/s and the attack at 0.94 of it; MMD costs 2x; the
+# certifying scan's bfloat16 screen ~1,950 candidates/s, `make bench-attack` (6)).
 # cuda: NOT measured (no GPU has run this code yet): order-of-magnitude guesses for one
 # A100/H200-class GPU per rank, fp32, deterministic cuDNN. Replace either with --calibrate.
 ASSUMED = {
     "cpu": {"reference_size": 64, "generate": 21.6, "train_regular": 150.0, "train_mmd": 75.0, "infer": 450.0,
-            "embed": 450.0, "attack": 420.0, "reobserve": 300.0, "write": 200.0},
+            "embed": 450.0, "attack": 420.0, "certify": 1950.0, "reobserve": 300.0, "write": 200.0},
     "cuda": {"reference_size": 100, "train_regular": 2500.0, "train_mmd": 1250.0, "infer": 15000.0,
-             "embed": 15000.0, "attack": 13500.0},
+             "embed": 15000.0, "attack": 13500.0, "certify": 15000.0},
 }
 # Figures of loops that run on the CPU whatever the device (GalSim, HDF5).
 CPU_FIGURES = ("generate", "reobserve", "write")
 UNITS = {"generate": "galaxies/s", "train_regular": "images/s", "train_mmd": "labelled images/s",
-         "infer": "images/s", "embed": "images/s", "attack": "candidates/s", "reobserve": "observations/s",
+         "infer": "images/s", "embed": "images/s", "attack": "candidates/s", "certify": "candidates/s",
+         "reobserve": "observations/s",
          "write": "MB/s"}
 # Figures that do not scale with the image size (MB/s).
 _UNSCALED = ("write",)

@@ -138,6 +138,7 @@ def plan_attack(cfg, ranks: int, device: str, gpus: int, figures: Figures, data:
     from ..onepixel.corners import Box
     from ..attack.methods import budget as method_budget
     from ..attack.methods import certifies
+    from ..attack.certify import SAMPLE_STRIDE
 
     terms, notes, work_k = [], [], []
     rate = figures("attack")
@@ -168,11 +169,15 @@ def plan_attack(cfg, ranks: int, device: str, gpus: int, figures: Figures, data:
                            expected))
         scan = 0
         if certifies(a):
-            # The certifying scan: every corner candidate of each image the attack fails on, at most all.
+            # The certifying scan: every corner candidate of each image the attack fails on, at most all,
+            # through the screen; a sample of them (1 in SAMPLE_STRIDE) classified by the attack's objective.
             scan = size * size * 2 ** len(cfg.generate.bands)
-            terms.append(_term(f"{label}: certifying scan, at most {busiest // targets} images x {scan:,} corner "
+            scanned = busiest // targets
+            terms.append(_term(f"{label}: certifying scan, at most {scanned} images x {scan:,} corner "
                                "candidates on the busiest rank (only the images the attack fails on)",
-                               busiest // targets * scan, rate))
+                               scanned * scan, figures("certify")))
+            terms.append(_term(f"{label}: the scan's float32 checks, 1 in {SAMPLE_STRIDE} candidates (and "
+                               "those near success, a few %)", scanned * scan / SAMPLE_STRIDE, rate))
         terms.append(_term(f"{label}: choosing the images (at most {data.test:,} test images classified)",
                            data.test * len(variants) / ranks, infer,
                            None if expected is None else min(data.test, 1.5 * images) * len(variants) / ranks))
