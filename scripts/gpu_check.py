@@ -27,7 +27,10 @@ it ends (a run cut short keeps what it measured):
 6. ``precision``: the model's training steps and inference passes per second in fp32, TF32, bf16
    and fp16 (on the CPU: fp32 and bf16), each beside the device's matmul peak of that precision
    (the roofline, hpcmorph/bench/roofline.py), and the speed-up of each over fp32;
-7. ``paper_budget``: the paper's attack (150 images x 2 targets, population 400, 80 generations,
+7. ``certify_screens``: the certifier's screens at 64 x 64 px (hpcmorph/bench/certify.py), 32,768
+   candidates (a whole scan), each beside whole float32 passes: whether a GPU certifies ``make
+   run``'s ~130 scans in minutes; the float32 windows must agree with the whole passes;
+8. ``paper_budget``: the paper's attack (150 images x 2 targets, population 400, 80 generations,
    k = 1, both models, 100 x 100 px) by the stage's block function with a threshold no candidate
    reaches, so every attack spends its whole budget of 32,400 queries: an upper bound. Untrained
    models: speed does not depend on the weights. Run whole when a first measurement says it fits
@@ -62,12 +65,12 @@ SIZES = {
             "compare_generations": 10, "stage_images": 8, "stage_population": 40, "stage_generations": 5,
             "throughput_tasks": 16, "throughput_population": 400, "throughput_rounds": 3,
             "throughput_size": 100, "paper_images": 150, "paper_size": 100, "paper_forward_batch": 8192,
-            "paper_full_if_under_s": 150.0},
+            "paper_full_if_under_s": 150.0, "certify_size": 64, "certify_candidates": 32768},
     "cpu": {"galaxies": 48, "epochs": 4, "batch": 16, "compare_images": 2, "compare_population": 12,
             "compare_generations": 4, "stage_images": 2, "stage_population": 12, "stage_generations": 2,
             "throughput_tasks": 2, "throughput_population": 32, "throughput_rounds": 2,
             "throughput_size": 32, "paper_images": 1, "paper_size": 32, "paper_forward_batch": 1024,
-            "paper_full_if_under_s": 0.0},
+            "paper_full_if_under_s": 0.0, "certify_size": 32, "certify_candidates": 1024},
 }
 TOLERANCE = {"prob_before_abs": 1e-4, "success_agreement": 0.9, "queries_within_population": 0.9,
              "latent_rel": 1e-3, "learned_loss_ratio": 0.9}
@@ -394,6 +397,21 @@ def step_precision(device, sizes: dict) -> dict:
     return out
 
 
+def step_certify(device, sizes: dict) -> dict:
+    """The certifier's screens (hpcmorph.bench.certify) at the laptop's 64 x 64 px: candidates/s of each
+    beside whole float32 passes, and what one 32,768-candidate scan costs (make run's ~130 scans take
+    45 min on 2 CPU cores). Checks that the float32 windows agree with whole passes."""
+    from hpcmorph.bench.certify import format_screens, screens
+
+    res = screens(image_size=sizes["certify_size"], candidates=sizes["certify_candidates"], device=device)
+    for line in format_screens(res):
+        print(line, flush=True)
+    windows = next(r for r in res["rows"] if r["screen"] == "float32 windows")
+    # TF32 convolutions (cuDNN's default) round at 2^-11: the windows and the whole passes differ more.
+    res["_checks"] = {"certify_windows_agree": windows["max_logit_difference"] <= 1e-2 * windows["logit_scale"]}
+    return res
+
+
 def step_paper(device, sizes: dict, seconds_left: float) -> dict:
     import numpy as np
 
@@ -481,6 +499,7 @@ def main(argv=None) -> int:
         report.step("stages", step_stages, stage_cfg, ctx, device)
     report.step("attack_throughput", step_throughput, device, sizes)
     report.step("precision", step_precision, device, sizes)
+    report.step("certify_screens", step_certify, device, sizes)
     report.step("paper_budget", lambda: step_paper(device, sizes, report.left()))
     report.save()
     print(f"gpu-check: {'PASSED' if report.data['passed'] else 'FAILED'}; figures in {report.path}", flush=True)

@@ -33,11 +33,11 @@ def test_gpu_check_runs_end_to_end_on_the_cpu(tmp_path):
     assert report["mode"] == "cpu" and report["passed"] is True, report["checks"]
     steps = report["steps"]
     assert list(steps) == ["environment", "generate", "train", "attack_cuda_vs_cpu", "stages", "attack_throughput",
-                           "precision", "paper_budget"]
+                           "precision", "certify_screens", "paper_budget"]
     assert all(s["ok"] and s["seconds"] > 0 for name, s in steps.items() if name != "environment"), steps
     assert set(report["checks"]) == {"train_regular_learns", "train_mmd_learns", "attack_prob_before_within_tolerance",
                                      "attack_same_flips", "attack_queries_within_tolerance",
-                                     "analyze_latents_match_cpu"}
+                                     "analyze_latents_match_cpu", "certify_windows_agree"}
     # CPU against CPU: the same numbers exactly.
     compare = steps["attack_cuda_vs_cpu"]
     assert compare["device_b"] == "cpu" and compare["success_agreement"] == 1.0 and compare["queries_equal"] == 1.0
@@ -49,6 +49,8 @@ def test_gpu_check_runs_end_to_end_on_the_cpu(tmp_path):
     fp32 = steps["precision"]["fp32"]
     assert fp32["train"]["images_per_s"] > 0 and fp32["infer"]["fraction"] > 0
     assert fp32["flops_per_image"]["train"] > 2 * fp32["flops_per_image"]["infer"]
+    screens = {r["screen"]: r for r in steps["certify_screens"]["rows"]}
+    assert screens["float32 whole passes"]["ratio"] == 1.0 and screens["float32 windows"]["candidates_per_s"] > 0
     paper = steps["paper_budget"]
     assert paper["queries_at_most"] == 2 * 150 * 2 * 400 * 81 and paper["budget_seconds"] > 0
     assert paper["how"].startswith("extrapolated")

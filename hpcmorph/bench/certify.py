@@ -20,40 +20,44 @@ import numpy as np
 import torch
 
 
-def _rates(screens: dict, position: np.ndarray, values: torch.Tensor, chunk: int) -> tuple[dict, dict]:
+def _rates(screens: dict, position: np.ndarray, values: torch.Tensor, chunk: int, device) -> tuple[dict, dict]:
     """(best candidates/s, logits) of each screen, alternating, twice."""
     rate = {name: 0.0 for name in screens}
     logits = {}
-    for fn in screens.values():  # warm-up: oneDNN picks its kernels per shape and dtype
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda *a: None)
+    for fn in screens.values():  # warm-up: oneDNN and cuDNN pick their kernels per shape and dtype
         fn(position[:chunk], values[:chunk])
     for _ in range(2):
         for name, fn in screens.items():
+            sync(device)
             t0 = time.perf_counter()
             out = torch.cat([fn(position[s:s + chunk], values[s:s + chunk]) for s in range(0, len(position), chunk)])
+            sync(device)
             rate[name] = max(rate[name], len(position) / (time.perf_counter() - t0))
             logits[name] = out
     return rate, logits
 
 
-def screens(image_size: int = 64, candidates: int = 4096, chunk: int = 1024, seed: int = 0) -> dict:
-    """Candidates/s of each screen on ``device`` cpu (module docstring)."""
+def screens(image_size: int = 64, candidates: int = 4096, chunk: int = 1024, seed: int = 0,
+            device: torch.device | None = None) -> dict:
+    """Candidates/s of each screen on ``device`` (default the CPU; module docstring)."""
     from .. import precision
     from ..attack import certify, local, mixed
     from ..train.model import build_model
 
-    device = torch.device("cpu")
-    model = build_model(seed).eval()
+    device = device or torch.device("cpu")
+    model = build_model(seed).eval().to(device)
     g = torch.Generator().manual_seed(seed)
-    image = torch.rand(3, image_size, image_size, generator=g)
+    image = torch.rand(3, image_size, image_size, generator=g).to(device)
     position = torch.randperm(image_size * image_size, generator=g)[:candidates].numpy()
     position = np.resize(position, candidates)
-    values = torch.randint(0, 2, (candidates, 3), generator=g).float()
+    values = torch.randint(0, 2, (candidates, 3), generator=g).float().to(device)
 
     def whole(fn):
         def screen(pos, val):
             images = image[None].expand(len(pos), -1, -1, -1).clone()
-            rows, cols = torch.as_tensor(pos // image_size), torch.as_tensor(pos % image_size)
-            images[torch.arange(len(pos)), :, rows, cols] = val
+            rows, cols = (torch.as_tensor(p, device=device) for p in (pos // image_size, pos % image_size))
+            images[torch.arange(len(pos), device=device), :, rows, cols] = val
             with torch.inference_mode():
                 return fn(images).float()
         return screen
@@ -64,13 +68,14 @@ def screens(image_size: int = 64, candidates: int = 4096, chunk: int = 1024, see
         fns["bfloat16 whole passes"] = whole(mixed.reduced(model, "bf16"))
         fast = certify.reduced_copy(model, torch.bfloat16)
         fns["bfloat16 windows"] = local.Local(fast, image.to(torch.bfloat16)).logits
-    rate, logits = _rates(fns, position, values, chunk)
+    rate, logits = _rates(fns, position, values, chunk, device)
     base = "float32 whole passes"
     scale = float(logits[base].abs().max())
     rows = [{"screen": name, "candidates_per_s": rate[name], "ratio": rate[name] / rate[base],
              "max_logit_difference": float((logits[name] - logits[base]).abs().max()), "logit_scale": scale}
             for name in fns]
-    return {"image_size": image_size, "candidates": candidates, "chunk": chunk, "threads": torch.get_num_threads(),
+    return {"image_size": image_size, "candidates": candidates, "chunk": chunk, "device": str(device),
+            "threads": torch.get_num_threads(),
             "rows": rows, "scan_seconds": {r["screen"]: image_size ** 2 * 8 / r["candidates_per_s"] for r in rows}}
 
 
