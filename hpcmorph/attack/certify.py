@@ -33,7 +33,8 @@ checks measure but cannot prove.
   screen: every candidate is classified by the objective.
 - ``bfloat16``: a bfloat16, channels-last copy of the model, batch norms folded into the convolutions
   (:func:`fold_batch_norms`), through :mod:`.local` where the model has that layout (on a 64 x 64
-  laptop model the logits differ by up to ~0.3 nats from float32, so the tolerance is ~1.2 nats).
+  laptop model the goal margins differ by 0.4-1.6 nats at most from float32's, so the tolerance is
+  1.3-5 nats).
 - ``auto``: ``bfloat16`` where the hardware computes it natively (:func:`hpcmorph.precision.native_bf16`:
   a CUDA device from Ampere on; a CPU with AMX or AVX512-BF16), else ``float32`` (emulated bfloat16
   is slower than float32).

@@ -4,7 +4,8 @@ The search (every method's candidates, :class:`hpcmorph.onepixel.pixels.PixelObj
 candidates with a bfloat16 or float16 copy of the attacked model: channels-last, batch norms folded
 into the convolutions (:func:`.certify.reduced_copy`, the certifier's screen), 2.7x the float32
 throughput of a 64 x 64 laptop model at 512 images a pass on an AVX512-BF16 CPU. Its logits differ
-from float32's by up to ~0.3 nats, enough to turn a candidate near the goal either way; so:
+from float32's by up to 0.4-1.6 nats on the laptop models, enough to turn a candidate near the goal
+either way; so:
 
 - every candidate whose reduced-precision goal margin (:func:`.certify.goal_margin`) comes within
   ``CHECK_MARGIN`` nats of success is classified again by the model in float32, and the method sees
@@ -38,7 +39,7 @@ from ..onepixel.pixels import PixelObjective, forward_logits
 from . import certify
 
 #: Candidates whose reduced-precision goal margin exceeds -CHECK_MARGIN (nats) are classified again
-#: in float32. The bfloat16 copy of a laptop model errs by up to ~0.3 nats on the margin; most
+#: in float32. The bfloat16 copy of a laptop model errs by up to 0.4-1.6 nats on the margin; most
 #: candidates of a search are much further from their goal than that.
 CHECK_MARGIN = 0.25
 
