@@ -15,6 +15,7 @@ import pytest
 
 from helpers import ROOT, SMALL_RUN, cli, env, sets
 from hpcmorph import config, plan
+from hpcmorph.plan import work
 
 STAGES = ("generate", "train", "attack", "analyze", "report")
 
@@ -104,6 +105,31 @@ def test_plan_grows_with_the_work(tmp_path):
     # More ranks: never slower, and generate faster (blocks are shared).
     wide = seconds(plan.make(load("laptop", tmp_path), ranks=4))
     assert all(wide[s] <= a[s] for s in STAGES) and wide["generate"] < a["generate"] / 2.5, (a, wide)
+
+
+def test_expected_scans_are_those_the_runs_attack_output_made(tmp_path):
+    """The certifying scan's expected time counts the images the k's own output scanned: (model, image)
+    pairs with a certified_flips >= 0 on any of their rows, each once."""
+    from hpcmorph.attack import configs, output_path
+
+    cfg = load("laptop", tmp_path)
+    first = output_path(configs(cfg)[0])
+    first.parent.mkdir(parents=True)
+    with h5py.File(first, "w") as f:
+        f["variant"] = np.array([0, 0, 0, 0, 1, 1], np.int8)
+        f["index"] = np.array([5, 5, 9, 9, 5, 5])
+        f["certified_flips"] = np.array([-1, 0, -1, -1, 3, 3])  # scanned: (0, 5) and (1, 5); (0, 9) not
+    assert work.scanned_images(first) == 2
+
+    def scans(ranks):
+        attack = next(s for s in plan.make(cfg, ranks=ranks).stages if s.stage == "attack")
+        return [t for t in attack.terms if "certifying scan" in t.what]
+
+    one, two = scans(1), scans(2)
+    scan = 64 * 64 * 8
+    assert "2 in the run's output" in one[0].what and one[0].expected_seconds == pytest.approx(2 * scan / 1950.0)
+    assert two[0].expected_seconds == pytest.approx(scan / 1950.0)  # one image on the busiest of 2 ranks
+    assert all(t.expected_seconds is None for t in one[1:])  # the other attacks have no output yet
 
 
 def test_plan_without_calibration_says_what_is_assumed(tmp_path):

@@ -87,7 +87,8 @@ def make(cfg, ranks: int | dict = 1, device: str = "cpu", gpus_per_rank: int = 1
 
 def limit_seconds(stage: StagePlan) -> int:
     """The wall time to ask for: factor x predicted + MARGIN_FIXED_S, rounded up to ROUND_S; the
-    attack's expected time where a query curve gave one (a resumable job requeues at its limit)."""
+    attack's expected time where a query curve or a certified output gave one (a resumable job
+    requeues at its limit)."""
     predicted = stage.expected_seconds if stage.stage == "attack" else stage.seconds
     factor = MARGIN["calibrated" if stage.calibrated else "assumed"]
     return int(math.ceil((factor * predicted + MARGIN_FIXED_S) / ROUND_S) * ROUND_S)

@@ -125,6 +125,20 @@ def query_curve(path: Path, population: int, generations: int) -> dict | None:
     return out
 
 
+def scanned_images(path: Path) -> int | None:
+    """Images (model, image) whose corner candidates an attack output's certification scanned (a
+    ``certified_flips`` >= 0 on any of their rows), or None without a readable certified output."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            variant, index, flips = f["variant"][...], f["index"][...], f["certified_flips"][...]
+    except (OSError, KeyError, ValueError):
+        return None
+    scanned = flips >= 0
+    return len(set(zip(variant[scanned].tolist(), index[scanned].tolist())))
+
+
 def _busiest(images: int, per_batch: int, targets: int, n_variants: int, ranks: int) -> tuple[int, int]:
     """(attacks on the busiest rank, blocks): blocks of ``per_batch`` images of one model (all their
     targets), dealt round-robin to the ranks as the stage deals them."""
@@ -173,11 +187,16 @@ def plan_attack(cfg, ranks: int, device: str, gpus: int, figures: Figures, data:
             # through the screen; a sample of them (1 in SAMPLE_STRIDE) classified by the attack's objective.
             scan = size * size * 2 ** len(cfg.generate.bands)
             scanned = busiest // targets
+            # Expected: as many images as this k's own output scanned (the same models fail alike).
+            done = scanned_images(attack_output(k_cfg))
+            once = None if done is None else -(-done // ranks) * scan
             terms.append(_term(f"{label}: certifying scan, at most {scanned} images x {scan:,} corner "
-                               "candidates on the busiest rank (only the images the attack fails on)",
-                               scanned * scan, figures("certify")))
+                               "candidates on the busiest rank (only the images the attack fails on"
+                               + ("" if done is None else f"; {done} in the run's output") + ")",
+                               scanned * scan, figures("certify"), once))
             terms.append(_term(f"{label}: the scan's float32 checks, 1 in {SAMPLE_STRIDE} candidates (and "
-                               "those near success, a few %)", scanned * scan / SAMPLE_STRIDE, rate))
+                               "those near success, a few %)", scanned * scan / SAMPLE_STRIDE, rate,
+                               None if once is None else once / SAMPLE_STRIDE))
         terms.append(_term(f"{label}: choosing the images (at most {data.test:,} test images classified)",
                            data.test * len(variants) / ranks, infer,
                            None if expected is None else min(data.test, 1.5 * images) * len(variants) / ranks))
