@@ -165,7 +165,13 @@ def screen_of(model: torch.nn.Module, precision: str):
     fast = reduced_copy(model, torch.bfloat16)
     if local.supports(fast):
         return lambda image: local.Local(fast, image).logits
+    return whole_passes(lambda x: fast(x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)))
 
+
+def whole_passes(model):
+    """A screen as :func:`screen_of` returns one that classifies whole images: each candidate's image
+    (the image with its pixel set) through ``model``, a function of images (N, C, H, W) float32 that
+    answers logits or ``(latent, logits)``."""
     def of_image(image: torch.Tensor):
         def screen(position: np.ndarray, values: torch.Tensor) -> torch.Tensor:
             images = image[None].expand(len(position), -1, -1, -1).clone()
@@ -174,7 +180,7 @@ def screen_of(model: torch.nn.Module, precision: str):
             ys = torch.as_tensor(np.asarray(position) // width, device=image.device)[:, None]
             apply(images, xs, ys, values[:, None].to(images.device, images.dtype))
             with torch.inference_mode():
-                out = fast(images.to(torch.bfloat16).contiguous(memory_format=torch.channels_last))
+                out = model(images)
             return (out[1] if isinstance(out, tuple) else out).float()
         return screen
 

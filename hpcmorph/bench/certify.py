@@ -42,7 +42,7 @@ def screens(image_size: int = 64, candidates: int = 4096, chunk: int = 1024, see
             device: torch.device | None = None) -> dict:
     """Candidates/s of each screen on ``device`` (default the CPU; module docstring)."""
     from .. import precision
-    from ..attack import certify, local, mixed
+    from ..attack import certify, mixed
     from ..train.model import build_model
 
     device = device or torch.device("cpu")
@@ -53,21 +53,11 @@ def screens(image_size: int = 64, candidates: int = 4096, chunk: int = 1024, see
     position = np.resize(position, candidates)
     values = torch.randint(0, 2, (candidates, 3), generator=g).float().to(device)
 
-    def whole(fn):
-        def screen(pos, val):
-            images = image[None].expand(len(pos), -1, -1, -1).clone()
-            rows, cols = (torch.as_tensor(p, device=device) for p in (pos // image_size, pos % image_size))
-            images[torch.arange(len(pos), device=device), :, rows, cols] = val
-            with torch.inference_mode():
-                return fn(images).float()
-        return screen
-
-    fns = {"float32 whole passes": whole(lambda x: model(x)[1]),
-           "float32 windows": local.Local(model, image).logits}
+    fns = {"float32 whole passes": certify.whole_passes(model)(image),
+           "float32 windows": certify.screen_of(model, "float32")(image)}
     if precision.native_bf16(device):
-        fns["bfloat16 whole passes"] = whole(mixed.reduced(model, "bf16"))
-        fast = certify.reduced_copy(model, torch.bfloat16)
-        fns["bfloat16 windows"] = local.Local(fast, image.to(torch.bfloat16)).logits
+        fns["bfloat16 whole passes"] = certify.whole_passes(mixed.reduced(model, "bf16"))(image)
+        fns["bfloat16 windows"] = certify.screen_of(model, "bfloat16")(image)
     rate, logits = _rates(fns, position, values, chunk, device)
     base = "float32 whole passes"
     scale = float(logits[base].abs().max())
